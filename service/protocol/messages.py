@@ -171,7 +171,10 @@ class RecognizerSummary(_Strict):
 
 
 class ScanSummary(_Header):
-    """The end-of-scan account: every data message is recognized, lost, rejected or late."""
+    """The end-of-scan account: every seq below ``messages_sent`` is recognized, rejected or lost.
+
+    Data that arrives after this summary is reported by a ``late`` event (and in the ``scans`` reply).
+    """
 
     kind: Literal["scan_summary"] = "scan_summary"
     scan_id: ScanId
@@ -183,7 +186,6 @@ class ScanSummary(_Header):
     messages_received: Index
     lost: list[Index]
     rejected: list[Rejection]
-    late: list[Index]
     latency_ms_p50: float | None
     latency_ms_p99: float | None
     duration_s: float

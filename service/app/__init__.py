@@ -1,0 +1,1 @@
+"""Application layer: configuration, the server that wires sockets to the pipeline, the CLI."""

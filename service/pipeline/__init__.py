@@ -1,0 +1,1 @@
+"""Recognition pipeline: axis mapping, recognizers, scan assembly and accounting, batching, inference."""

@@ -1,0 +1,117 @@
+"""Batching across lines and scans, and inference in a worker thread (never on the event loop).
+
+Each recognizer has one ``InferenceWorker``: a bounded queue of work items (counted in pixels) and
+one thread. The worker takes everything queued, up to ``max_batch_pixels``, maps each item's axis
+straight into one preallocated float32 batch, runs the session once and splits the results by item.
+While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
+(low latency) when the instrument is slow. A full queue makes ``submit`` wait: the ingest loop then
+stops reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .recognizer import Recognizer
+from .scan import WorkItem
+
+log = logging.getLogger(__name__)
+
+ResultHandler = Callable[[WorkItem, dict[str, np.ndarray] | None, str | None], Awaitable[None] | None]
+
+
+class PixelQueue:
+    """An asyncio FIFO bounded by the number of pixels it holds (one oversized item always fits)."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.pixels = 0
+        self._items: collections.deque[WorkItem] = collections.deque()
+        self._cond = asyncio.Condition()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def put(self, item: WorkItem) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._items or self.pixels + item.n_pixels <= self.capacity)
+            self._items.append(item)
+            self.pixels += item.n_pixels
+            self._cond.notify_all()
+
+    async def take(self, max_pixels: int) -> list[WorkItem]:
+        """At least one item; then as many more as fit in ``max_pixels``."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: bool(self._items))
+            batch = [self._items.popleft()]
+            total = batch[0].n_pixels
+            while self._items and total + self._items[0].n_pixels <= max_pixels:
+                item = self._items.popleft()
+                batch.append(item)
+                total += item.n_pixels
+            self.pixels -= total
+            self._cond.notify_all()
+            return batch
+
+
+class InferenceWorker:
+    """Owns one recognizer's queue and thread; ``serve`` is a long-lived task."""
+
+    def __init__(self, recognizer: Recognizer, on_result: ResultHandler, *,
+                 max_batch_pixels: int = 4096, queue_pixels: int = 65536):
+        self.recognizer = recognizer
+        self.max_batch_pixels = max_batch_pixels
+        self.queue = PixelQueue(queue_pixels)
+        self._on_result = on_result
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{recognizer.name}")
+        self.batches = 0
+        self.pixels = 0
+
+    async def submit(self, item: WorkItem) -> None:
+        await self.queue.put(item)
+
+    def _infer(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+        """Runs in the worker thread."""
+        total = sum(item.n_pixels for item in items)
+        batch = np.empty((total, self.recognizer.channels), dtype=np.float32)
+        offset = 0
+        for item in items:
+            item.binding.axis_map.apply(item.spectra, out=batch[offset: offset + item.n_pixels])
+            offset += item.n_pixels
+        outputs = self.recognizer.run(batch)
+        per_item, offset = [], 0
+        for item in items:
+            end = offset + item.n_pixels
+            per_item.append({name: values[offset:end] for name, values in outputs.items()})
+            offset = end
+        return per_item
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                items = await self.queue.take(self.max_batch_pixels)
+                try:
+                    results = await loop.run_in_executor(self._executor, self._infer, items)
+                except Exception as exc:  # a model failure must not stop the service
+                    log.exception("inference failed in %s", self.recognizer.name)
+                    for item in items:
+                        await _maybe_await(self._on_result(item, None, f"inference failed: {exc}"))
+                    continue
+                self.batches += 1
+                self.pixels += sum(item.n_pixels for item in items)
+                for item, outputs in zip(items, results):
+                    await _maybe_await(self._on_result(item, outputs, None))
+        finally:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value

@@ -1,0 +1,197 @@
+"""One scan: checks each data message against its ``scan_start``, accounts for every seq, holds the maps.
+
+Accounting is the heart of the reliability promise: each seq of a scan ends up *recognized*,
+*rejected* (with a reason), *lost* (never arrived) or *late* (arrived after the scan closed), and
+the summary lists them. Map state is the full-resolution map of every output of every recognizer,
+filled in as results come back; it is what a late subscriber gets from the ``snapshot`` request.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..protocol.codec import ProtocolError, buffer_to_array
+from ..protocol.messages import ArraySpec, Data, RecognizerSummary, Rejection, ScanStart, ScanSummary
+from .axis import AxisMap
+from .recognizer import Recognizer
+
+
+@dataclass
+class Binding:
+    """A recognizer attached to a scan, with the axis map and the maps it fills."""
+
+    recognizer: Recognizer
+    axis_map: AxisMap
+    maps: dict[str, np.ndarray]
+    filled: np.ndarray  # bool [rows, cols]
+    pixels_done: int = 0
+
+
+@dataclass
+class WorkItem:
+    """One accepted data message on its way to one recognizer."""
+
+    scan: ScanState
+    binding: Binding
+    seq: int
+    row: int
+    col0: int
+    spectra: np.ndarray  # [n, channels] zero-copy view on the received frame
+    t_received: float  # time.perf_counter()
+
+    @property
+    def n_pixels(self) -> int:
+        return self.spectra.shape[0]
+
+
+@dataclass
+class ScanState:
+    start: ScanStart
+    bindings: dict[str, Binding]
+    t_start: float = field(default_factory=time.perf_counter)
+    t_last: float = field(default_factory=time.perf_counter)
+    received: set[int] = field(default_factory=set)
+    rejected: dict[int, str] = field(default_factory=dict)
+    late: list[int] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    pixels_received: int = 0
+    in_flight: int = 0  # work items submitted and not yet back
+    n_messages: int | None = None  # from scan_end
+    summary: ScanSummary | None = None  # set once the scan is closed
+
+    @classmethod
+    def open(cls, start: ScanStart, recognizers: list[Recognizer]) -> ScanState:
+        rows, cols = start.shape
+        bindings = {}
+        for rec in recognizers:
+            maps = {}
+            for spec in rec.pixel_specs():
+                maps[spec.name] = np.zeros((rows, cols, *spec.shape), dtype=spec.dtype)
+            bindings[rec.name] = Binding(rec, AxisMap.build(start.axis, rec.card.input.axis), maps,
+                                         np.zeros((rows, cols), dtype=bool))
+        return cls(start, bindings)
+
+    @property
+    def scan_id(self) -> str:
+        return self.start.scan_id
+
+    @property
+    def ended(self) -> bool:
+        return self.n_messages is not None
+
+    @property
+    def closed(self) -> bool:
+        return self.summary is not None
+
+    # ------------------------------------------------------------------ ingest side
+
+    def _reject(self, data: Data, reason: str) -> ProtocolError:
+        self.rejected[data.seq] = reason
+        return ProtocolError("data_rejected", reason, scan_id=self.scan_id, seq=data.seq)
+
+    def accept(self, data: Data, buffers: list[memoryview]) -> np.ndarray:
+        """The spectra of a data message as a zero-copy array; ProtocolError (and a recorded rejection)
+        when it contradicts ``scan_start`` or repeats a seq."""
+        self.t_last = time.perf_counter()
+        if data.seq in self.received or data.seq in self.rejected:
+            # a repeat is reported but does not overwrite the first message's fate
+            raise ProtocolError("data_rejected", f"seq {data.seq} was already received",
+                                scan_id=self.scan_id, seq=data.seq)
+        if self.n_messages is not None and data.seq >= self.n_messages:
+            raise self._reject(data, f"seq {data.seq} is beyond scan_end's n_messages={self.n_messages}")
+        rows, cols = self.start.shape
+        n, channels = data.shape
+        if channels != self.start.axis.size:
+            raise self._reject(data, f"shape {list(data.shape)} has {channels} channels; "
+                                     f"scan_start axis has {self.start.axis.size}")
+        if data.row >= rows or data.col0 + n > cols:
+            raise self._reject(data, f"pixels row {data.row}, cols {data.col0}..{data.col0 + n - 1} "
+                                     f"are outside the scan shape {list(self.start.shape)}")
+        if len(buffers) != 1:
+            raise self._reject(data, f"data message must carry exactly 1 buffer, got {len(buffers)}")
+        try:
+            spectra = buffer_to_array(buffers[0], data.dtype, data.shape)
+        except ValueError as exc:
+            raise self._reject(data, str(exc)) from None
+        if spectra.dtype.kind == "f" and not np.isfinite(spectra).all():
+            raise self._reject(data, "spectra contain NaN or infinite values")
+        self.received.add(data.seq)
+        self.pixels_received += n
+        return spectra
+
+    def record_late(self, seq: int) -> None:
+        self.late.append(seq)
+
+    # ------------------------------------------------------------------ result side
+
+    def store(self, item: WorkItem, outputs: dict[str, np.ndarray]) -> float:
+        """Write one recognizer's results into the maps; returns the latency in ms."""
+        b = item.binding
+        sl = (item.row, slice(item.col0, item.col0 + item.n_pixels))
+        for name, values in outputs.items():
+            b.maps[name][sl] = values
+        b.filled[sl] = True
+        b.pixels_done += item.n_pixels
+        latency = (time.perf_counter() - item.t_received) * 1e3
+        self.latencies_ms.append(latency)
+        return latency
+
+    def line_specs(self, binding: Binding, n: int) -> list[ArraySpec]:
+        return [spec.model_copy(update={"shape": [n, *spec.shape]}) for spec in binding.recognizer.pixel_specs()]
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, *, timed_out: bool = False) -> ScanSummary:
+        rows, cols = self.start.shape
+        if self.n_messages is not None:
+            expected_seqs = range(self.n_messages)
+        else:  # timed out without scan_end: everything below the highest seq seen is expected
+            top = max(self.received | set(self.rejected), default=-1)
+            expected_seqs = range(top + 1)
+        lost = [s for s in expected_seqs if s not in self.received and s not in self.rejected]
+        recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
+        summaries = {}
+        for name, b in self.bindings.items():
+            fractions = None
+            labels = b.recognizer.class_labels
+            if labels is not None and "class" in b.maps:
+                counts = np.bincount(b.maps["class"][b.filled], minlength=len(labels))[: len(labels)]
+                total = max(int(counts.sum()), 1)
+                fractions = {label: float(c) / total for label, c in zip(labels, counts)}
+            summaries[name] = RecognizerSummary(pixels_recognized=b.pixels_done, class_fractions=fractions)
+        complete = (not timed_out and not lost and not self.rejected
+                    and self.pixels_received == rows * cols)
+        self.summary = ScanSummary(
+            scan_id=self.scan_id,
+            state="timed_out" if timed_out else ("complete" if complete else "incomplete"),
+            pixels_expected=rows * cols,
+            pixels_received=self.pixels_received,
+            pixels_recognized=recognized,
+            messages_sent=self.n_messages,
+            messages_received=len(self.received) + len(self.rejected),
+            lost=lost,
+            rejected=[Rejection(seq=s, reason=r) for s, r in sorted(self.rejected.items())],
+            latency_ms_p50=float(np.percentile(lat, 50)) if lat is not None else None,
+            latency_ms_p99=float(np.percentile(lat, 99)) if lat is not None else None,
+            duration_s=time.perf_counter() - self.t_start,
+            recognizers=summaries,
+        )
+        return self.summary
+
+    def snapshot(self) -> tuple[list[ArraySpec], list[np.ndarray]]:
+        """Full current maps of every recognizer, named ``<recognizer>/<output>`` plus ``/filled``."""
+        specs: list[ArraySpec] = []
+        arrays: list[np.ndarray] = []
+        for name, b in self.bindings.items():
+            pixel_specs = {s.name: s for s in b.recognizer.pixel_specs()}
+            for out, values in b.maps.items():
+                specs.append(pixel_specs[out].model_copy(update={"name": f"{name}/{out}", "shape": list(values.shape)}))
+                arrays.append(values)
+            filled = b.filled.view(np.uint8)
+            specs.append(ArraySpec(name=f"{name}/filled", dtype="uint8", shape=list(filled.shape)))
+            arrays.append(filled)
+        return specs, arrays

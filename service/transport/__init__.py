@@ -1,0 +1,1 @@
+"""ZeroMQ sockets: creation, binding, options. No message semantics here."""
