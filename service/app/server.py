@@ -130,6 +130,7 @@ class Server:
                                         scan_id=getattr(header, "scan_id", None))
                 await self._ingest_handlers[header.kind](header, buffers, t_received)
             except ProtocolError as exc:
+                self._account_unreadable(exc)
                 await self._event(exc.code, exc.reason, scan_id=exc.scan_id, seq=exc.seq)
             except Exception as exc:  # a bug must not stop ingest; report it loudly
                 log.exception("internal error while handling an ingest message")
@@ -137,6 +138,13 @@ class Server:
             n += 1
             if n % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+    def _account_unreadable(self, exc: ProtocolError) -> None:
+        """A data message of an open scan that failed before the scan saw it counts as rejected, not lost."""
+        scan = self.open_scans.get(exc.scan_id) if exc.scan_id else None
+        if scan is not None and exc.seq is not None and exc.code in ("bad_message", "oversized") \
+                and exc.seq not in scan.received:
+            scan.rejected.setdefault(exc.seq, exc.reason)
 
     async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], t_received: float) -> None:
         sid = start.scan_id

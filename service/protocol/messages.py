@@ -182,12 +182,12 @@ class ScanSummary(_Header):
     pixels_expected: Index
     pixels_received: Index
     pixels_recognized: Index
-    messages_sent: Index | None = Field(description="n_messages from scan_end; null after a timeout")
+    messages_sent: Index | None = Field(None, description="n_messages from scan_end; absent after a timeout")
     messages_received: Index
     lost: list[Index]
     rejected: list[Rejection]
-    latency_ms_p50: float | None
-    latency_ms_p99: float | None
+    latency_ms_p50: float | None = None  # absent when nothing was recognized
+    latency_ms_p99: float | None = None
     duration_s: float
     recognizers: dict[str, RecognizerSummary]
 
@@ -218,7 +218,7 @@ class Request(_Header):
 
 class Reply(_Header):
     kind: Literal["reply"] = "reply"
-    id: int | str | None
+    id: int | str | None = None  # absent when the request could not be read
     op: str
     ok: bool
     error: str | None = None

@@ -1,0 +1,167 @@
+"""The ``scanlens`` command line: serve, models, status, schema, plus plugged-in groups (sim, train, demo).
+
+Command groups that live outside ``service/`` (which must not import them) are found through the
+``scanlens.commands`` entry point group declared in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+
+app = typer.Typer(
+    help="scanlens: live recognition imaging for scanning microscopes. Instruments stream spectra over "
+         "ZeroMQ; ONNX recognizers turn them into class, confidence and parameter maps during the scan.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR")]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option(help="TOML config file (see deploy/scanlens.toml)")] = None,
+    ingest: Annotated[Optional[str], typer.Option(help="PULL endpoint for instruments (default tcp://127.0.0.1:5555)")] = None,
+    publish: Annotated[Optional[str], typer.Option(help="PUB endpoint for maps/events (default tcp://127.0.0.1:5556)")] = None,
+    control: Annotated[Optional[str], typer.Option(help="ROUTER endpoint for requests (default tcp://127.0.0.1:5557)")] = None,
+    model_dir: Annotated[Optional[Path], typer.Option(help="directory of *.onnx recognizers (default bundled models)")] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="load only this recognizer (repeat)")] = None,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the recognition service until Ctrl-C / SIGTERM.
+
+    Settings come from defaults, then the --config TOML file, then SCANLENS_* environment variables
+    (e.g. SCANLENS_INGEST), then these flags.
+    """
+    from .config import load_settings
+    from .server import Server
+
+    setup_logging(log_level)
+    try:
+        settings = load_settings(config, ingest=ingest, publish=publish, control=control,
+                                 model_dir=model_dir, models=models)
+        server = Server(settings)
+    except Exception as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.stop)
+        await server.run()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("models")
+def list_models(
+    model_dir: Annotated[Optional[Path], typer.Option(help="directory of *.onnx recognizers (default bundled models)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full model cards as JSON")] = False,
+) -> None:
+    """List the recognizers in a model directory with their model cards (no server needed)."""
+    from models import MODEL_DIR
+
+    from ..pipeline.recognizer import ModelError, load_recognizers
+
+    try:
+        recs = load_recognizers(model_dir or MODEL_DIR, threads=1)
+    except ModelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({n: r.card.model_dump(mode="json") for n, r in recs.items()}, indent=2))
+        return
+    for name, rec in recs.items():
+        c = rec.card
+        ax = c.input.axis
+        typer.echo(f"{name} v{c.version}  [{c.modality}]  {c.description}")
+        typer.echo(f"    input  {c.input.name}: {ax.size} channels, {ax.offset:g}–{ax.end:g} {ax.units}; "
+                   f"{c.input.normalization}")
+        for out in c.outputs:
+            typer.echo(f"    output {out.name} ({out.role}): {', '.join(out.labels)}")
+        typer.echo(f"    {c.architecture}")
+        if c.metrics:
+            typer.echo("    held-out: " + ", ".join(f"{k}={v:.4g}" for k, v in c.metrics.items()))
+        typer.echo(f"    file   {rec.path}")
+
+
+@app.command()
+def status(
+    control: Annotated[str, typer.Option(help="control endpoint of the running service")] = "tcp://127.0.0.1:5557",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 5.0,
+) -> None:
+    """Ask a running service for its status (counters, open scans, recognizers) and print it as JSON."""
+    from ..client import Control
+
+    async def ask():  # -> ControlReply
+        async with Control(control) as ctl:
+            return await ctl.request("status", timeout=timeout)
+
+    try:
+        reply = asyncio.run(ask())
+    except TimeoutError:
+        typer.echo(f"error: no answer from {control} within {timeout:g} s — is `scanlens serve` running?", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(reply.result, indent=2))
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="where to write the JSON Schema")] = Path("docs/protocol.schema.json"),
+    check: Annotated[bool, typer.Option(help="exit 1 if the file differs from the code instead of writing")] = False,
+) -> None:
+    """Write (or --check) the JSON Schema of every protocol header and the model card."""
+    from ..protocol.schema import protocol_schema_text
+
+    text = protocol_schema_text()
+    if check:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            typer.echo(f"{out} is out of date; run `scanlens schema --out {out}`", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out} is up to date")
+        return
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"wrote {out}")
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False) -> None:
+    if version:
+        typer.echo(f"scanlens {__version__}")
+        raise typer.Exit()
+
+
+def _plug_in() -> None:
+    for ep in entry_points(group="scanlens.commands"):
+        try:
+            sub = ep.load()
+        except ImportError as exc:  # a group whose extra is not installed
+            logging.getLogger(__name__).debug("command group %s unavailable: %s", ep.name, exc)
+            continue
+        app.add_typer(sub, name=ep.name)
+
+
+_plug_in()
+
+
+def main() -> None:
+    app()
