@@ -1,0 +1,67 @@
+"""Play a scan source to scanlens line by line, paced by absolute deadlines on an injectable clock.
+
+Line ``k`` is released at ``t0 + (k + 1) * cols * dwell_s`` — when its last pixel would have been
+acquired — so pacing does not drift however long each send takes. ``dwell_s = 0`` streams as fast as
+the service accepts (the PUSH socket blocks when the service backs off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.client import Instrument
+
+from .sources import ScanSource
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep_until(self, deadline: float) -> None: ...
+
+
+class MonotonicClock:
+    """The real clock."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep_until(self, deadline: float) -> None:
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True)
+class StreamReport:
+    scan_id: str
+    messages: int
+    pixels: int
+    elapsed_s: float
+
+    @property
+    def pixel_rate(self) -> float:
+        return self.pixels / self.elapsed_s if self.elapsed_s > 0 else float("inf")
+
+
+async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, *, dwell_s: float = 0.0,
+                      recognizers: list[str] | None = None, clock: Clock | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> StreamReport:
+    """Send ``scan_start``, every line, ``scan_end``; ``progress(rows_sent, rows)`` after each line."""
+    clock = clock or MonotonicClock()
+    rows, cols = source.shape
+    t0 = clock.now()
+    async with instrument.scan(scan_id, source.modality, source.shape, source.axis, recognizers=recognizers,
+                               meta={**source.meta, "dwell_s": dwell_s}) as scan:
+        for row in range(rows):
+            spectra = source.line(row)
+            if dwell_s > 0:
+                await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+            await scan.send_line(row, spectra)
+            if progress is not None:
+                progress(row + 1, rows)
+    return StreamReport(scan_id, scan.seq, rows * cols, clock.now() - t0)
