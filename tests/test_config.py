@@ -1,0 +1,67 @@
+"""Configuration layering, and `scanlens serve` as a real process: starts, answers, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.app.config import load_settings
+from service.client import Control
+
+DEPLOY_TOML = Path(__file__).resolve().parents[1] / "deploy" / "scanlens.toml"
+
+
+def test_deploy_config_loads():
+    s = load_settings(DEPLOY_TOML)
+    assert s.ingest == "tcp://0.0.0.0:5555" and s.queue_pixels == 65536 and s.scan_timeout_s == 60.0
+
+
+def test_layering_file_env_flags(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('ingest = "tcp://127.0.0.1:7000"\nmax_batch_pixels = 100\nscan_timeout_s = 5\n')
+    monkeypatch.setenv("SCANLENS_MAX_BATCH_PIXELS", "200")
+    s = load_settings(cfg, scan_timeout_s=9.0, publish=None)
+    assert s.ingest == "tcp://127.0.0.1:7000"  # file
+    assert s.max_batch_pixels == 200  # env beats file
+    assert s.scan_timeout_s == 9.0  # flag beats both
+    assert s.publish == "tcp://127.0.0.1:5556"  # None = not given: default
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_batch_pixels = 0\nunknown_key = 1\n")
+    with pytest.raises(ValidationError) as info:
+        load_settings(cfg)
+    assert "max_batch_pixels" in str(info.value) and "unknown_key" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        load_settings(tmp_path / "nope.toml")
+
+
+async def test_serve_process_starts_answers_and_stops(model_dir, tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('ingest = "tcp://127.0.0.1:0"\npublish = "tcp://127.0.0.1:0"\ncontrol = "tcp://127.0.0.1:0"\n')
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from service.app.cli import main; main()", "serve", "--config", str(cfg),
+        "--model-dir", str(model_dir), stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(30):
+            while not (m := re.search(rb"control (tcp://\S+);", line := await proc.stderr.readline())):
+                assert line, "serve exited before binding"
+        async with Control(m.group(1).decode().rstrip(",")) as ctl:
+            status = await ctl.status()
+        assert status["recognizers"] == ["band"]
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            rest = await proc.stderr.read()
+            assert await proc.wait() == 0
+        assert b"scanlens stopped" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
