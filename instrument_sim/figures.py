@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-PHASE_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"]
+# red, green, blue first: the same order as the RGB abundance composites
+PHASE_COLORS = ["#c44e52", "#55a868", "#4c72b0", "#dd8452", "#8172b3"]
 
 
 def _phase_panel(ax, phase: np.ndarray, labels: list[str], title: str) -> None:

@@ -1,0 +1,81 @@
+"""The EELS product path with the committed model: simulator CLI -> service -> subscriber, and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from instrument_sim.eels import load_ground_truth
+from models import MODEL_DIR
+from service.app.config import Settings
+from service.app.server import running
+from service.client import Subscriber
+
+
+async def run_cli(*args: str, timeout: float = 120) -> str:
+    proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
+    """A spectrometer with 1024 channels of 0.125 eV from -2 eV: resampled onto the model axis."""
+    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
+                        model_dir=MODEL_DIR, models=["eels-mlp"], inference_threads=1)
+    truth_path = tmp_path / "truth.npz"
+    async with running(settings) as server:
+        async with Subscriber(server.endpoints["publish"], scan_id="cli-1") as sub:
+            await sub.wait_ready()
+            sim = asyncio.create_task(run_cli(
+                "-m", "instrument_sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id", "cli-1",
+                "--rows", "64", "--cols", "48", "--dwell-us", "0", "--channels", "1024", "--offset-ev", "-2",
+                "--dispersion-ev", "0.125", "--seed", "7", "--truth", str(truth_path), "--quiet"))
+            result = await sub.collect_scan("cli-1", timeout=60)
+            report = json.loads(await sim)
+    assert report["messages"] == 64 and report["pixels"] == 64 * 48
+    s = result.summary
+    assert s.state == "complete" and s.pixels_recognized == 64 * 48 and s.lost == [] and s.rejected == []
+    truth = load_ground_truth(truth_path)
+    accuracy = np.mean(result.maps["eels-mlp"]["class"] == truth["phase"])
+    rmse = np.sqrt(np.mean((result.maps["eels-mlp"]["abundance"] - truth["abundance"]) ** 2))
+    assert accuracy >= 0.97, accuracy  # a small scan: thin layers, so relatively more interface pixels
+    assert rmse <= 0.05, rmse
+
+
+async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
+    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
+                        model_dir=MODEL_DIR, inference_threads=1)
+    async with running(settings) as server:
+        async with Subscriber(server.endpoints["publish"], scan_id="narrow") as sub:
+            await sub.wait_ready()
+            await run_cli("-m", "instrument_sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id",
+                          "narrow", "--rows", "2", "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
+            msg = await sub.recv(10)
+    assert msg.header.kind == "event" and msg.header.code == "scan_rejected"
+    assert "0–63.75 eV" in msg.header.reason and "5–124.5 eV" in msg.header.reason
+
+
+@pytest.mark.timeout(180)
+async def test_demo_defaults_meet_the_targets(tmp_path):
+    """The README's demo (default scan, seed 0; streamed without pacing to save time) meets its targets."""
+    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
+                        "--out", str(tmp_path))
+    report = json.loads(out)
+    assert report["accuracy"] >= 0.99 and report["abundance_rmse"] <= 0.05
+    assert report["pixels"] == report["recognized"] == 128 * 128
+    assert report["lost"] == report["rejected"] == report["unrecognized_pixels"] == 0
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
+    assert (tmp_path / "demo-eels.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "demo-eels.json").read_text()) == report
