@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.app.config import Settings
 from service.app.server import running
-from service.client import ScanResult, Subscriber
+from service.client import ScanResult, ServiceError, Subscriber
 
 from .eels import PHASES, EELSConfig
 from .figures import render_eels
@@ -120,7 +120,7 @@ def demo(
     cfg = EELSConfig(rows=rows, cols=cols, seed=seed)
     try:
         result, wall = asyncio.run(run_eels(cfg, dwell_us, show_progress=not as_json))
-    except (DemoError, TimeoutError, OSError) as exc:
+    except (DemoError, ServiceError, TimeoutError, OSError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
     report = score_eels(result, cfg)

@@ -325,10 +325,12 @@ class EELSSample:
         self.abundance: np.ndarray = abundance.astype(np.float32)
         self.phase: np.ndarray = np.argmax(self.abundance, axis=-1).astype(np.uint8)
 
-        # Slow energy drift of the zero point: a smooth curve over rows with exact peak-to-peak drift_eV.
+        # Slow energy drift of the zero point (thermal drift of the spectrometer): a ramp with a slow
+        # wobble over the scan, scaled to an exact peak-to-peak of drift_eV and centred on zero.
         if cfg.drift_eV > 0 and cfg.rows > 1:
-            curve = _smooth_noise(rng, 4 * cfg.rows, cfg.rows / 2)[: cfg.rows]
-            curve += np.linspace(0.0, 1.0, cfg.rows) * (curve.max() - curve.min() + 1e-12)
+            t = np.linspace(0.0, 1.0, cfg.rows)
+            freq, phase0 = rng.uniform(0.5, 1.5), rng.uniform(0.0, 2 * np.pi)
+            curve = t + 0.15 * np.sin(2 * np.pi * freq * t + phase0)
             curve = (curve - curve.min()) / (curve.max() - curve.min())
             self.shift_eV: np.ndarray = (curve - 0.5) * cfg.drift_eV
         else:

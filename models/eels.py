@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from instrument_sim.eels import (
     simulate_spectra,
 )
 from models.export import export_with_card
+from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
@@ -38,16 +40,22 @@ log = logging.getLogger(__name__)
 NAME = "eels-mlp"
 VERSION = "1"
 MODEL_AXIS = Axis(size=240, offset=5.0, scale=0.5, units="eV")
-#: Axes the training spectra are rendered on before resampling (the simulator's and two finer ones).
+#: Axes the training spectra are rendered on before resampling: the simulator's, finer ones, and one
+#: whose channels fall between the model's (interpolation then averages neighbours). All of them cover
+#: 5-124.5 eV, as the service refuses a scan whose axis does not.
 TRAIN_AXES: tuple[Axis, ...] = (
     DEFAULT_AXIS,
     Axis(size=1024, offset=0.0, scale=0.125, units="eV"),
-    Axis(size=2048, offset=-10.0, scale=0.0625, units="eV"),
+    Axis(size=1024, offset=-1.93, scale=0.125, units="eV"),
+    Axis(size=2048, offset=-2.0, scale=0.0625, units="eV"),
 )
-_AXIS_WEIGHTS = (0.5, 0.25, 0.25)
+_AXIS_WEIGHTS = (0.4, 0.2, 0.2, 0.2)
 HELDOUT_SEED = 999
 TRAIN_SEED_BASE = 1000
 HIDDEN = (128, 64)
+INPUT_NAME = "spectra"
+OUTPUT_NAMES = ("probabilities", "abundance")
+MSE_WEIGHT = 20.0
 DOSE_RANGE = (0.3, 3.0)  # x EELSConfig().dose, log-uniform
 MAX_SHIFT_EV = 0.3
 NORMALIZATION = (
@@ -90,13 +98,9 @@ QUICK = Recipe(n_scans=1, scan_keep=0.2, n_mixtures=12_000, epochs=3)
 
 
 def resample(spectra: np.ndarray, src: Axis, dst: Axis = MODEL_AXIS) -> np.ndarray:
-    """Linear interpolation of ``[n, src.size]`` onto ``dst``; equals ``np.interp`` row by row (edges clamp)."""
-    pos = np.clip((axis_energies(dst) - src.offset) / src.scale, 0.0, src.size - 1)
-    i0 = np.clip(np.floor(pos).astype(np.int64), 0, max(src.size - 2, 0))
-    i1 = np.minimum(i0 + 1, src.size - 1)
-    t = pos - i0
-    s = np.asarray(spectra, dtype=np.float32)
-    return (s[:, i0] * (1.0 - t) + s[:, i1] * t).astype(np.float32)
+    """Linear interpolation of ``[n, src.size]`` onto ``dst`` — the service's own axis mapping, so the
+    network is trained on exactly what it will be fed."""
+    return AxisMap.build(src, dst).apply(np.asarray(spectra))
 
 
 def scan_spectra(sample: EELSSample, dst: Axis = MODEL_AXIS) -> np.ndarray:
@@ -110,7 +114,8 @@ def _random_abundances(rng: np.random.Generator, n: int) -> np.ndarray:
     n_pure, n_bin = int(0.2 * n), int(0.45 * n)
     n_ter = n - n_pure - n_bin
     pure = np.eye(k)[rng.integers(0, k, n_pure)]
-    pairs = np.array([rng.choice(k, 2, replace=False) for _ in range(n_bin)])
+    first = rng.integers(0, k, n_bin)
+    pairs = np.stack([first, (first + rng.integers(1, k, n_bin)) % k], axis=1)
     t = np.where(rng.random(n_bin) < 0.5, rng.random(n_bin), 0.5 + rng.uniform(-0.12, 0.12, n_bin))
     binary = np.zeros((n_bin, k))
     binary[np.arange(n_bin), pairs[:, 0]] = t
@@ -260,14 +265,18 @@ def build_dataset(
     return np.concatenate(xs), np.concatenate(as_), seeds
 
 
-def train(
-    out_path: str | PathLike[str],
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict[str, float]:
-    """Train eels-mlp, export it with its card to ``out_path`` and return the held-out metrics."""
+@dataclass
+class TrainResult:
+    """A trained network with its held-out metrics, training record and the spectra used for parity."""
+
+    model: EELSNet
+    metrics: dict[str, float]
+    training: dict[str, Any]
+    check_inputs: np.ndarray
+
+
+def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult:
+    """Generate the data, train the network (deterministic for a seed) and score it on the held-out scan."""
     recipe = QUICK if quick else FULL
     t0 = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -300,86 +309,108 @@ def train(
                 loss_cls = nn.functional.cross_entropy(cls_logits, labels[idx])
                 loss_abd = nn.functional.cross_entropy(abd_logits, target)
                 loss_mse = torch.mean((torch.softmax(abd_logits, dim=-1) - target) ** 2)
-                loss = loss_cls + loss_abd + 20.0 * loss_mse
+                loss = loss_cls + loss_abd + MSE_WEIGHT * loss_mse
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                running += float(loss) * len(idx)
+                running += loss.detach().item() * len(idx)
                 seen += len(idx)
             loss_value = running / seen
             _emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
         t_train = time.perf_counter() - t0 - t_data
-
         model.eval()
+
         heldout = EELSSample(EELSConfig(seed=HELDOUT_SEED))
         x_val = scan_spectra(heldout)
         probs, abd = predict(model, x_val)
         metrics = scan_metrics(probs, abd, heldout)
         metrics["final_train_loss"] = float(loss_value)
-
-        card = ModelCard(
-            name=NAME,
-            version=VERSION,
-            modality="eels",
-            description=(
-                "Per-pixel recognition of SrTiO3 / La0.7Sr0.3MnO3 / BiFeO3 (STO / LSMO / BFO) in EELS "
-                "spectrum images of oxide heterostructures: phase class and linear-mixing abundances "
-                "from the low-loss (plasmon) and core-loss (M2,3 / N4,5 edges) regions, 5-124.5 eV."
-            ),
-            architecture=architecture(),
-            input=InputSpec(name="spectra", axis=MODEL_AXIS, normalization=NORMALIZATION),
-            outputs=[
-                OutputSpec(
-                    name="probabilities",
-                    role="class_probabilities",
-                    labels=list(PHASES),
-                    description="softmax over phases; trained on argmax(abundance)",
-                ),
-                OutputSpec(
-                    name="abundance",
-                    role="parameters",
-                    labels=list(PHASES),
-                    units=["fraction"] * len(PHASES),
-                    description="linear-mixing fractions, non-negative, summing to 1",
-                ),
-            ],
-            training={
-                "generator": "instrument_sim.eels",
-                "scan_seeds": seeds,
-                "heldout_seed": HELDOUT_SEED,
-                "seed": seed,
-                "quick": quick,
-                "n_samples": int(len(x)),
-                "n_scan_pixels": int(len(x) - recipe.n_mixtures),
-                "n_mixtures": recipe.n_mixtures,
-                "epochs": recipe.epochs,
-                "batch": recipe.batch,
-                "optimizer": f"AdamW lr {recipe.lr} one-cycle, weight_decay 1e-4",
-                "loss": "CE(class) + CE(abundance soft labels) + 20 MSE(abundance)",
-                "dose_range": [DOSE_RANGE[0] * EELSConfig().dose, DOSE_RANGE[1] * EELSConfig().dose],
-                "read_noise_range": [0.0, 2.0 * EELSConfig().read_noise],
-                "shift_eV_range": [-MAX_SHIFT_EV, MAX_SHIFT_EV],
-                "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
-                "resampling": "np.interp (linear) at the model axis channel positions",
-                "torch": torch.__version__,
-                "train_seconds": round(t_data + t_train, 1),
-            },
-            metrics=metrics,
-        )
-        _emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
-        check = x_val[np.random.default_rng(seed).choice(len(x_val), 4096, replace=False)]
-        diff = export_with_card(
-            model,
-            torch.from_numpy(x_val[:16]),
-            Path(out_path),
-            card,
-            output_names=["probabilities", "abundance"],
-            check_inputs=check,
-        )
-        metrics["onnx_max_abs_diff"] = diff
-        _emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
-        log.info("data %.1fs, training %.1fs, total %.1fs", t_data, t_train, time.perf_counter() - t0)
-        return metrics
+        log.info("data %.1fs, training %.1fs; held-out %s", t_data, t_train, metrics)
     finally:
         torch.set_num_threads(old_threads)
+
+    d0 = EELSConfig().dose
+    training: dict[str, Any] = {
+        "generator": "instrument_sim.eels",
+        "scan_seeds": seeds,
+        "heldout_seed": HELDOUT_SEED,
+        "seed": seed,
+        "quick": quick,
+        "n_samples": int(len(x_np)),
+        "n_scan_pixels": int(len(x_np) - recipe.n_mixtures),
+        "n_mixtures": recipe.n_mixtures,
+        "epochs": recipe.epochs,
+        "batch": recipe.batch,
+        "optimizer": f"AdamW lr {recipe.lr} one-cycle, weight_decay 1e-4",
+        "loss": f"CE(class) + CE(abundance, soft labels) + {MSE_WEIGHT:g} MSE(abundance)",
+        "dose_range": [DOSE_RANGE[0] * d0, DOSE_RANGE[1] * d0],
+        "read_noise_range": [0.0, 2.0 * EELSConfig().read_noise],
+        "shift_eV_range": [-MAX_SHIFT_EV, MAX_SHIFT_EV],
+        "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
+        "resampling": "np.interp (linear) at the model axis channel positions",
+        "torch": torch.__version__,
+    }
+    pick = np.random.default_rng(seed).choice(len(x_val), 4096, replace=False)
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=x_val[np.sort(pick)])
+
+
+def model_card(result: TrainResult) -> ModelCard:
+    """The card stored in the ONNX file's metadata."""
+    return ModelCard(
+        name=NAME,
+        version=VERSION,
+        modality="eels",
+        description=(
+            "Per-pixel recognition of SrTiO3 / La0.7Sr0.3MnO3 / BiFeO3 (STO / LSMO / BFO) in EELS "
+            "spectrum images of oxide heterostructures: phase class and linear-mixing abundances "
+            "from the low-loss (plasmon) and core-loss (M2,3 / N4,5 edges) regions, 5-124.5 eV."
+        ),
+        architecture=architecture(),
+        input=InputSpec(name=INPUT_NAME, axis=MODEL_AXIS, normalization=NORMALIZATION),
+        outputs=[
+            OutputSpec(
+                name="probabilities",
+                role="class_probabilities",
+                labels=list(PHASES),
+                description="softmax over phases; trained on argmax(abundance)",
+            ),
+            OutputSpec(
+                name="abundance",
+                role="parameters",
+                labels=list(PHASES),
+                units=["fraction"] * len(PHASES),
+                description="linear-mixing fractions, non-negative, summing to 1",
+            ),
+        ],
+        training=result.training,
+        metrics=result.metrics,
+    )
+
+
+def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
+    """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
+    _emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
+    diff = export_with_card(
+        result.model,
+        torch.from_numpy(result.check_inputs[:16]),
+        Path(out_path),
+        model_card(result),
+        output_names=OUTPUT_NAMES,
+        check_inputs=result.check_inputs,
+    )
+    _emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
+    return diff
+
+
+def train(
+    out_path: str | PathLike[str],
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """Train eels-mlp, export it with its card to ``out_path`` and return the held-out metrics."""
+    result = fit(quick=quick, seed=seed, progress=progress)
+    diff = export(result, out_path, progress)
+    return {**result.metrics, "onnx_max_abs_diff": diff}

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from service.pipeline.recognizer import session_options
 from service.protocol.model_card import CARD_KEY, ModelCard
 
 if TYPE_CHECKING:
@@ -33,14 +34,9 @@ class ParityError(RuntimeError):
 
 
 def make_session(model: str | PathLike[str] | bytes, *, threads: int = 2) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session with a fixed thread count and spinning off."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    """An ONNX Runtime CPU session configured exactly as the service configures its own."""
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def read_card(model: str | PathLike[str] | onnx.ModelProto) -> ModelCard:
@@ -100,19 +96,25 @@ def export_with_card(
 
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=[card.input.name],
-            output_names=list(output_names),
-            dynamic_shapes=({0: batch},),
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
+    noisy = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed" on every export
+    old_level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[card.input.name],
+                output_names=list(output_names),
+                dynamic_shapes=({0: batch},),
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        noisy.setLevel(old_level)
     for w in caught:
         log.debug("torch.onnx.export: %s", w.message)
     if program is None:

@@ -240,11 +240,11 @@ class Server:
         else:
             latency = scan.store(item, outputs)
             self.counters["pixels_recognized"] += item.n_pixels
-            names = list(outputs)
+            specs = item.binding.line_specs(item.n_pixels)
             await self._publish(topics.scan_topic(scan.scan_id, topics.MAPS), Maps(
                 scan_id=scan.scan_id, recognizer=item.binding.recognizer.name, seq=item.seq, row=item.row,
-                col0=item.col0, n_pixels=item.n_pixels, latency_ms=latency,
-                arrays=scan.line_specs(item.binding, item.n_pixels)), [outputs[n] for n in names])
+                col0=item.col0, n_pixels=item.n_pixels, latency_ms=latency, arrays=specs),
+                [outputs[spec.name] for spec in specs])
         await self._maybe_close(scan)
 
     async def _maybe_close(self, scan: ScanState, *, timed_out: bool = False) -> None:

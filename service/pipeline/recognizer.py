@@ -68,6 +68,7 @@ class Recognizer:
             raise ModelError(f"{self.path}: card names outputs {missing} the graph does not have")
         self._output_names = [o.name for o in self.card.outputs]
         self.channels = self.card.input.axis.size
+        self._pixel_specs = self._build_pixel_specs()
         if warm_up_batch:
             self.run(np.zeros((warm_up_batch, self.channels), np.float32))
 
@@ -84,6 +85,9 @@ class Recognizer:
 
     def pixel_specs(self) -> list[ArraySpec]:
         """What a maps message carries per pixel, in order (shape without the leading pixel axis)."""
+        return list(self._pixel_specs)
+
+    def _build_pixel_specs(self) -> tuple[ArraySpec, ...]:
         specs: list[ArraySpec] = []
         for out in self.card.outputs:
             if out.role == "class_probabilities":
@@ -92,7 +96,7 @@ class Recognizer:
             else:
                 specs.append(ArraySpec(name=out.name, dtype="float32", shape=[len(out.labels)],
                                        labels=out.labels, units=out.units))
-        return specs
+        return tuple(specs)
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 ``[n, channels]`` -> published arrays keyed like ``pixel_specs`` (each ``[n, ...]``)."""

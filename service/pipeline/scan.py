@@ -28,6 +28,15 @@ class Binding:
     maps: dict[str, np.ndarray]
     filled: np.ndarray  # bool [rows, cols]
     pixels_done: int = 0
+    _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
+
+    def line_specs(self, n: int) -> list[ArraySpec]:
+        """The array specs of a maps message of ``n`` pixels (cached: lines have few distinct lengths)."""
+        specs = self._line_specs.get(n)
+        if specs is None:
+            specs = [s.model_copy(update={"shape": [n, *s.shape]}) for s in self.recognizer.pixel_specs()]
+            self._line_specs[n] = specs
+        return specs
 
 
 @dataclass
@@ -138,9 +147,6 @@ class ScanState:
         latency = (time.perf_counter() - item.t_received) * 1e3
         self.latencies_ms.append(latency)
         return latency
-
-    def line_specs(self, binding: Binding, n: int) -> list[ArraySpec]:
-        return [spec.model_copy(update={"shape": [n, *spec.shape]}) for spec in binding.recognizer.pixel_specs()]
 
     # ------------------------------------------------------------------ closing
 
