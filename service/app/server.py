@@ -54,7 +54,8 @@ class Server:
         self.open_scans: dict[str, ScanState] = {}
         self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
         self.workers = {name: InferenceWorker(rec, self._on_result, max_batch_pixels=settings.max_batch_pixels,
-                                              queue_pixels=settings.queue_pixels)
+                                              queue_pixels=settings.queue_pixels,
+                                              parallel=settings.inference_parallel)
                         for name, rec in self.recognizers.items()}
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()

@@ -1,7 +1,7 @@
 """Batching across lines and scans, and inference in a worker thread (never on the event loop).
 
 Each recognizer has one ``InferenceWorker``: a bounded queue of work items (counted in pixels) and
-one thread. The worker takes everything queued, up to ``max_batch_pixels``, maps each item's axis
+its inference threads. The worker takes everything queued, up to ``max_batch_pixels``, maps each item's axis
 straight into one preallocated float32 batch, runs the session once and splits the results by item.
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
 (low latency) when the instrument is slow. A full queue makes ``submit`` wait: the ingest loop then
@@ -61,15 +61,22 @@ class PixelQueue:
 
 
 class InferenceWorker:
-    """Owns one recognizer's queue and thread; ``serve`` is a long-lived task."""
+    """Owns one recognizer's queue and ``parallel`` inference threads; ``serve`` is a long-lived task.
+
+    With ``parallel > 1`` several batches run at once on the same session (ONNX Runtime allows
+    concurrent ``run`` calls). On a small shared machine, two single-threaded runs side by side stall
+    less than one two-threaded run whose threads must meet at every operator. Results of different
+    batches may then be published out of order; each maps message says which pixels it covers.
+    """
 
     def __init__(self, recognizer: Recognizer, on_result: ResultHandler, *,
-                 max_batch_pixels: int = 4096, queue_pixels: int = 65536):
+                 max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1):
         self.recognizer = recognizer
         self.max_batch_pixels = max_batch_pixels
+        self.parallel = parallel
         self.queue = PixelQueue(queue_pixels)
         self._on_result = on_result
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{recognizer.name}")
+        self._executor = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"infer-{recognizer.name}")
         self.batches = 0
         self.pixels = 0
 
@@ -77,7 +84,7 @@ class InferenceWorker:
         await self.queue.put(item)
 
     def _infer(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
-        """Runs in the worker thread."""
+        """Runs in a worker thread."""
         total = sum(item.n_pixels for item in items)
         batch = np.empty((total, self.recognizer.channels), dtype=np.float32)
         offset = 0
@@ -93,23 +100,38 @@ class InferenceWorker:
         return per_item
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.parallel)
         try:
-            while True:
-                items = await self.queue.take(self.max_batch_pixels)
-                try:
-                    results = await loop.run_in_executor(self._executor, self._infer, items)
-                except Exception as exc:  # a model failure must not stop the service
-                    log.exception("inference failed in %s", self.recognizer.name)
-                    for item in items:
-                        await _maybe_await(self._on_result(item, None, f"inference failed: {exc}"))
-                    continue
-                self.batches += 1
-                self.pixels += sum(item.n_pixels for item in items)
-                for item, outputs in zip(items, results):
-                    await _maybe_await(self._on_result(item, outputs, None))
+            async with asyncio.TaskGroup() as tg:
+                while True:
+                    await slots.acquire()
+                    try:
+                        items = await self.queue.take(self.max_batch_pixels)
+                    except BaseException:
+                        slots.release()
+                        raise
+                    tg.create_task(self._run_batch(items, slots))
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _run_batch(self, items: list[WorkItem], slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, items)
+            except Exception as exc:  # a model failure must not stop the service
+                log.exception("inference failed in %s", self.recognizer.name)
+                results, error = [None] * len(items), f"inference failed: {exc}"
+            else:
+                error = None
+                self.batches += 1
+                self.pixels += sum(item.n_pixels for item in items)
+        finally:
+            slots.release()
+        for item, outputs in zip(items, results):
+            try:
+                await _maybe_await(self._on_result(item, outputs, error))
+            except Exception:  # publishing one result must not lose the others
+                log.exception("handling a result of %s failed", self.recognizer.name)
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
