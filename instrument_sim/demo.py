@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.app.config import Settings
 from service.app.server import running
-from service.client import ScanResult, ServiceError, Subscriber
+from service.client import Control, ScanResult, ServiceError, Subscriber
 
 from .eels import PHASES, EELSConfig
 from .figures import render_eels
@@ -54,7 +54,8 @@ async def run_eels(cfg: EELSConfig, dwell_us: float, *, show_progress: bool, tim
     rows, cols = cfg.rows, cfg.cols
     t0 = time.perf_counter()
     async with running(settings) as server:
-        async with Subscriber(server.endpoints["publish"], scan_id=scan_id) as sub:
+        async with Subscriber(server.endpoints["publish"], scan_id=scan_id) as sub, \
+                Control(server.endpoints["control"]) as control:
             await sub.wait_ready()
             sim_args = ["eels", "--ingest", server.endpoints["ingest"], "--scan-id", scan_id, "--rows", str(rows),
                         "--cols", str(cols), "--dwell-us", str(dwell_us), "--seed", str(cfg.seed),
@@ -69,7 +70,7 @@ async def run_eels(cfg: EELSConfig, dwell_us: float, *, show_progress: bool, tim
 
                 async with asyncio.TaskGroup() as tg:
                     sim = tg.create_task(_run_simulator(sim_args))
-                    result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress)
+                    result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress, control=control)
                     await sim
     return result, time.perf_counter() - t0
 

@@ -142,6 +142,22 @@ class ScanResult:
         filled = {rec: np.zeros((rows, cols), dtype=bool) for rec in started.outputs}
         return cls(started, maps, filled)
 
+    recovered: bool = False  # maps completed from a snapshot after messages were missed
+
+    def missing_pixels(self) -> int:
+        """Pixels the summary says were recognized but whose maps this subscriber did not receive."""
+        if self.summary is None:
+            return 0
+        return sum(max(0, s.pixels_recognized - int(self.filled[rec].sum()))
+                   for rec, s in self.summary.recognizers.items() if rec in self.filled)
+
+    def fill_from(self, snapshot: ControlReply) -> None:
+        for rec, outputs in self.maps.items():
+            for name, values in outputs.items():
+                values[...] = snapshot.arrays[f"{rec}/{name}"]
+            self.filled[rec][...] = snapshot.arrays[f"{rec}/filled"].astype(bool)
+        self.recovered = True
+
     def add(self, header: Maps, arrays: dict[str, np.ndarray]) -> None:
         sl = (header.row, slice(header.col0, header.col0 + header.n_pixels))
         for name, values in arrays.items():
@@ -203,13 +219,28 @@ class Subscriber(_Client):
         # heartbeats that were already queued before the unsubscribe are dropped by recv()
         self._drop_status = extra
 
-    async def collect_scan(self, scan_id: str, timeout: float = 60.0, progress=None) -> ScanResult:
+    async def collect_scan(self, scan_id: str, timeout: float = 60.0, progress=None,
+                           control: Control | None = None) -> ScanResult:
         """Receive until the scan's summary; ``progress(result)`` is called after every maps message.
-        Raises TimeoutError if the summary does not come within ``timeout`` s of the last message."""
+
+        If messages were dropped on the way (a subscriber that fell behind the PUB high-water mark)
+        and ``control`` is given, missing maps — or a missing summary, when nothing arrives for
+        ``timeout`` s after the scan closed — come from a ``snapshot``, and ``result.recovered`` is
+        set. Otherwise TimeoutError when nothing arrives for ``timeout`` s."""
         result: ScanResult | None = None
         early: list[Received] = []
         while True:
-            msg = await self.recv(timeout)
+            try:
+                msg = await self.recv(timeout)
+            except TimeoutError:
+                if control is None or result is None:
+                    raise
+                snap = await control.snapshot(scan_id)
+                if snap.result.get("summary") is None:
+                    raise  # still open, and silent
+                result.summary = ScanSummary.model_validate(snap.result["summary"])
+                result.fill_from(snap)
+                return result
             h = msg.header
             if getattr(h, "scan_id", None) != scan_id:
                 continue
@@ -233,6 +264,8 @@ class Subscriber(_Client):
                 if result is None:
                     raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
                 result.summary = h
+                if control is not None and result.missing_pixels():
+                    result.fill_from(await control.snapshot(scan_id))
                 return result
 
 

@@ -283,7 +283,9 @@ class Server:
 
     def status(self) -> Status:
         return Status(version=__version__, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
-                      recognizers=list(self.recognizers), counters=dict(self.counters),
+                      recognizers=list(self.recognizers),
+                      counters={**self.counters,
+                                "backpressure_waits": sum(w.queue.waits for w in self.workers.values())},
                       queued_pixels=sum(w.queue.pixels for w in self.workers.values()))
 
     async def _status_loop(self) -> None:

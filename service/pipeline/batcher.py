@@ -32,6 +32,7 @@ class PixelQueue:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.pixels = 0
+        self.waits = 0  # puts that had to wait for room: backpressure reached the ingest loop
         self._items: collections.deque[WorkItem] = collections.deque()
         self._cond = asyncio.Condition()
 
@@ -40,7 +41,11 @@ class PixelQueue:
 
     async def put(self, item: WorkItem) -> None:
         async with self._cond:
-            await self._cond.wait_for(lambda: not self._items or self.pixels + item.n_pixels <= self.capacity)
+            def fits() -> bool:
+                return not self._items or self.pixels + item.n_pixels <= self.capacity
+            if not fits():
+                self.waits += 1
+                await self._cond.wait_for(fits)
             self._items.append(item)
             self.pixels += item.n_pixels
             self._cond.notify_all()

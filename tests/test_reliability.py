@@ -1,0 +1,122 @@
+"""GUIDE §5 situations with a tested behaviour: interleaved scans, a publisher restarting mid-scan,
+a subscriber that never reads, backpressure that loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import zmq
+
+from service.app.server import running
+from service.client import Control, Instrument, Subscriber
+from service.protocol.messages import Data, ScanEnd, ScanStart
+
+from .band_model import band_axis, band_spectra
+
+
+async def test_interleaved_scans_from_two_instruments(clients, server):
+    _, sub, _ = clients
+    truths = {sid: np.random.default_rng(k).integers(0, 3, size=(10, 7)) for k, sid in enumerate(("a", "b"))}
+    insts = [Instrument(server.endpoints["ingest"], linger_s=0) for _ in truths]
+    try:
+        streams = [inst.scan(sid, "eels", truth.shape, band_axis()) for inst, (sid, truth) in zip(insts, truths.items())]
+        for s in streams:
+            await s.__aenter__()
+        for row in range(10):  # strictly alternating lines of the two scans
+            for s, truth in zip(streams, truths.values()):
+                await s.send_line(row, band_spectra(truth[row]))
+        for s in streams:
+            await s.end()
+        results = {}
+        while len(results) < 2:
+            msg = await sub.recv(10)
+            if msg.header.kind == "scan_summary":
+                results[msg.header.scan_id] = msg.header
+        for sid, truth in truths.items():
+            assert results[sid].state == "complete" and results[sid].pixels_recognized == truth.size
+    finally:
+        for inst in insts:
+            inst.close()
+
+
+async def test_publisher_restart_continues_the_scan(clients, server):
+    """An instrument process dies after seq 3 and a new one carries on with seq 4: nothing is lost."""
+    _, sub, _ = clients
+    truth = np.random.default_rng(5).integers(0, 3, size=(8, 6))
+    first = Instrument(server.endpoints["ingest"], linger_s=1)
+    await first.send(ScanStart(scan_id="restart", modality="eels", shape=truth.shape, axis=band_axis()))
+    for seq in range(4):
+        await first.send(Data(scan_id="restart", seq=seq, row=seq, shape=(6, 60), dtype="float32"),
+                         [band_spectra(truth[seq])])
+    first.close()  # the "crash": its socket is gone
+    async with Instrument(server.endpoints["ingest"], linger_s=1) as second:
+        for seq in range(4, 8):
+            await second.send(Data(scan_id="restart", seq=seq, row=seq, shape=(6, 60), dtype="float32"),
+                              [band_spectra(truth[seq])])
+        await second.send(ScanEnd(scan_id="restart", n_messages=8))
+        result = await sub.collect_scan("restart")
+    assert result.summary.state == "complete" and result.summary.lost == []
+    np.testing.assert_array_equal(result.maps["band"]["class"], truth)
+
+
+async def test_subscriber_that_never_reads_does_not_slow_the_scan(server):
+    ctx = zmq.Context()
+    stalled = ctx.socket(zmq.SUB)  # connects, subscribes to everything, never reads
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.RCVHWM, 10)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(server.endpoints["publish"])
+    try:
+        async with Instrument(server.endpoints["ingest"], linger_s=0) as inst, \
+                Subscriber(server.endpoints["publish"], scan_id="busy") as sub:
+            await sub.wait_ready()
+            truth = np.random.default_rng(2).integers(0, 3, size=(200, 8))
+            async with inst.scan("busy", "eels", truth.shape, band_axis()) as scan:
+                for row in range(truth.shape[0]):
+                    await scan.send_line(row, band_spectra(truth[row]))
+            result = await sub.collect_scan("busy", timeout=20)
+        assert result.summary.state == "complete" and not result.recovered
+        np.testing.assert_array_equal(result.maps["band"]["class"], truth)
+    finally:
+        stalled.close(linger=0)
+        ctx.term()
+
+
+async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
+    """A PUB queue of 10 messages and a subscriber that only reads after the scan: maps are dropped
+    for it (never for the scan), and collect_scan completes them from the control socket."""
+    small_hwm = settings.model_copy(update={"publish_hwm": 10})
+    async with running(small_hwm) as srv:
+        async with Instrument(srv.endpoints["ingest"], linger_s=0) as inst, \
+                Subscriber(srv.endpoints["publish"], scan_id="behind", hwm=10) as sub, \
+                Control(srv.endpoints["control"]) as ctl:
+            await sub.wait_ready()
+            truth = np.random.default_rng(4).integers(0, 3, size=(100, 8))
+            async with inst.scan("behind", "eels", truth.shape, band_axis()) as scan:
+                for row in range(truth.shape[0]):
+                    await scan.send_line(row, band_spectra(truth[row]))
+            while srv.open_scans:  # let the scan finish before the subscriber reads anything
+                await asyncio.sleep(0.01)
+            result = await sub.collect_scan("behind", timeout=1, control=ctl)
+        assert result.recovered and len(result.latencies_ms) < truth.shape[0], "nothing was dropped"
+        assert result.summary.state == "complete" and result.summary.pixels_recognized == truth.size
+        np.testing.assert_array_equal(result.maps["band"]["class"], truth)
+        assert result.filled["band"].all()
+async def test_backpressure_is_lossless(settings):
+    """A queue of only 16 pixels: the ingest loop must wait for inference, and nothing is dropped."""
+    tiny = settings.model_copy(update={"queue_pixels": 16, "max_batch_pixels": 16})
+    async with running(tiny) as srv:
+        async with Instrument(srv.endpoints["ingest"], linger_s=0, hwm=2) as inst, \
+                Subscriber(srv.endpoints["publish"], scan_id="press") as sub:
+            await sub.wait_ready()
+            truth = np.random.default_rng(9).integers(0, 3, size=(300, 16))
+            async with inst.scan("press", "eels", truth.shape, band_axis()) as scan:
+                for row in range(truth.shape[0]):
+                    await scan.send_line(row, band_spectra(truth[row]))
+            result = await sub.collect_scan("press", timeout=30)
+            counters = srv.status().counters
+        assert result.summary.state == "complete" and result.summary.pixels_recognized == truth.size
+        np.testing.assert_array_equal(result.maps["band"]["class"], truth)
+        assert counters["pixels_recognized"] == truth.size
+        assert counters["backpressure_waits"] > 0, "the test did not make the ingest loop wait"
