@@ -27,7 +27,6 @@ from instrument_sim.eels import (
     PHASES,
     EELSConfig,
     EELSSample,
-    axis_energies,
     simulate_spectra,
 )
 from models.export import export_with_card

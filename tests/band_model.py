@@ -73,3 +73,10 @@ def band_spectra(classes: np.ndarray, axis: Axis | None = None, counts: float = 
     for i, k in enumerate(classes):
         out[i, edges[k]:edges[k + 1]] = counts
     return out
+
+
+async def send_band_scan(inst, scan_id: str, truth: np.ndarray, axis: Axis | None = None) -> None:
+    """Stream a scan whose pixel classes are ``truth`` [rows, cols], one message per row."""
+    async with inst.scan(scan_id, "eels", truth.shape, axis or band_axis()) as scan:
+        for row in range(truth.shape[0]):
+            await scan.send_line(row, band_spectra(truth[row], axis))

@@ -8,11 +8,11 @@ import asyncio
 import numpy as np
 import zmq
 
-from service.app.server import running
 from service.client import Control, Instrument, Subscriber
 from service.protocol.messages import Data, ScanEnd, ScanStart
 
-from .band_model import band_axis, band_spectra
+from .band_model import band_axis, band_spectra, send_band_scan
+from .harness import live
 
 
 async def test_interleaved_scans_from_two_instruments(clients, server):
@@ -72,9 +72,7 @@ async def test_subscriber_that_never_reads_does_not_slow_the_scan(server):
                 Subscriber(server.endpoints["publish"], scan_id="busy") as sub:
             await sub.wait_ready()
             truth = np.random.default_rng(2).integers(0, 3, size=(200, 8))
-            async with inst.scan("busy", "eels", truth.shape, band_axis()) as scan:
-                for row in range(truth.shape[0]):
-                    await scan.send_line(row, band_spectra(truth[row]))
+            await send_band_scan(inst, "busy", truth)
             result = await sub.collect_scan("busy", timeout=20)
         assert result.summary.state == "complete" and not result.recovered
         np.testing.assert_array_equal(result.maps["band"]["class"], truth)
@@ -87,15 +85,10 @@ async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
     """A PUB queue of 10 messages and a subscriber that only reads after the scan: maps are dropped
     for it (never for the scan), and collect_scan completes them from the control socket."""
     small_hwm = settings.model_copy(update={"publish_hwm": 10})
-    async with running(small_hwm) as srv:
-        async with Instrument(srv.endpoints["ingest"], linger_s=0) as inst, \
-                Subscriber(srv.endpoints["publish"], scan_id="behind", hwm=10) as sub, \
-                Control(srv.endpoints["control"]) as ctl:
-            await sub.wait_ready()
+    async with live(small_hwm, scan_id="behind", hwm=10) as (srv, inst, sub):
+        async with Control(srv.endpoints["control"]) as ctl:
             truth = np.random.default_rng(4).integers(0, 3, size=(100, 8))
-            async with inst.scan("behind", "eels", truth.shape, band_axis()) as scan:
-                for row in range(truth.shape[0]):
-                    await scan.send_line(row, band_spectra(truth[row]))
+            await send_band_scan(inst, "behind", truth)
             while srv.open_scans:  # let the scan finish before the subscriber reads anything
                 await asyncio.sleep(0.01)
             result = await sub.collect_scan("behind", timeout=1, control=ctl)
@@ -106,16 +99,11 @@ async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
 async def test_backpressure_is_lossless(settings):
     """A queue of only 16 pixels: the ingest loop must wait for inference, and nothing is dropped."""
     tiny = settings.model_copy(update={"queue_pixels": 16, "max_batch_pixels": 16})
-    async with running(tiny) as srv:
-        async with Instrument(srv.endpoints["ingest"], linger_s=0, hwm=2) as inst, \
-                Subscriber(srv.endpoints["publish"], scan_id="press") as sub:
-            await sub.wait_ready()
-            truth = np.random.default_rng(9).integers(0, 3, size=(300, 16))
-            async with inst.scan("press", "eels", truth.shape, band_axis()) as scan:
-                for row in range(truth.shape[0]):
-                    await scan.send_line(row, band_spectra(truth[row]))
-            result = await sub.collect_scan("press", timeout=30)
-            counters = srv.status().counters
+    async with live(tiny, scan_id="press") as (srv, inst, sub):
+        truth = np.random.default_rng(9).integers(0, 3, size=(300, 16))
+        await send_band_scan(inst, "press", truth)
+        result = await sub.collect_scan("press", timeout=30)
+        counters = srv.status().counters
         assert result.summary.state == "complete" and result.summary.pixels_recognized == truth.size
         np.testing.assert_array_equal(result.maps["band"]["class"], truth)
         assert counters["pixels_recognized"] == truth.size

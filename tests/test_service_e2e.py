@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.protocol.messages import Maps, ScanStarted, ScanSummary
-
-from .band_model import band_axis, band_spectra
+from .band_model import send_band_scan
 
 
 async def test_scan_round_trip_every_pixel_accounted(clients):
@@ -14,9 +12,7 @@ async def test_scan_round_trip_every_pixel_accounted(clients):
     rows, cols = 12, 20
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 3, size=(rows, cols))
-    async with inst.scan("e2e", "eels", (rows, cols), band_axis()) as scan:
-        for row in range(rows):
-            await scan.send_line(row, band_spectra(truth[row]))
+    await send_band_scan(inst, "e2e", truth)
     result = await sub.collect_scan("e2e", timeout=20)
     s = result.summary
     assert s.state == "complete"

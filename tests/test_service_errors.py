@@ -6,12 +6,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from service.app.server import running
-from service.client import Instrument, Subscriber
-from service.protocol.codec import encode
 from service.protocol.messages import Data, Event, ScanEnd, ScanStart, ScanSummary
 
-from .band_model import band_axis, band_spectra
+from .band_model import band_axis, band_spectra, send_band_scan
+from .harness import live
 
 
 async def next_event(sub, code: str, timeout: float = 10.0) -> Event:
@@ -23,9 +21,7 @@ async def next_event(sub, code: str, timeout: float = 10.0) -> Event:
 
 async def good_scan(inst, sub, scan_id: str, rows: int = 3, cols: int = 5) -> ScanSummary:
     truth = np.arange(rows * cols).reshape(rows, cols) % 3
-    async with inst.scan(scan_id, "eels", (rows, cols), band_axis()) as scan:
-        for row in range(rows):
-            await scan.send_line(row, band_spectra(truth[row]))
+    await send_band_scan(inst, scan_id, truth)
     result = await sub.collect_scan(scan_id, timeout=10)
     np.testing.assert_array_equal(result.maps["band"]["class"], truth)
     assert result.summary.state == "complete"
@@ -124,16 +120,13 @@ async def test_unknown_scan(clients):
 
 async def test_oversized_message(settings):
     small = settings.model_copy(update={"max_message_bytes": 4096})
-    async with running(small) as srv:
-        async with Instrument(srv.endpoints["ingest"], linger_s=0) as inst, \
-                Subscriber(srv.endpoints["publish"]) as sub:
-            await sub.wait_ready()
-            await start(inst, "big", rows=3, cols=20)
-            huge = band_spectra([0] * 20)  # 20 * 60 * 4 = 4800 bytes > 4096
-            await inst.send(Data(scan_id="big", seq=0, row=0, shape=huge.shape, dtype="float32"), [huge])
-            ev = await next_event(sub, "oversized")
-            assert ev.scan_id == "big" and ev.seq == 0 and "4800 bytes" in ev.reason and "4096" in ev.reason
-            await good_scan(inst, sub, "after-oversized")
+    async with live(small) as (_, inst, sub):
+        await start(inst, "big", rows=3, cols=20)
+        huge = band_spectra([0] * 20)  # 20 * 60 * 4 = 4800 bytes > 4096
+        await inst.send(Data(scan_id="big", seq=0, row=0, shape=huge.shape, dtype="float32"), [huge])
+        ev = await next_event(sub, "oversized")
+        assert ev.scan_id == "big" and ev.seq == 0 and "4800 bytes" in ev.reason and "4096" in ev.reason
+        await good_scan(inst, sub, "after-oversized")
 
 
 async def test_duplicate_scan_start_keeps_open_scan(clients):
@@ -168,20 +161,17 @@ async def test_lost_and_late_messages_are_reported(clients):
 
 async def test_scan_without_end_times_out(settings):
     quick = settings.model_copy(update={"scan_timeout_s": 0.3})
-    async with running(quick) as srv:
-        async with Instrument(srv.endpoints["ingest"], linger_s=0) as inst, \
-                Subscriber(srv.endpoints["publish"]) as sub:
-            await sub.wait_ready()
-            await start(inst, "abandoned", rows=4, cols=5)
-            for seq in (0, 1, 3):  # the publisher dies after seq 3; seq 2 never came
-                await inst.sock.send_multipart(data_frames("abandoned", seq, seq, band_spectra([0] * 5)))
-            ev = await next_event(sub, "scan_timeout")
-            assert ev.scan_id == "abandoned"
-            while not isinstance((msg := await sub.recv(10)).header, ScanSummary):
-                pass
-            s = msg.header
-            assert s.state == "timed_out" and s.messages_sent is None and s.lost == [2]
-            assert s.pixels_recognized == 15
+    async with live(quick) as (_, inst, sub):
+        await start(inst, "abandoned", rows=4, cols=5)
+        for seq in (0, 1, 3):  # the publisher dies after seq 3; seq 2 never came
+            await inst.sock.send_multipart(data_frames("abandoned", seq, seq, band_spectra([0] * 5)))
+        ev = await next_event(sub, "scan_timeout")
+        assert ev.scan_id == "abandoned"
+        while not isinstance((msg := await sub.recv(10)).header, ScanSummary):
+            pass
+        s = msg.header
+        assert s.state == "timed_out" and s.messages_sent is None and s.lost == [2]
+        assert s.pixels_recognized == 15
 
 
 @pytest.mark.parametrize("kind_header", [

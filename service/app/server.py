@@ -332,7 +332,7 @@ class Server:
 
     async def _op_snapshot(self, request: Request) -> tuple[dict, list, list]:
         sid = request.scan_id
-        scan = self.open_scans.get(sid) or self.closed_scans.get(sid) if sid else None
+        scan = (self.open_scans.get(sid) or self.closed_scans.get(sid)) if sid else None
         if scan is None:
             raise ProtocolError("unknown_scan", f"no open or recently closed scan {sid!r}")
         specs, arrays = scan.snapshot()
