@@ -1,0 +1,44 @@
+"""Every `scanlens` command explains itself with --help; `models` and `schema --check` work offline."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from service.app.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("argv,words", [
+    ([], "recognition imaging"),
+    (["serve"], "SCANLENS_"),
+    (["models"], "model cards"),
+    (["status"], "running service"),
+    (["schema"], "JSON Schema"),
+    (["demo"], "ground truth"),
+    (["sim"], "Simulated instruments"),
+    (["sim", "eels"], "heterostructure"),
+    (["train"], "eels"),
+    (["train", "eels"], "held-out"),
+])
+def test_help(argv, words):
+    result = runner.invoke(app, [*argv, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert words in " ".join(result.output.split())
+
+
+def test_models_lists_the_committed_recognizer():
+    result = runner.invoke(app, ["models"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "eels-mlp" in result.output and "5–124.5 eV" in result.output and "phase_accuracy" in result.output
+
+
+def test_schema_check_passes_on_the_committed_schema():
+    result = runner.invoke(app, ["schema", "--check"])
+    assert result.exit_code == 0 and "up to date" in result.output
+
+
+def test_status_without_a_service_is_a_clear_error():
+    result = runner.invoke(app, ["status", "--control", "tcp://127.0.0.1:1", "--timeout", "0.3"])
+    assert result.exit_code == 1 and "is `scanlens serve` running?" in result.output
