@@ -91,3 +91,15 @@ async def test_out_of_range_scan_is_rejected_at_scan_start(clients):
     assert events[0].code == "scan_rejected"
     assert "20–29.9 eV" in events[0].reason and "10–69 eV" in events[0].reason
     assert [e.code for e in events[1:]] == ["unknown_scan", "unknown_scan"]  # its data and scan_end
+
+
+def test_components_are_interpolated_independently():
+    source = Axis(size=120, offset=9.0, scale=0.55, units="eV")
+    m = AxisMap.build(source, MODEL)
+    e_src = source.offset + np.arange(source.size) * source.scale
+    e_model = MODEL.offset + np.arange(MODEL.size) * MODEL.scale
+    x = np.stack([np.stack([2 * e_src, np.sin(e_src / 7)], axis=-1)] * 3)  # [3, 120, 2]
+    out = m.apply(x.astype(np.float32))
+    assert out.shape == (3, 60, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out[..., 0], np.broadcast_to(2 * e_model, (3, 60)), rtol=1e-5)
+    np.testing.assert_allclose(out[1, :, 1], np.interp(e_model, e_src, np.sin(e_src / 7)), atol=1e-5)

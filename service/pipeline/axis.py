@@ -76,16 +76,18 @@ class AxisMap:
         return self.left is None
 
     def apply(self, spectra: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``[n, source.size]`` (any wire dtype) -> float32 ``[n, target.size]``, into ``out`` if given."""
+        """``[n, source.size, ...]`` (any wire dtype) -> float32 ``[n, target.size, ...]``, into ``out``
+        if given. Trailing axes (components) are interpolated independently."""
         if out is None:
-            out = np.empty((spectra.shape[0], self.target.size), dtype=np.float32)
+            out = np.empty((spectra.shape[0], self.target.size, *spectra.shape[2:]), dtype=np.float32)
         if self.left is None:
             np.copyto(out, spectra, casting="unsafe")
             return out
         lower = spectra[:, self.left]
         upper = spectra[:, self.left + 1]
+        weight = self.weight.reshape(-1, *([1] * (spectra.ndim - 2)))
         # out = lower + w * (upper - lower), in float32 without extra temporaries
         np.subtract(upper, lower, out=out, dtype=np.float32, casting="unsafe")
-        out *= self.weight
+        out *= weight
         out += lower
         return out

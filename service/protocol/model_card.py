@@ -21,10 +21,13 @@ class _Card(BaseModel):
 
 
 class InputSpec(_Card):
-    """The single model input: a batch of spectra ``[n, axis.size]`` float32 on ``axis``."""
+    """The single model input: float32 ``[n, axis.size]``, or ``[n, axis.size, len(components)]`` when
+    each channel carries several named components (e.g. BE-PFM amplitude and phase, the up and down
+    branches of a switching loop)."""
 
     name: str
     axis: Axis
+    components: list[str] | None = Field(default=None, min_length=1, max_length=16)
     normalization: str = Field(
         description="what the graph does to raw counts before the network (it is inside the ONNX graph)"
     )
