@@ -174,7 +174,7 @@ class Server:
         await self._publish(topics.scan_topic(sid, topics.SCAN_STARTED), ScanStarted(
             scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis,
             recognizers=list(scan.bindings),
-            outputs={name: b.recognizer.pixel_specs() for name, b in scan.bindings.items()},
+            outputs={name: b.processor.pixel_specs() for name, b in scan.bindings.items()},
             meta=start.meta))
 
     def _choose_recognizers(self, start: ScanStart) -> list[Recognizer]:
@@ -213,7 +213,7 @@ class Server:
         self.counters["pixels_in"] += data.shape[0]
         for binding in scan.bindings.values():
             scan.in_flight += 1
-            await self.workers[binding.recognizer.name].submit(
+            await self.workers[binding.processor.name].submit(
                 WorkItem(scan, binding, data.seq, data.row, data.col0, spectra, t_received))
 
     async def _on_scan_end(self, end: ScanEnd, buffers: list[memoryview], t_received: float) -> None:
@@ -243,7 +243,7 @@ class Server:
             self.counters["pixels_recognized"] += item.n_pixels
             specs = item.binding.line_specs(item.n_pixels)
             await self._publish(topics.scan_topic(scan.scan_id, topics.MAPS), Maps(
-                scan_id=scan.scan_id, recognizer=item.binding.recognizer.name, seq=item.seq, row=item.row,
+                scan_id=scan.scan_id, recognizer=item.binding.processor.name, seq=item.seq, row=item.row,
                 col0=item.col0, n_pixels=item.n_pixels, latency_ms=latency, arrays=specs),
                 [outputs[spec.name] for spec in specs])
         await self._maybe_close(scan)

@@ -1,8 +1,9 @@
 """Batching across lines and scans, and inference in a worker thread (never on the event loop).
 
-Each recognizer has one ``InferenceWorker``: a bounded queue of work items (counted in pixels) and
-its inference threads. The worker takes everything queued, up to ``max_batch_pixels``, maps each item's axis
-straight into one preallocated float32 batch, runs the session once and splits the results by item.
+Each processor (recognizer or analyzer) has one ``InferenceWorker``: a bounded queue of work items
+(counted in pixels) and its threads. The worker hands everything queued, up to ``max_batch_pixels``,
+to the processor in one call (a recognizer maps every item straight into one preallocated float32
+batch, runs its session once and splits the results by item).
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
 (low latency) when the instrument is slow. A full queue makes ``submit`` wait: the ingest loop then
 stops reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
@@ -18,8 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .recognizer import Recognizer
-from .scan import WorkItem
+from .processor import Processor, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class PixelQueue:
 
 
 class InferenceWorker:
-    """Owns one recognizer's queue and ``parallel`` inference threads; ``serve`` is a long-lived task.
+    """Owns one processor's queue and ``parallel`` inference threads; ``serve`` is a long-lived task.
 
     With ``parallel > 1`` several batches run at once on the same session (ONNX Runtime allows
     concurrent ``run`` calls). On a small shared machine, two single-threaded runs side by side stall
@@ -74,35 +74,20 @@ class InferenceWorker:
     batches may then be published out of order; each maps message says which pixels it covers.
     """
 
-    def __init__(self, recognizer: Recognizer, on_result: ResultHandler, *,
+    def __init__(self, processor: Processor, on_result: ResultHandler, *,
                  max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1):
-        self.recognizer = recognizer
+        self.processor = processor
         self.max_batch_pixels = max_batch_pixels
-        self.parallel = parallel
+        self.parallel = min(parallel, processor.max_parallel or parallel)
         self.queue = PixelQueue(queue_pixels)
         self._on_result = on_result
-        self._executor = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f"infer-{recognizer.name}")
+        self._executor = ThreadPoolExecutor(max_workers=self.parallel,
+                                            thread_name_prefix=f"infer-{processor.name}")
         self.batches = 0
         self.pixels = 0
 
     async def submit(self, item: WorkItem) -> None:
         await self.queue.put(item)
-
-    def _infer(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
-        """Runs in a worker thread."""
-        total = sum(item.n_pixels for item in items)
-        batch = np.empty((total, self.recognizer.channels), dtype=np.float32)
-        offset = 0
-        for item in items:
-            item.binding.axis_map.apply(item.spectra, out=batch[offset: offset + item.n_pixels])
-            offset += item.n_pixels
-        outputs = self.recognizer.run(batch)
-        per_item, offset = [], 0
-        for item in items:
-            end = offset + item.n_pixels
-            per_item.append({name: values[offset:end] for name, values in outputs.items()})
-            offset = end
-        return per_item
 
     async def serve(self) -> None:
         slots = asyncio.Semaphore(self.parallel)
@@ -122,9 +107,10 @@ class InferenceWorker:
     async def _run_batch(self, items: list[WorkItem], slots: asyncio.Semaphore) -> None:
         try:
             try:
-                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, items)
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.processor.process, items)
             except Exception as exc:  # a model failure must not stop the service
-                log.exception("inference failed in %s", self.recognizer.name)
+                log.exception("inference failed in %s", self.processor.name)
                 results, error = [None] * len(items), f"inference failed: {exc}"
             else:
                 error = None
@@ -136,7 +122,7 @@ class InferenceWorker:
             try:
                 await _maybe_await(self._on_result(item, outputs, error))
             except Exception:  # publishing one result must not lose the others
-                log.exception("handling a result of %s failed", self.recognizer.name)
+                log.exception("handling a result of %s failed", self.processor.name)
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:

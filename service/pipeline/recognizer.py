@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from ..protocol.messages import ArraySpec
+from ..protocol.messages import ArraySpec, Axis, ScanStart
 from ..protocol.model_card import CARD_KEY, ModelCard
+from .processor import Processor, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def read_card(session: ort.InferenceSession, path: Path) -> ModelCard:
         raise ModelError(f"{path}: invalid model card: {exc}") from None
 
 
-class Recognizer:
+class Recognizer(Processor):
     """An ONNX model with its card; ``run`` maps a float32 batch to the published per-pixel arrays."""
 
     def __init__(self, path: Path, *, threads: int = 2, warm_up_batch: int = 512):
@@ -67,14 +68,19 @@ class Recognizer:
         if missing:
             raise ModelError(f"{self.path}: card names outputs {missing} the graph does not have")
         self._output_names = [o.name for o in self.card.outputs]
+        self.modality = self.card.modality
+        self.components = self.card.input.components
         self.channels = self.card.input.axis.size
+        self.input_shape = (self.channels,) if self.components is None else (self.channels, len(self.components))
         self._pixel_specs = self._build_pixel_specs()
         if warm_up_batch:
-            self.run(np.zeros((warm_up_batch, self.channels), np.float32))
+            self.run(np.zeros((warm_up_batch, *self.input_shape), np.float32))
 
-    @property
-    def modality(self) -> str:
-        return self.card.modality
+    def input_axis(self, start: ScanStart) -> Axis:
+        return self.card.input.axis
+
+    def describe(self) -> dict:
+        return self.card.model_dump(mode="json")
 
     @property
     def class_labels(self) -> list[str] | None:
@@ -97,6 +103,22 @@ class Recognizer:
                 specs.append(ArraySpec(name=out.name, dtype="float32", shape=[len(out.labels)],
                                        labels=out.labels, units=out.units))
         return tuple(specs)
+
+    def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+        """One session run for all items: each is mapped straight into one preallocated batch."""
+        total = sum(item.n_pixels for item in items)
+        batch = np.empty((total, *self.input_shape), dtype=np.float32)
+        offset = 0
+        for item in items:
+            item.binding.prepare(item.spectra, out=batch[offset: offset + item.n_pixels])
+            offset += item.n_pixels
+        outputs = self.run(batch)
+        per_item, offset = [], 0
+        for item in items:
+            end = offset + item.n_pixels
+            per_item.append({name: values[offset:end] for name, values in outputs.items()})
+            offset = end
+        return per_item
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 ``[n, channels]`` -> published arrays keyed like ``pixel_specs`` (each ``[n, ...]``)."""

@@ -15,45 +15,7 @@ import numpy as np
 
 from ..protocol.codec import ProtocolError, buffer_to_array
 from ..protocol.messages import ArraySpec, Data, RecognizerSummary, Rejection, ScanStart, ScanSummary
-from .axis import AxisMap
-from .recognizer import Recognizer
-
-
-@dataclass
-class Binding:
-    """A recognizer attached to a scan, with the axis map and the maps it fills."""
-
-    recognizer: Recognizer
-    axis_map: AxisMap
-    maps: dict[str, np.ndarray]
-    filled: np.ndarray  # bool [rows, cols]
-    pixels_done: int = 0
-    _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
-
-    def line_specs(self, n: int) -> list[ArraySpec]:
-        """The array specs of a maps message of ``n`` pixels (cached: lines have few distinct lengths)."""
-        specs = self._line_specs.get(n)
-        if specs is None:
-            specs = [s.model_copy(update={"shape": [n, *s.shape]}) for s in self.recognizer.pixel_specs()]
-            self._line_specs[n] = specs
-        return specs
-
-
-@dataclass
-class WorkItem:
-    """One accepted data message on its way to one recognizer."""
-
-    scan: ScanState
-    binding: Binding
-    seq: int
-    row: int
-    col0: int
-    spectra: np.ndarray  # [n, channels] zero-copy view on the received frame
-    t_received: float  # time.perf_counter()
-
-    @property
-    def n_pixels(self) -> int:
-        return self.spectra.shape[0]
+from .processor import Binding, Processor, WorkItem
 
 
 @dataclass
@@ -72,16 +34,9 @@ class ScanState:
     summary: ScanSummary | None = None  # set once the scan is closed
 
     @classmethod
-    def open(cls, start: ScanStart, recognizers: list[Recognizer]) -> ScanState:
-        rows, cols = start.shape
-        bindings = {}
-        for rec in recognizers:
-            maps = {}
-            for spec in rec.pixel_specs():
-                maps[spec.name] = np.zeros((rows, cols, *spec.shape), dtype=spec.dtype)
-            bindings[rec.name] = Binding(rec, AxisMap.build(start.axis, rec.card.input.axis), maps,
-                                         np.zeros((rows, cols), dtype=bool))
-        return cls(start, bindings)
+    def open(cls, start: ScanStart, processors: list[Processor]) -> ScanState:
+        """Bind every processor; AxisError (a refused scan) when the data cannot be fed to one."""
+        return cls(start, {p.name: p.bind(start) for p in processors})
 
     @property
     def scan_id(self) -> str:
@@ -112,10 +67,14 @@ class ScanState:
         if self.n_messages is not None and data.seq >= self.n_messages:
             raise self._reject(data, f"seq {data.seq} is beyond scan_end's n_messages={self.n_messages}")
         rows, cols = self.start.shape
-        n, channels = data.shape
+        n, channels = data.shape[:2]
         if channels != self.start.axis.size:
             raise self._reject(data, f"shape {list(data.shape)} has {channels} channels; "
                                      f"scan_start axis has {self.start.axis.size}")
+        components = self.start.components
+        if (len(data.shape) == 3) != bool(components) or (components and data.shape[2] != len(components)):
+            want = f"{len(components)} components {components}" if components else "no components axis"
+            raise self._reject(data, f"shape {list(data.shape)} contradicts scan_start: {want}")
         if data.row >= rows or data.col0 + n > cols:
             raise self._reject(data, f"pixels row {data.row}, cols {data.col0}..{data.col0 + n - 1} "
                                      f"are outside the scan shape {list(self.start.shape)}")
@@ -162,13 +121,8 @@ class ScanState:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
         summaries = {}
         for name, b in self.bindings.items():
-            fractions = None
-            labels = b.recognizer.class_labels
-            if labels is not None and "class" in b.maps:
-                counts = np.bincount(b.maps["class"][b.filled], minlength=len(labels))[: len(labels)]
-                total = max(int(counts.sum()), 1)
-                fractions = {label: float(c) / total for label, c in zip(labels, counts)}
-            summaries[name] = RecognizerSummary(pixels_recognized=b.pixels_done, class_fractions=fractions)
+            b.processor.finish(b)
+            summaries[name] = b.processor.summarize(b)
         complete = (not timed_out and not lost and not self.rejected
                     and self.pixels_received == rows * cols)
         self.summary = ScanSummary(
@@ -193,11 +147,14 @@ class ScanState:
         specs: list[ArraySpec] = []
         arrays: list[np.ndarray] = []
         for name, b in self.bindings.items():
-            pixel_specs = {s.name: s for s in b.recognizer.pixel_specs()}
+            pixel_specs = {s.name: s for s in b.processor.pixel_specs()}
             for out, values in b.maps.items():
                 specs.append(pixel_specs[out].model_copy(update={"name": f"{name}/{out}", "shape": list(values.shape)}))
                 arrays.append(values)
             filled = b.filled.view(np.uint8)
             specs.append(ArraySpec(name=f"{name}/filled", dtype="uint8", shape=list(filled.shape)))
             arrays.append(filled)
+            for spec, values in b.processor.extras(b):
+                specs.append(spec.model_copy(update={"name": f"{name}/{spec.name}"}))
+                arrays.append(values)
         return specs, arrays

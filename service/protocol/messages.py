@@ -71,26 +71,30 @@ class ArraySpec(_Strict):
 
 
 class ScanStart(_Header):
-    """Opens a scan. ``shape`` is ``[rows, cols]``; ``axis`` calibrates the signal (spectral) axis."""
+    """Opens a scan. ``shape`` is ``[rows, cols]``; ``axis`` calibrates the signal (spectral) axis;
+    ``components`` names the values each channel carries when there are several (e.g.
+    ``["amplitude", "phase"]``), in the order of the last data axis."""
 
     kind: Literal["scan_start"] = "scan_start"
     scan_id: ScanId
     modality: Name
     shape: tuple[Edge, Edge]
     axis: Axis
+    components: list[Name] | None = Field(default=None, min_length=1, max_length=16)
     recognizers: list[Name] | None = Field(default=None, max_length=8)
     meta: dict[str, Any] = Field(default_factory=dict, max_length=64)
 
 
 class Data(_Header):
-    """One scan line, or part of one: ``shape = [n_pixels, channels]`` starting at ``(row, col0)``."""
+    """One scan line, or part of one, starting at ``(row, col0)``: ``shape = [n_pixels, channels]``, or
+    ``[n_pixels, channels, n_components]`` for a scan with ``components``."""
 
     kind: Literal["data"] = "data"
     scan_id: ScanId
     seq: Index
     row: Index
     col0: Index = 0
-    shape: tuple[Edge, Edge]
+    shape: tuple[Edge, Edge] | tuple[Edge, Edge, Annotated[int, Field(ge=1, le=16)]]
     dtype: DType
     t_ns: int | None = Field(default=None, description="sender's wall clock, informative only")
 
@@ -168,6 +172,8 @@ class Rejection(_Strict):
 class RecognizerSummary(_Strict):
     pixels_recognized: Index
     class_fractions: dict[str, float] | None = None
+    explained_variance_ratio: list[float] | None = Field(
+        default=None, description="PCA: share of the variance of each published component")
 
 
 class ScanSummary(_Header):
