@@ -59,7 +59,7 @@ async def run_eels(cfg: EELSConfig, dwell_us: float, *, show_progress: bool, tim
             await sub.wait_ready()
             sim_args = ["eels", "--ingest", server.endpoints["ingest"], "--scan-id", scan_id, "--rows", str(rows),
                         "--cols", str(cols), "--dwell-us", str(dwell_us), "--seed", str(cfg.seed),
-                        "--dose", str(cfg.dose), "--drift-ev", str(cfg.drift_eV), "--quiet"]
+                        "--dose", str(cfg.dose), "--drift-ev", str(cfg.drift_eV), "--recognizer", "eels-mlp", "--quiet"]
             columns = (TextColumn("[bold]recognizing[/] " + scan_id), BarColumn(), MofNCompleteColumn(),
                        TextColumn("pixels"), TimeElapsedColumn())
             with Progress(*columns, disable=not show_progress, console=Console(stderr=True)) as bar:

@@ -21,6 +21,7 @@ class ScanSource(Protocol):
     shape: tuple[int, int]
     axis: Axis
     meta: dict[str, Any]
+    # optional: components: list[str] — names of the last axis of multi-component lines
 
     def line(self, row: int) -> np.ndarray: ...
 

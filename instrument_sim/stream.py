@@ -55,7 +55,8 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
     clock = clock or MonotonicClock()
     rows, cols = source.shape
     t0 = clock.now()
-    async with instrument.scan(scan_id, source.modality, source.shape, source.axis, recognizers=recognizers,
+    async with instrument.scan(scan_id, source.modality, source.shape, source.axis,
+                               components=getattr(source, "components", None), recognizers=recognizers,
                                meta={**source.meta, "dwell_s": dwell_s}) as scan:
         for row in range(rows):
             spectra = source.line(row)

@@ -79,9 +79,11 @@ class Instrument(_Client):
         await self.sock.send_multipart(encode(header, arrays), copy=len(arrays) == 0)
 
     def scan(self, scan_id: str, modality: str, shape: tuple[int, int], axis: Axis, *,
-             recognizers: list[str] | None = None, meta: dict[str, Any] | None = None) -> ScanStream:
+             components: list[str] | None = None, recognizers: list[str] | None = None,
+             meta: dict[str, Any] | None = None) -> ScanStream:
+        """A scan to send; ``components`` names the last axis of multi-component data."""
         return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, axis=axis,
-                                          recognizers=recognizers, meta=meta or {}))
+                                          components=components, recognizers=recognizers, meta=meta or {}))
 
 
 class ScanStream:
@@ -100,7 +102,7 @@ class ScanStream:
         await self.end()
 
     async def send_line(self, row: int, spectra: np.ndarray, *, col0: int = 0) -> int:
-        """Send ``[n_pixels, channels]`` spectra at ``(row, col0)``; returns the seq used."""
+        """Send ``[n_pixels, channels(, components)]`` at ``(row, col0)``; returns the seq used."""
         spectra = np.asarray(spectra)
         header = Data(scan_id=self.start.scan_id, seq=self.seq, row=row, col0=col0,
                       shape=spectra.shape, dtype=dtype_name(spectra.dtype))

@@ -55,7 +55,7 @@ async def test_serve_process_starts_answers_and_stops(model_dir, tmp_path):
                 assert line, "serve exited before binding"
         async with Control(m.group(1).decode().rstrip(",")) as ctl:
             status = await ctl.status()
-        assert status["recognizers"] == ["band"]
+        assert status["recognizers"] == ["band", "pca"]
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             rest = await proc.stderr.read()

@@ -20,7 +20,7 @@ from .schema_check import check_header_bytes
 async def test_status_models_scans(clients, server):
     inst, sub, ctl = clients
     status = await ctl.status()
-    assert status["recognizers"] == ["band"] and status["open_scans"] == []
+    assert status["recognizers"] == ["band", "pca"] and status["open_scans"] == []
     cards = await ctl.models()
     assert cards["band"]["input"]["axis"] == band_axis().model_dump()
     assert [o["name"] for o in cards["band"]["outputs"]] == ["probabilities", "abundance"]
@@ -105,7 +105,8 @@ async def test_everything_emitted_validates_against_the_schema(server, clients):
             bad[0, 0] = np.inf
             await scan.send_line(1, bad)
             scan.seq += 1  # seq 2 is "lost"
-        await inst.send(ScanStart(scan_id="other", modality="afm", shape=(1, 1), axis=band_axis()))
+        await inst.send(ScanStart(scan_id="other", modality="eels", shape=(1, 1), axis=band_axis(),
+                                  recognizers=["no-such-model"]))
         while "scan_summary" not in kinds or "scan_rejected" not in kinds:
             frames = await asyncio.wait_for(tap.recv_multipart(), 10)
             header = check_header_bytes(frames[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import numpy as np
 import pytest
@@ -13,10 +15,11 @@ from .harness import live
 
 
 async def next_event(sub, code: str, timeout: float = 10.0) -> Event:
-    while True:
-        msg = await sub.recv(timeout)
-        if isinstance(msg.header, Event) and msg.header.code == code:
-            return msg.header
+    async with asyncio.timeout(timeout):  # heartbeats keep arriving: bound the whole wait
+        while True:
+            msg = await sub.recv()
+            if isinstance(msg.header, Event) and msg.header.code == code:
+                return msg.header
 
 
 async def good_scan(inst, sub, scan_id: str, rows: int = 3, cols: int = 5) -> ScanSummary:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     models: list[str] | None = Field(None, description="load only these recognizers (default: all in model_dir)")
     inference_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads of one inference run")
     inference_parallel: int = Field(2, ge=1, le=16, description="inference runs in flight at once per recognizer")
+    pca_components: int = Field(4, ge=1, le=32, description="principal components the built-in pca analyzer maps")
     max_batch_pixels: int = Field(4096, ge=1, description="largest inference batch, in pixels")
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
     max_scan_pixels: int = Field(16 * 1024 * 1024, ge=1, description="largest rows*cols accepted at scan_start")

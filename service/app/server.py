@@ -26,7 +26,9 @@ import zmq.asyncio
 from .. import __version__
 from ..pipeline.axis import AxisError
 from ..pipeline.batcher import InferenceWorker
-from ..pipeline.recognizer import Recognizer, load_recognizers
+from ..pipeline.pca import PCAAnalyzer
+from ..pipeline.processor import Processor
+from ..pipeline.recognizer import ModelError, Recognizer, load_recognizers
 from ..pipeline.scan import ScanState, WorkItem
 from ..protocol import topics
 from ..protocol.codec import Limits, ProtocolError, decode, encode
@@ -47,16 +49,20 @@ class Server:
         self.settings = settings
         self.recognizers = recognizers if recognizers is not None else load_recognizers(
             settings.model_dir, settings.models, threads=settings.inference_threads)
+        analyzers: dict[str, Processor] = {"pca": PCAAnalyzer(k=settings.pca_components)}
+        if clash := sorted(set(analyzers) & set(self.recognizers)):
+            raise ModelError(f"model names {clash} clash with built-in analyzers")
+        self.processors: dict[str, Processor] = {**self.recognizers, **analyzers}
         self.limits = Limits(max_payload_bytes=settings.max_message_bytes)
         self.endpoints: dict[str, str] = {}
         self.ready = asyncio.Event()
         self.counters: collections.Counter[str] = collections.Counter()
         self.open_scans: dict[str, ScanState] = {}
         self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
-        self.workers = {name: InferenceWorker(rec, self._on_result, max_batch_pixels=settings.max_batch_pixels,
+        self.workers = {name: InferenceWorker(proc, self._on_result, max_batch_pixels=settings.max_batch_pixels,
                                               queue_pixels=settings.queue_pixels,
                                               parallel=settings.inference_parallel)
-                        for name, rec in self.recognizers.items()}
+                        for name, proc in self.processors.items()}
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self._ingest_handlers = {"scan_start": self._on_scan_start, "data": self._on_data,
@@ -86,7 +92,7 @@ class Server:
             sockets.append(self.control)
             log.info("scanlens %s: ingest %s, publish %s, control %s; recognizers %s", __version__,
                      self.endpoints["ingest"], self.endpoints["publish"], self.endpoints["control"],
-                     ", ".join(self.recognizers) or "none")
+                     ", ".join(self.processors))
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._ingest_loop(), name="ingest"),
                          tg.create_task(self._control_loop(), name="control"),
@@ -177,26 +183,23 @@ class Server:
             outputs={name: b.processor.pixel_specs() for name, b in scan.bindings.items()},
             meta=start.meta))
 
-    def _choose_recognizers(self, start: ScanStart) -> list[Recognizer]:
+    def _choose_recognizers(self, start: ScanStart) -> list[Processor]:
+        """The requested processors, or every recognizer of the modality — or PCA if it has none."""
         sid, modality = start.scan_id, start.modality
         if start.recognizers:
             chosen = []
             for name in start.recognizers:
-                rec = self.recognizers.get(name)
-                if rec is None:
-                    raise ProtocolError("scan_rejected", f"unknown recognizer {name!r}; loaded: "
-                                        f"{sorted(self.recognizers)}", scan_id=sid)
-                if rec.modality != modality:
+                proc = self.processors.get(name)
+                if proc is None:
+                    raise ProtocolError("scan_rejected", f"unknown recognizer {name!r}; available: "
+                                        f"{sorted(self.processors)}", scan_id=sid)
+                if proc.modality not in (None, modality):
                     raise ProtocolError("scan_rejected", f"recognizer {name!r} is for modality "
-                                        f"{rec.modality!r}, the scan is {modality!r}", scan_id=sid)
-                chosen.append(rec)
+                                        f"{proc.modality!r}, the scan is {modality!r}", scan_id=sid)
+                chosen.append(proc)
             return chosen
         chosen = [r for r in self.recognizers.values() if r.modality == modality]
-        if not chosen:
-            have = sorted({r.modality for r in self.recognizers.values()})
-            raise ProtocolError("scan_rejected", f"no recognizer for modality {modality!r}; loaded modalities: "
-                                f"{have}", scan_id=sid)
-        return chosen
+        return chosen or [self.processors["pca"]]
 
     async def _on_data(self, data: Data, buffers: list[memoryview], t_received: float) -> None:
         sid = data.scan_id
@@ -283,7 +286,7 @@ class Server:
 
     def status(self) -> Status:
         return Status(version=__version__, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
-                      recognizers=list(self.recognizers),
+                      recognizers=list(self.processors),
                       counters={**self.counters,
                                 "backpressure_waits": sum(w.queue.waits for w in self.workers.values())},
                       queued_pixels=sum(w.queue.pixels for w in self.workers.values()))
@@ -319,7 +322,8 @@ class Server:
         return self.status().model_dump(mode="json"), [], []
 
     async def _op_models(self, request: Request) -> tuple[dict, list, list]:
-        return {"models": {n: r.card.model_dump(mode="json") for n, r in self.recognizers.items()}}, [], []
+        return {"models": {n: r.describe() for n, r in self.recognizers.items()},
+                "analyzers": {n: p.describe() for n, p in self.processors.items() if n not in self.recognizers}}, [], []
 
     async def _op_scans(self, request: Request) -> tuple[dict, list, list]:
         def row(scan: ScanState) -> dict:

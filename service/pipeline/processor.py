@@ -99,10 +99,13 @@ class Processor:
     def new_state(self, start: ScanStart) -> Any:
         return None
 
+    def needed_components(self, start: ScanStart) -> list[str] | None:
+        """The components this processor takes from the scan, in its order (None: a scalar signal)."""
+        return self.components
+
     def bind(self, start: ScanStart) -> Binding:
         rows, cols = start.shape
-        order = component_order(start.components, self.components, self.name) \
-            if self.components is not None else None
+        order = component_order(start.components, self.needed_components(start), self.name)
         axis_map = AxisMap.build(start.axis, self.input_axis(start))
         maps = {s.name: np.zeros((rows, cols, *s.shape), dtype=s.dtype) for s in self.pixel_specs()}
         return Binding(self, axis_map, order, maps, np.zeros((rows, cols), dtype=bool), self.new_state(start))
