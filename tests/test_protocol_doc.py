@@ -7,6 +7,11 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
+from models import MODEL_DIR
+from service.app.server import running
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 
@@ -19,10 +24,18 @@ def client_code() -> str:
     return code
 
 
-async def test_client_from_the_doc_works(server, tmp_path):
+@pytest.fixture(params=["test-model", "shipped-models"])
+async def any_server(request, settings):
+    if request.param == "shipped-models":
+        settings = settings.model_copy(update={"model_dir": MODEL_DIR})
+    async with running(settings) as srv:
+        yield srv
+
+
+async def test_client_from_the_doc_works(any_server, tmp_path):
     script = tmp_path / "doc_client.py"
     script.write_text(client_code(), encoding="utf-8")
-    ep = server.endpoints
+    ep = any_server.endpoints
     proc = await asyncio.create_subprocess_exec(sys.executable, str(script), ep["ingest"], ep["publish"],
                                                 ep["control"], stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
