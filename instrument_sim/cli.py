@@ -28,13 +28,25 @@ def _group() -> None:
     """Simulated instruments."""
 
 
+# options every simulated instrument shares
 Ingest = Annotated[str, typer.Option(help="ingest endpoint of the service")]
+ScanId = Annotated[Optional[str], typer.Option(help="scan id (default <modality>-<time>)")]
+Rows = Annotated[int, typer.Option(min=1, help="scan rows (one message per row)")]
+Cols = Annotated[int, typer.Option(min=1, help="pixels per row")]
 DwellUs = Annotated[float, typer.Option("--dwell-us", help="pixel dwell time in µs; 0 = as fast as the service takes")]
+Seed = Annotated[int, typer.Option(help="sample and noise seed (same seed, same data)")]
+Recognizers = Annotated[Optional[list[str]], typer.Option(
+    "--recognizer", help="recognizer to run (repeat; `pca` is built in; default: all of the modality)")]
+Truth = Annotated[Optional[Path], typer.Option(help="save the ground truth to this .npz")]
+Quiet = Annotated[bool, typer.Option(help="no progress bar")]
 
 
-def play(source: ScanSource, ingest: str, scan_id: str, dwell_us: float, recognizers: list[str] | None,
-         quiet: bool) -> None:
-    """Stream ``source`` with a progress bar; prints a one-line JSON report at the end."""
+def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, recognizers: list[str] | None,
+         quiet: bool, truth: Path | None = None) -> None:
+    """Save the ground truth if asked, stream ``source`` with a progress bar, print a one-line JSON report."""
+    if truth is not None:
+        source.save_ground_truth(truth)
+    scan_id = scan_id or f"{source.modality}-{int(time.time())}"
 
     async def run() -> None:
         columns = (TextColumn(f"[bold]{scan_id}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
@@ -55,9 +67,9 @@ def play(source: ScanSource, ingest: str, scan_id: str, dwell_us: float, recogni
 @app.command()
 def eels(
     ingest: Ingest = "tcp://127.0.0.1:5555",
-    scan_id: Annotated[Optional[str], typer.Option(help="scan id (default eels-<time>)")] = None,
-    rows: Annotated[int, typer.Option(min=1, help="scan rows (one message per row)")] = 128,
-    cols: Annotated[int, typer.Option(min=1, help="pixels per row")] = 128,
+    scan_id: ScanId = None,
+    rows: Rows = 128,
+    cols: Cols = 128,
     dwell_us: DwellUs = 300.0,
     dose: Annotated[float, typer.Option(help="expected counts per spectrum")] = EELSConfig.dose,
     read_noise: Annotated[float, typer.Option(help="read noise, counts rms per channel")] = EELSConfig.read_noise,
@@ -65,23 +77,50 @@ def eels(
     channels: Annotated[int, typer.Option(help="spectrometer channels")] = DEFAULT_AXIS.size,
     offset_ev: Annotated[float, typer.Option("--offset-ev", help="energy of channel 0, eV")] = DEFAULT_AXIS.offset,
     dispersion_ev: Annotated[float, typer.Option("--dispersion-ev", help="eV per channel")] = DEFAULT_AXIS.scale,
-    seed: Annotated[int, typer.Option(help="sample and noise seed (same seed, same data)")] = 0,
-    recognizer: Annotated[Optional[list[str]], typer.Option(help="recognizer to run (repeat; default: all eels)")] = None,
-    truth: Annotated[Optional[Path], typer.Option(help="save the ground truth (phase, abundance) to this .npz")] = None,
-    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    unknown_region: Annotated[bool, typer.Option(help="add a region of a fourth phase not in the reference set")] = False,
+    seed: Seed = 0,
+    recognizer: Recognizers = None,
+    truth: Truth = None,
+    quiet: Quiet = False,
 ) -> None:
     """Stream an EELS spectrum image of an STO / LSMO / BFO oxide heterostructure, line by line.
 
-    Layers with intermixed, rough interfaces; Poisson and read noise; optional energy drift. The
-    spectrometer axis (channels, offset, dispersion) is yours to choose: the service resamples it onto
-    each recognizer's axis, or refuses the scan if it does not cover it.
+    Layers with intermixed, rough interfaces; Poisson and read noise; optional energy drift and an
+    optional region of an unknown fourth phase. The spectrometer axis (channels, offset, dispersion) is
+    yours to choose: the service resamples it onto each recognizer's axis, or refuses the scan if it
+    does not cover it.
     """
     axis = Axis(size=channels, offset=offset_ev, scale=dispersion_ev, units="eV")
-    cfg = EELSConfig(rows=rows, cols=cols, axis=axis, dose=dose, read_noise=read_noise, drift_eV=drift_ev, seed=seed)
-    source = EELSSource(cfg)
-    if truth is not None:
-        source.save_ground_truth(truth)
-    play(source, ingest, scan_id or f"eels-{int(time.time())}", dwell_us, recognizer, quiet)
+    cfg = EELSConfig(rows=rows, cols=cols, axis=axis, dose=dose, read_noise=read_noise, drift_eV=drift_ev,
+                     unknown_region=unknown_region, seed=seed)
+    play(EELSSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth)
+
+
+@app.command()
+def bepfm(
+    ingest: Ingest = "tcp://127.0.0.1:5555",
+    scan_id: ScanId = None,
+    rows: Rows = 128,
+    cols: Cols = 128,
+    dwell_us: DwellUs = 300.0,
+    noise: Annotated[float, typer.Option(help="rms of the complex measurement noise per frequency bin")] = 1.0,
+    pixel_size_um: Annotated[float, typer.Option("--pixel-size-um", help="scan step, µm")] = 0.1,
+    seed: Seed = 0,
+    recognizer: Recognizers = None,
+    truth: Truth = None,
+    quiet: Quiet = False,
+) -> None:
+    """Stream a band-excitation PFM scan of M. lysodeikticus cocci and P. fluorescens rods on a substrate.
+
+    Per pixel: amplitude and phase of a damped harmonic oscillator response over a frequency band around
+    the contact resonance (components "amplitude", "phase"), with class-dependent, overlapping
+    distributions of resonance frequency, quality factor, amplitude and phase, cell-to-cell variation
+    and noise.
+    """
+    from .bepfm import BEPFMConfig, BEPFMSource
+
+    cfg = BEPFMConfig(rows=rows, cols=cols, noise=noise, pixel_size_um=pixel_size_um, seed=seed)
+    play(BEPFMSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth)
 
 
 if __name__ == "__main__":  # the demo starts the simulator as `python -m instrument_sim.cli`

@@ -1,9 +1,9 @@
 """``scanlens demo``: service + simulated instrument + subscriber on loopback, scored against ground truth.
 
 The service runs in this process on free loopback ports; the simulator is the very command an
-operator would run (``scanlens sim eels``), started as a child process; a subscriber assembles the
-live maps. At the end the recognized maps are compared with the simulator's ground truth and drawn
-next to it in a PNG.
+operator would run (``scanlens sim <modality>``), started as a child process, which also saves its
+ground truth; a subscriber assembles the live maps (completed from a snapshot if it missed any).
+At the end the maps are scored against the ground truth and drawn next to it in a PNG.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from service.app.config import Settings
 from service.app.server import running
-from service.client import Control, ScanResult, ServiceError, Subscriber
+from service.client import Control, ControlReply, ScanResult, ServiceError, Subscriber
 
-from .eels import PHASES, EELSConfig
-from .figures import render_eels
-from .sources import EELSSource
+from .figures import render_panels
+from .scenarios import ALIASES, SCENARIOS, Scenario
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 log = logging.getLogger(__name__)
@@ -46,20 +44,22 @@ async def _run_simulator(args: list[str]) -> None:
     log.info("simulator: %s", out.decode().strip())
 
 
-async def run_eels(cfg: EELSConfig, dwell_us: float, *, show_progress: bool, timeout: float = 120.0
-                   ) -> tuple[ScanResult, float]:
-    """Run one live EELS scan end to end; returns what the subscriber assembled and the wall time."""
+async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: int, dwell_us: float, seed: int,
+                   truth_path: Path, extra_args: list[str], *, show_progress: bool, timeout: float = 120.0
+                   ) -> tuple[ScanResult, ControlReply, float]:
+    """Run one live scan end to end: the subscriber's result, the final snapshot and the wall time."""
     settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0")
-    scan_id = f"demo-eels-{cfg.seed}"
-    rows, cols = cfg.rows, cfg.cols
+    scan_id = f"demo-{scenario.modality}-{seed}"
     t0 = time.perf_counter()
     async with running(settings) as server:
         async with Subscriber(server.endpoints["publish"], scan_id=scan_id) as sub, \
                 Control(server.endpoints["control"]) as control:
             await sub.wait_ready()
-            sim_args = ["eels", "--ingest", server.endpoints["ingest"], "--scan-id", scan_id, "--rows", str(rows),
-                        "--cols", str(cols), "--dwell-us", str(dwell_us), "--seed", str(cfg.seed),
-                        "--dose", str(cfg.dose), "--drift-ev", str(cfg.drift_eV), "--recognizer", "eels-mlp", "--quiet"]
+            sim_args = [scenario.modality, "--ingest", server.endpoints["ingest"], "--scan-id", scan_id,
+                        "--rows", str(rows), "--cols", str(cols), "--dwell-us", str(dwell_us), "--seed", str(seed),
+                        "--truth", str(truth_path), "--quiet", *extra_args]
+            for name in recognizers:
+                sim_args += ["--recognizer", name]
             columns = (TextColumn("[bold]recognizing[/] " + scan_id), BarColumn(), MofNCompleteColumn(),
                        TextColumn("pixels"), TimeElapsedColumn())
             with Progress(*columns, disable=not show_progress, console=Console(stderr=True)) as bar:
@@ -72,68 +72,74 @@ async def run_eels(cfg: EELSConfig, dwell_us: float, *, show_progress: bool, tim
                     sim = tg.create_task(_run_simulator(sim_args))
                     result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress, control=control)
                     await sim
-    return result, time.perf_counter() - t0
+            snapshot = await control.snapshot(scan_id)  # final PCA maps and loadings, for the figure
+    return result, snapshot, time.perf_counter() - t0
 
 
-def score_eels(result: ScanResult, cfg: EELSConfig) -> dict[str, Any]:
-    truth = EELSSource(cfg).sample
-    rec = result.started.recognizers[0]
-    maps = result.maps[rec]
+def report_of(result: ScanResult, snapshot: ControlReply, truth: dict[str, Any], scenario: Scenario,
+              recognizer: str) -> dict[str, Any]:
     s = result.summary
-    return {
-        "modality": "eels",
-        "recognizer": rec,
-        "scan_id": s.scan_id,
-        "state": s.state,
-        "pixels": s.pixels_expected,
-        "recognized": s.pixels_recognized,
-        "accuracy": float(np.mean(maps["class"] == truth.phase)),
-        "abundance_rmse": float(np.sqrt(np.mean((maps["abundance"] - truth.abundance) ** 2))),
-        "lost": len(s.lost),
-        "rejected": len(s.rejected),
-        "unrecognized_pixels": s.pixels_expected - s.pixels_recognized,
-        "latency_ms_p50": s.latency_ms_p50,
-        "latency_ms_p99": s.latency_ms_p99,
-        "class_fractions": s.recognizers[rec].class_fractions,
+    report: dict[str, Any] = {
+        "modality": scenario.modality, "recognizer": recognizer, "recognizers": result.started.recognizers,
+        "scan_id": s.scan_id, "state": s.state, "pixels": s.pixels_expected, "recognized": s.pixels_recognized,
+        "lost": len(s.lost), "rejected": len(s.rejected), "unrecognized_pixels": s.pixels_expected - s.pixels_recognized,
+        "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
     }
+    report.update(scenario.score(result, snapshot, truth, recognizer))
+    from .scenarios import pca_score
+
+    report.update(pca_score(result))
+    return report
+
+
+def _headline(report: dict[str, Any]) -> str:
+    keys = [k for k in ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh") if k in report]
+    return ", ".join(f"{k} {report[k]:.4f}" for k in keys)
 
 
 @app.callback(invoke_without_command=True)
 def demo(
-    modality: Annotated[str, typer.Option(help="which simulated instrument: eels")] = "eels",
-    rows: Annotated[int, typer.Option(min=1, help="scan rows")] = 128,
-    cols: Annotated[int, typer.Option(min=1, help="scan columns")] = 128,
+    modality: Annotated[str, typer.Option(help="simulated instrument: eels, bepfm (bacteria) or loops (switching)")] = "eels",
+    recognizer: Annotated[Optional[str], typer.Option(
+        help="recognizer to score (default: eels-mlp / bepfm-mlp / loops-mlp; `physics-fit` = eels-fit)")] = None,
+    pca: Annotated[bool, typer.Option(help="also run the built-in streaming PCA and draw its maps")] = True,
+    unknown_region: Annotated[bool, typer.Option(help="eels: add a region of an unknown fourth phase")] = False,
+    rows: Annotated[Optional[int], typer.Option(min=1, help="scan rows (default 128; loops 64)")] = None,
+    cols: Annotated[Optional[int], typer.Option(min=1, help="scan columns (default 128; loops 64)")] = None,
     dwell_us: Annotated[float, typer.Option("--dwell-us", help="pixel dwell time, µs (0 = as fast as possible)")] = 300.0,
     seed: Annotated[int, typer.Option(help="sample seed (the shipped models were never trained on seed 0)")] = 0,
-    out: Annotated[Path, typer.Option(help="directory for the PNG and the JSON report")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option(help="directory for the PNG, the JSON report and the ground truth")] = Path("demo-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a report")] = False,
 ) -> None:
     """Watch a simulated scan being recognized live: start the service, the simulated instrument and a
     subscriber on loopback, then score the live maps against the simulator's ground truth.
 
-    Writes <out>/demo-<modality>.png (maps next to ground truth) and <out>/demo-<modality>.json.
-    Exits 1 if any pixel was not recognized.
+    Writes <out>/demo-<modality>.png (maps next to ground truth), <out>/demo-<modality>.json and the
+    ground truth <out>/truth-<modality>.npz. Exits 1 if any pixel was not recognized.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if modality != "eels":
-        typer.echo(f"error: unknown modality {modality!r}; available: eels", err=True)
+    scenario = SCENARIOS.get(modality)
+    if scenario is None:
+        typer.echo(f"error: unknown modality {modality!r}; available: {', '.join(SCENARIOS)}", err=True)
         raise typer.Exit(2)
-    cfg = EELSConfig(rows=rows, cols=cols, seed=seed)
+    rec = ALIASES.get(recognizer, recognizer) if recognizer else scenario.recognizer
+    recognizers = [rec] + (["pca"] if pca and rec != "pca" else [])
+    rows, cols = rows or scenario.shape[0], cols or scenario.shape[1]
+    out.mkdir(parents=True, exist_ok=True)
+    truth_path = out / f"truth-{modality}.npz"
+    extra = scenario.sim_args({"unknown_region": unknown_region})
     try:
-        result, wall = asyncio.run(run_eels(cfg, dwell_us, show_progress=not as_json))
+        result, snapshot, wall = asyncio.run(run_scan(scenario, recognizers, rows, cols, dwell_us, seed, truth_path,
+                                                      extra, show_progress=not as_json))
     except (DemoError, ServiceError, TimeoutError, OSError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
-    report = score_eels(result, cfg)
+    truth = scenario.load_truth(truth_path)
+    report = report_of(result, snapshot, truth, scenario, rec)
     report["wall_s"] = round(wall, 2)
-    truth = EELSSource(cfg).sample
-    maps = result.maps[report["recognizer"]]
-    png = render_eels(out / f"demo-{modality}.png", truth_phase=truth.phase, truth_abundance=truth.abundance,
-                      phase=maps["class"], confidence=maps["confidence"], abundance=maps["abundance"],
-                      labels=list(PHASES),
-                      title=f"scanlens live EELS recognition — {report['recognizer']}: phase accuracy "
-                            f"{report['accuracy']:.4f}, abundance RMSE {report['abundance_rmse']:.4f}, "
-                            f"latency p99 {report['latency_ms_p99'] or 0:.2f} ms")
+    title = (f"scanlens live {modality} recognition — {rec}: {_headline(report)}, "
+             f"latency p99 {report['latency_ms_p99'] or 0:.2f} ms")
+    png = render_panels(out / f"demo-{modality}.png", scenario.panels(result, snapshot, truth, rec), title=title)
     report["png"] = str(png)
     (out / f"demo-{modality}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
@@ -141,8 +147,11 @@ def demo(
     else:
         typer.echo(f"scan {report['scan_id']}: {report['pixels']} pixels, {report['recognized']} recognized, "
                    f"{report['lost']} messages lost, {report['rejected']} rejected ({report['state']})")
-        typer.echo(f"phase accuracy   {report['accuracy']:.4f}")
-        typer.echo(f"abundance RMSE   {report['abundance_rmse']:.4f}")
+        for key in ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh"):
+            if key in report:
+                typer.echo(f"{key:<17}{report[key]:.4f}")
+        if "pca_explained_variance" in report:
+            typer.echo("PCA explained    " + ", ".join(f"{v:.3f}" for v in report["pca_explained_variance"]))
         typer.echo(f"latency p50/p99  {report['latency_ms_p50']:.2f} / {report['latency_ms_p99']:.2f} ms")
         typer.echo(f"maps             {png}")
     if report["unrecognized_pixels"]:

@@ -16,6 +16,14 @@ The sample is a layer stack grown along the row direction (STO substrate, then a
 BFO layers) with intermixed interfaces (error-function profiles) and correlated lateral roughness.
 A pixel's expected spectrum is the linear mixture ``S = dose * sum_i a_i w_i(E - shift)``; the
 detector adds Poisson counting noise and Gaussian read noise.
+
+Optionally (``EELSConfig.unknown_region``) a precipitate of a fourth phase that is *not* in the
+reference set, LaAlO3 ("LAO", :data:`UNKNOWN_PHASE`), sits in an elliptical region crossing the layers.
+Its spectrum is analytic like the others: La O2,3 and a 26.8 eV plasmon in the low loss, a wide gap
+(5.6 eV), no transition-metal M2,3 edge but the Al L2,3 edge (76.5 eV, delayed maximum) and Al L1
+(118 eV) with the La N4,5 edges in the core loss. The 4-phase mixture of a pixel is
+``(1 - u) * a_layer + u * LAO``: ``EELSSample.unknown`` holds ``u`` and ``EELSSample.abundance`` the
+known phases' share ``(1 - u) * a_layer``, so ``abundance.sum(-1) + unknown == 1`` everywhere.
 """
 
 from __future__ import annotations
@@ -33,6 +41,10 @@ import numpy as np
 from service.protocol.messages import Axis
 
 PHASES: tuple[str, ...] = ("STO", "LSMO", "BFO")
+#: The phase of the optional unknown region; deliberately not in :data:`PHASES` (the reference set).
+UNKNOWN_PHASE: str = "LAO"
+#: Every phase the simulator can render: the reference set, then the unknown phase.
+ALL_PHASES: tuple[str, ...] = (*PHASES, UNKNOWN_PHASE)
 DEFAULT_AXIS: Axis = Axis(size=512, offset=0.0, scale=0.25, units="eV")
 
 #: Energy window over which every reference spectrum integrates to 1 (so ``dose`` is total counts).
@@ -47,6 +59,16 @@ _STACK: tuple[tuple[int, float], ...] = ((0, 30), (1, 14), (2, 24), (1, 9), (2, 
 _THICKNESS_JITTER = 0.12  # relative random variation of each layer's thickness per seed
 _ROUGHNESS_CORR_PX = 10.0  # lateral correlation length of the interface roughness
 _ROUGHNESS_SHARED = 0.6  # fraction of the roughness variance that is conformal (shared by interfaces)
+
+# Unknown region: a tilted ellipse, long axis along the growth (row) direction so that it crosses layers.
+_UNKNOWN_AREA = (0.07, 0.12)  # fraction of the scan inside the ellipse
+_UNKNOWN_ASPECT = (1.3, 2.0)  # long / short semi-axis
+_UNKNOWN_TILT_RAD = 0.4  # |tilt| of the long axis from the row direction, at most
+_UNKNOWN_CENTER = ((0.45, 0.65), (0.3, 0.7))  # range of the centre, as fractions of (rows, cols)
+#: Abundance of the unknown phase in the core of its region: the precipitate does not span the whole
+#: thickness of the lamella, so a little of the host layer stays in projection (and ``phase`` stays the
+#: host's).
+UNKNOWN_PEAK: float = 0.95
 
 
 # --------------------------------------------------------------------------- analytic line shapes
@@ -139,7 +161,28 @@ def _bfo(e: np.ndarray) -> np.ndarray:
     return _gap(e, 2.7) * (low + core)
 
 
-_SHAPES = {"STO": _sto, "LSMO": _lsmo, "BFO": _bfo}
+def _lao(e: np.ndarray) -> np.ndarray:
+    """LaAlO3, the phase the reference set does not know: no Ti / Mn / Fe edge, but Al L2,3 and more La."""
+    low = (
+        0.18 * _gauss(e, 8.2, 1.6)  # O 2p -> La 5d across the wide (5.6 eV) gap
+        + 0.24 * _gauss(e, 12.8, 2.2)  # O 2p -> Al 3s3p / La 4f
+        + 0.42 * _gauss(e, 18.6, 1.2)  # La O3 (5p3/2)
+        + 0.20 * _gauss(e, 21.4, 1.3)  # La O2 (5p1/2)
+        + 1.00 * _plasmon(e, 26.8, 9.5)
+    )
+    core = (
+        0.24 * _background(e, 3.0)
+        + 0.075 * _edge(e, 76.5, 3.0, 2.4)  # Al L2,3 (octahedral Al in an oxide), maximum ~80 eV
+        + 0.015 * _edge(e, 118.0, 1.5, 2.5)  # Al L1
+        + 0.045 * _gauss(e, 99.2, 0.6)  # La N4,5 pre-peaks
+        + 0.060 * _gauss(e, 101.8, 0.8)
+        + 0.080 * _gauss(e, 114.0, 6.0)  # La N4,5 giant resonance
+        + 0.030 * _edge(e, 99.0, 2.0, 2.0)
+    )
+    return _gap(e, 5.6) * (low + core)
+
+
+_SHAPES = {"STO": _sto, "LSMO": _lsmo, "BFO": _bfo, UNKNOWN_PHASE: _lao}
 
 
 @lru_cache(maxsize=None)
@@ -151,9 +194,12 @@ def _norm(phase: str) -> float:
 
 
 def reference_spectrum(phase: str, energy_eV: np.ndarray) -> np.ndarray:
-    """Noise-free spectrum of one pure phase, counts per eV per unit dose (float64, > 0 above ~3 eV)."""
+    """Noise-free spectrum of one pure phase, counts per eV per unit dose (float64, > 0 above ~3 eV).
+
+    ``phase`` is one of :data:`ALL_PHASES`: the reference set :data:`PHASES` or :data:`UNKNOWN_PHASE`.
+    """
     if phase not in _SHAPES:
-        raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
+        raise ValueError(f"unknown phase {phase!r}; expected one of {ALL_PHASES}")
     e = np.asarray(energy_eV, dtype=np.float64)
     return _SHAPES[phase](e) / _norm(phase)
 
@@ -195,18 +241,22 @@ def expected_counts(
 ) -> np.ndarray:
     """Noise-free counts ``dose * scale * sum_i a_i w_i(E - shift)`` on ``axis`` for ``[n, 3]`` abundances.
 
+    ``[n, 4]`` abundances add the unknown phase as a fourth column (order :data:`ALL_PHASES`).
     ``dose`` and ``shift_eV`` are scalars or per-spectrum ``[n]``; spectra sharing a shift share one
     evaluation of the references, so quantise random shifts (e.g. to 0.01 eV) when rendering many.
     """
     a = np.asarray(abundance, dtype=np.float64)
     n = a.shape[0]
+    if a.ndim != 2 or a.shape[1] not in (len(PHASES), len(ALL_PHASES)):
+        raise ValueError(f"abundance must be [n, {len(PHASES)}] or [n, {len(ALL_PHASES)}], got {a.shape}")
+    phases = PHASES if a.shape[1] == len(PHASES) else ALL_PHASES
     e = axis_energies(axis)
     shifts = np.broadcast_to(np.asarray(shift_eV, dtype=np.float64), (n,))
     uniq, inverse = np.unique(shifts, return_inverse=True)
     out = np.empty((n, axis.size), dtype=np.float64)
     for k, s in enumerate(uniq):
         sel = inverse == k
-        out[sel] = a[sel] @ reference_spectra(e - s)
+        out[sel] = a[sel] @ reference_spectra(e - s, phases)
     dose_arr = np.asarray(dose, dtype=np.float64)
     scale = dose_arr[:, None] if dose_arr.ndim else dose_arr
     return out * (scale * axis.scale)
@@ -221,7 +271,8 @@ def simulate_spectra(
     rng: np.random.Generator,
     shift_eV: float | np.ndarray = 0.0,
 ) -> np.ndarray:
-    """Noisy counts ``[n, axis.size]`` float32 for ``[n, 3]`` abundances (same physics as a scan)."""
+    """Noisy counts ``[n, axis.size]`` float32 for ``[n, 3]`` (or ``[n, 4]``, see :func:`expected_counts`)
+    abundances (same physics as a scan)."""
     lam = expected_counts(abundance, axis, dose, shift_eV)
     rn = np.asarray(read_noise, dtype=np.float32)
     return add_detector_noise(lam, rn[:, None] if rn.ndim else rn, rng)
@@ -243,6 +294,7 @@ class EELSConfig:
     interface_width_px: float = 2.5  # erf length: a = (1 + erf(d / w)) / 2, 10-90 % over 1.8 w
     roughness_px: float = 1.5  # rms lateral displacement of the interfaces
     seed: int = 0
+    unknown_region: bool = False  # a region of LAO (not in the reference set) crossing the layers
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -263,7 +315,7 @@ class EELSConfig:
     def from_json(cls, text: str) -> EELSConfig:
         fields: dict[str, Any] = json.loads(text)
         fields["axis"] = Axis(**fields["axis"])
-        return cls(**fields)
+        return cls(**fields)  # files written before ``unknown_region`` existed get its default (off)
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -285,8 +337,40 @@ def _smooth_noise(rng: np.random.Generator, n: int, corr_px: float) -> np.ndarra
     return curve / rms if rms > 0 else curve
 
 
+def _unknown_region(cfg: EELSConfig) -> np.ndarray:
+    """Abundance ``[rows, cols]`` (float64) of the unknown phase: a tilted ellipse of random size, aspect
+    and position, :data:`UNKNOWN_PEAK` inside, blending into the host over an erf edge of
+    ``interface_width_px`` (the same intermixing as the layer interfaces).
+
+    Drawn from its own random stream, so switching the region on changes nothing else in the sample.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2,)))
+    area = rng.uniform(*_UNKNOWN_AREA)
+    aspect = rng.uniform(*_UNKNOWN_ASPECT)
+    tilt = rng.uniform(-_UNKNOWN_TILT_RAD, _UNKNOWN_TILT_RAD)
+    y0 = rng.uniform(*_UNKNOWN_CENTER[0]) * cfg.rows
+    x0 = rng.uniform(*_UNKNOWN_CENTER[1]) * cfg.cols
+    # Semi-axes in pixels (long one along the rows), scaled with the scan so the area fraction holds.
+    a_px = math.sqrt(area * aspect / math.pi) * cfg.rows
+    b_px = math.sqrt(area / (aspect * math.pi)) * cfg.cols
+    y = np.arange(cfg.rows, dtype=np.float64)[:, None] - y0
+    x = np.arange(cfg.cols, dtype=np.float64)[None, :] - x0
+    along = y * math.cos(tilt) + x * math.sin(tilt)
+    across = -y * math.sin(tilt) + x * math.cos(tilt)
+    rho = np.sqrt((along / a_px) ** 2 + (across / b_px) ** 2)  # 1 on the boundary
+    # First-order signed distance to the boundary in pixels: (rho - 1) / |grad rho|.
+    grad = np.sqrt((along / a_px**2) ** 2 + (across / b_px**2) ** 2) / np.maximum(rho, 1e-12)
+    dist = (rho - 1.0) / np.maximum(grad, 1e-12)
+    return UNKNOWN_PEAK * 0.5 * (1.0 - _erf(dist / cfg.interface_width_px))
+
+
 class EELSSample:
-    """A simulated STO / LSMO / BFO heterostructure: ground-truth maps and its scan lines on demand."""
+    """A simulated STO / LSMO / BFO heterostructure: ground-truth maps and its scan lines on demand.
+
+    Ground truth: ``abundance`` ``[rows, cols, 3]`` of the known phases (:data:`PHASES`), ``phase`` its
+    argmax, and ``unknown`` ``[rows, cols]`` the abundance of :data:`UNKNOWN_PHASE` (zeros unless
+    ``cfg.unknown_region``); ``abundance.sum(-1) + unknown == 1``.
+    """
 
     def __init__(self, cfg: EELSConfig = EELSConfig()) -> None:
         self.cfg = cfg
@@ -322,7 +406,15 @@ class EELSSample:
         for j, p in enumerate(self.layer_phases):
             abundance[..., p] += layer_frac[j]
         abundance /= abundance.sum(axis=-1, keepdims=True)
+        if cfg.unknown_region:
+            # 4-phase mixture (1 - u) * a_layer + u * LAO; ``abundance`` keeps the known phases' share,
+            # so its argmax (``phase``) stays the host layer's phase (u <= UNKNOWN_PEAK < 1).
+            unknown = _unknown_region(cfg)
+            abundance *= (1.0 - unknown)[..., None]
+        else:
+            unknown = np.zeros((cfg.rows, cfg.cols))
         self.abundance: np.ndarray = abundance.astype(np.float32)
+        self.unknown: np.ndarray = unknown.astype(np.float32)
         self.phase: np.ndarray = np.argmax(self.abundance, axis=-1).astype(np.uint8)
 
         # Slow energy drift of the zero point (thermal drift of the spectrometer): a ramp with a slow
@@ -336,8 +428,12 @@ class EELSSample:
         else:
             self.shift_eV = np.zeros(cfg.rows)
 
-        # Reference counts per unit abundance on the scan axis, for the fast no-drift path.
-        self._counts_ref = (reference_spectra(self.energy) * (cfg.dose * cfg.axis.scale)).astype(np.float32)
+        # Reference counts per unit abundance on the scan axis, for the fast no-drift path (the unknown
+        # phase's row is appended only when the region is on).
+        self._phases = ALL_PHASES if cfg.unknown_region else PHASES
+        self._counts_ref = (reference_spectra(self.energy, self._phases) * (cfg.dose * cfg.axis.scale)).astype(
+            np.float32
+        )
 
     def expected_line(self, row: int) -> np.ndarray:
         """Noise-free expected counts ``[cols, axis.size]`` float32 of scan row ``row``."""
@@ -346,10 +442,13 @@ class EELSSample:
         if shift == 0.0:
             ref = self._counts_ref
         else:
-            ref = (reference_spectra(self.energy - shift) * (self.cfg.dose * self.cfg.axis.scale)).astype(
-                np.float32
-            )
-        return self.abundance[row] @ ref
+            ref = (
+                reference_spectra(self.energy - shift, self._phases) * (self.cfg.dose * self.cfg.axis.scale)
+            ).astype(np.float32)
+        if not self.cfg.unknown_region:
+            return self.abundance[row] @ ref
+        k = len(PHASES)
+        return self.abundance[row] @ ref[:k] + self.unknown[row][:, None] * ref[k]
 
     def line(self, row: int) -> np.ndarray:
         """Noisy counts ``[cols, axis.size]`` float32 of scan row ``row``; the same for the same (seed, row)."""
@@ -357,11 +456,14 @@ class EELSSample:
         return add_detector_noise(self.expected_line(row), self.cfg.read_noise, rng)
 
     def save_ground_truth(self, path: str | PathLike[str]) -> None:
-        """Write phase, abundance, phase names, axis, energy shift and config to an ``.npz`` file."""
+        """Write phase, abundance, unknown-phase abundance and name, phase names, axis, energy shift and
+        config to an ``.npz`` file."""
         np.savez_compressed(
             path,
             phase=self.phase,
             abundance=self.abundance,
+            unknown=self.unknown,
+            unknown_phase=np.array(UNKNOWN_PHASE),
             phase_names=np.array(PHASES),
             axis=np.array(self.cfg.axis.model_dump_json()),
             shift_eV=self.shift_eV,
@@ -374,11 +476,17 @@ class EELSSample:
 
 
 def load_ground_truth(path: str | PathLike[str]) -> dict[str, Any]:
-    """Read what ``EELSSample.save_ground_truth`` wrote: arrays plus ``axis`` (Axis) and ``config`` (EELSConfig)."""
+    """Read what ``EELSSample.save_ground_truth`` wrote: arrays plus ``axis`` (Axis) and ``config`` (EELSConfig).
+
+    ``unknown`` (float32 ``[rows, cols]``) is zeros for files written before the unknown region existed.
+    """
     with np.load(path, allow_pickle=False) as data:
+        phase = data["phase"]
         return {
-            "phase": data["phase"],
+            "phase": phase,
             "abundance": data["abundance"],
+            "unknown": data["unknown"] if "unknown" in data.files else np.zeros(phase.shape, np.float32),
+            "unknown_phase": str(data["unknown_phase"]) if "unknown_phase" in data.files else UNKNOWN_PHASE,
             "phase_names": tuple(str(s) for s in data["phase_names"]),
             "axis": Axis.model_validate_json(str(data["axis"])),
             "shift_eV": data["shift_eV"],

@@ -1,8 +1,14 @@
-"""Figures of recognized maps next to the simulator's ground truth (matplotlib, headless)."""
+"""Figures of recognized maps next to the simulator's ground truth (matplotlib, headless).
+
+A figure is a grid of panels; each panel is a class map (with a legend), a continuous map (with a
+colour bar), an RGB composite, or a line plot. The demo builds the panel list for each modality.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
@@ -13,49 +19,70 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 # red, green, blue first: the same order as the RGB abundance composites
-PHASE_COLORS = ["#c44e52", "#55a868", "#4c72b0", "#dd8452", "#8172b3"]
+PHASE_COLORS = ["#c44e52", "#55a868", "#4c72b0", "#dd8452", "#8172b3", "#937860"]
 
 
-def _phase_panel(ax, phase: np.ndarray, labels: list[str], title: str) -> None:
-    cmap = ListedColormap(PHASE_COLORS[: len(labels)])
-    ax.imshow(phase, cmap=cmap, vmin=-0.5, vmax=len(labels) - 0.5, interpolation="nearest", origin="lower")
-    ax.set_title(title)
-    ax.legend(handles=[Patch(color=PHASE_COLORS[i], label=l) for i, l in enumerate(labels)],
-              loc="lower right", fontsize=7, framealpha=0.8)
+@dataclass
+class Panel:
+    title: str
+    data: np.ndarray
+    kind: Literal["classes", "map", "rgb", "lines"] = "map"
+    labels: list[str] | None = None  # class names (classes) or line names (lines)
+    cmap: str = "viridis"
+    vmin: float | None = None
+    vmax: float | None = None
+    marks: np.ndarray | None = None  # bool [rows, cols]: pixels to circle (e.g. misclassified)
+    marks_label: str = ""
+    contour: np.ndarray | None = None  # bool [rows, cols]: outline this region (e.g. the true unknown phase)
+    x: np.ndarray | None = None  # lines: x values
+    xlabel: str = ""
 
 
-def _rgb(abundance: np.ndarray) -> np.ndarray:
-    return np.clip(abundance[..., :3], 0.0, 1.0)
+def _draw(fig, ax, p: Panel) -> None:
+    if p.kind == "lines":
+        for i, y in enumerate(np.atleast_2d(p.data)):
+            ax.plot(p.x if p.x is not None else np.arange(len(y)), y, lw=1.2,
+                    label=p.labels[i] if p.labels else None)
+        if p.labels:
+            ax.legend(fontsize=7)
+        ax.set_xlabel(p.xlabel)
+        ax.set_title(p.title)
+        return
+    if p.kind == "classes":
+        n = len(p.labels or [])
+        ax.imshow(p.data, cmap=ListedColormap(PHASE_COLORS[:n]), vmin=-0.5, vmax=n - 0.5,
+                  interpolation="nearest", origin="lower")
+        ax.legend(handles=[Patch(color=PHASE_COLORS[i], label=label) for i, label in enumerate(p.labels or [])],
+                  loc="lower right", fontsize=7, framealpha=0.8)
+    elif p.kind == "rgb":
+        ax.imshow(np.clip(p.data[..., :3], 0.0, 1.0), interpolation="nearest", origin="lower")
+    else:
+        im = ax.imshow(p.data, cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, interpolation="nearest", origin="lower")
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if p.contour is not None and p.contour.any() and not p.contour.all():
+        ax.contour(p.contour.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
+    if p.marks is not None and p.marks.any():
+        ys, xs = np.nonzero(p.marks)
+        ax.scatter(xs, ys, s=6, facecolors="none", edgecolors="cyan", linewidths=0.6,
+                   label=f"{p.marks_label} ({int(p.marks.sum())})")
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_title(p.title)
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
 
 
-def render_eels(path: Path, *, truth_phase: np.ndarray, truth_abundance: np.ndarray, phase: np.ndarray,
-                confidence: np.ndarray, abundance: np.ndarray, labels: list[str], title: str) -> Path:
-    """Six panels: phase truth / recognized / confidence; abundance truth / recognized / error."""
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.4), constrained_layout=True)
-    _phase_panel(axes[0, 0], truth_phase, labels, "ground truth phase")
-    _phase_panel(axes[0, 1], phase, labels, "recognized phase (live)")
-    im = axes[0, 2].imshow(confidence, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", origin="lower")
-    axes[0, 2].set_title("confidence")
-    fig.colorbar(im, ax=axes[0, 2], shrink=0.8)
-    axes[1, 0].imshow(_rgb(truth_abundance), interpolation="nearest", origin="lower")
-    axes[1, 0].set_title("ground truth abundance (R,G,B = " + ", ".join(labels[:3]) + ")")
-    axes[1, 1].imshow(_rgb(abundance), interpolation="nearest", origin="lower")
-    axes[1, 1].set_title("recognized abundance")
-    err = np.sqrt(np.mean((abundance - truth_abundance) ** 2, axis=-1))
-    im = axes[1, 2].imshow(err, cmap="magma", vmin=0.0, vmax=max(0.1, float(err.max())), interpolation="nearest", origin="lower")
-    wrong = phase != truth_phase
-    if wrong.any():
-        ys, xs = np.nonzero(wrong)
-        axes[1, 2].scatter(xs, ys, s=6, facecolors="none", edgecolors="cyan", linewidths=0.6,
-                           label=f"misclassified ({int(wrong.sum())})")
-        axes[1, 2].legend(loc="lower right", fontsize=7)
-    axes[1, 2].set_title("abundance error (rms per pixel)")
-    fig.colorbar(im, ax=axes[1, 2], shrink=0.8)
-    for ax in axes.flat:
-        ax.set_xlabel("column")
-        ax.set_ylabel("row (growth direction)")
-    fig.suptitle(title)
+def render_panels(path: Path, panels: list[Panel], *, ncols: int = 3, title: str = "") -> Path:
+    """Draw ``panels`` row by row into a PNG at ``path``."""
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 4.1 * nrows), constrained_layout=True,
+                             squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        _draw(fig, ax, panel)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

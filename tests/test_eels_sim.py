@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 
 import numpy as np
 import pytest
 
 from instrument_sim.eels import (
+    ALL_PHASES,
     DEFAULT_AXIS,
     PHASES,
+    UNKNOWN_PEAK,
+    UNKNOWN_PHASE,
     EELSConfig,
     EELSSample,
     axis_energies,
@@ -307,3 +311,116 @@ def test_config_validation() -> None:
         EELSConfig(interface_width_px=0.0)
     with pytest.raises(ValueError):
         EELSConfig(rows=0)
+
+
+# --------------------------------------------------------------------------- unknown phase region
+
+
+def test_unknown_region_is_off_by_default_and_changes_nothing(demo: EELSSample) -> None:
+    assert EELSConfig().unknown_region is False
+    assert demo.unknown.shape == (128, 128) and demo.unknown.dtype == np.float32
+    assert not demo.unknown.any()
+    # Numbers pinned from the simulator before the unknown region existed (the committed eels-mlp demo).
+    a = demo.abundance.astype(np.float64)
+    assert a[..., 1].sum() == pytest.approx(4448.293497985756, rel=1e-6)
+    assert a[..., 2].sum() == pytest.approx(7721.904465316367, rel=1e-6)
+    assert np.bincount(demo.phase.ravel()).tolist() == [4215, 4449, 7720]
+    assert demo.interfaces_px.sum() == pytest.approx(55548.69553235582, rel=1e-9)
+    assert demo.line(17).astype(np.float64).sum() == pytest.approx(12805342.256598808, rel=1e-6)
+    assert float(demo.line(100)[5, 100]) == pytest.approx(729.8153076171875, rel=1e-5)
+
+
+def test_unknown_phase_spectrum_is_outside_the_reference_set() -> None:
+    assert UNKNOWN_PHASE == "LAO" and UNKNOWN_PHASE not in PHASES and ALL_PHASES == (*PHASES, UNKNOWN_PHASE)
+    e = np.arange(0.0, 128.0, 0.001)
+    assert np.trapezoid(reference_spectrum(UNKNOWN_PHASE, e), e) == pytest.approx(1.0, abs=1e-4)
+    lao = reference_spectrum(UNKNOWN_PHASE, E_FINE)
+    assert np.all(np.isfinite(lao)) and np.all(lao > 0)
+    window = (E_FINE > 15) & (E_FINE < 35)
+    assert E_FINE[window][np.argmax(lao[window])] == pytest.approx(27.0, abs=0.5), "plasmon"
+    # Al L2,3 raises LAO across 76.5 eV while every known phase keeps falling; no Mn / Fe M2,3 edge.
+    assert _ratio(UNKNOWN_PHASE, 75.0, 80.0) > 1.3
+    assert all(_ratio(p, 75.0, 80.0) < 1.0 for p in PHASES)
+    assert _ratio(UNKNOWN_PHASE, 46.0, 51.0) < 1.0 and _ratio(UNKNOWN_PHASE, 52.5, 58.0) < 1.0
+    # Not a mixture of the references: the best least-squares mixture misses it by several per cent.
+    sel = (E_FINE > 5) & (E_FINE < 125)
+    refs = reference_spectra(E_FINE[sel])
+    coef = np.linalg.lstsq(refs.T, lao[sel], rcond=None)[0]
+    assert np.sqrt(np.mean((coef @ refs - lao[sel]) ** 2)) / lao[sel].mean() > 0.03
+    # expected_counts takes a fourth abundance column for it.
+    axis = Axis(size=100, offset=20.0, scale=1.0, units="eV")
+    a4 = np.array([[0.0, 0.0, 0.0, 1.0], [0.2, 0.3, 0.5, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    got = expected_counts(a4, axis, 1000.0)
+    e_ax = axis_energies(axis)
+    np.testing.assert_allclose(got[0], reference_spectrum(UNKNOWN_PHASE, e_ax) * 1000.0)
+    np.testing.assert_allclose(got[1], expected_counts(a4[1:2, :3], axis, 1000.0)[0])
+    np.testing.assert_allclose(got[2], a4[2] @ reference_spectra(e_ax, ALL_PHASES) * 1000.0)
+    with pytest.raises(ValueError):
+        expected_counts(np.ones((2, 5)), axis, 1000.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 999])
+def test_unknown_region_geometry_and_normalisation(seed: int) -> None:
+    off = EELSSample(EELSConfig(seed=seed))
+    on = EELSSample(EELSConfig(seed=seed, unknown_region=True))
+    u = on.unknown
+    assert u.shape == (128, 128) and u.dtype == np.float32
+    assert np.all(u >= 0) and np.all(u <= 1) and u.max() == pytest.approx(UNKNOWN_PEAK, abs=1e-6)
+    core = u > 0.5
+    assert 0.05 <= core.mean() <= 0.15, "covers 5-15 % of the scan"
+    edge = (u > 0.05) & (u < 0.9)
+    assert 0 < edge.sum() < core.sum(), "blends into the host over a thin rim"
+    rows = np.flatnonzero(core.any(axis=1))
+    assert len(np.unique(on.phase[core])) >= 2 and rows.max() - rows.min() > 25, "crosses layers"
+    # The 4-phase mixture is (1 - u) * host layers + u * LAO: known abundances and u sum to 1.
+    assert np.all(on.abundance >= 0)
+    np.testing.assert_allclose(on.abundance.sum(axis=-1) + u, 1.0, atol=1e-6)
+    np.testing.assert_array_equal(on.phase, np.argmax(on.abundance, axis=-1))
+    host = on.abundance.astype(np.float64) / on.abundance.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(host, off.abundance, atol=1e-5)
+    np.testing.assert_array_equal(on.phase, off.phase)
+    np.testing.assert_array_equal(on.interfaces_px, off.interfaces_px)
+    # Deterministic per seed, and the region moves with the seed.
+    np.testing.assert_array_equal(EELSSample(EELSConfig(seed=seed, unknown_region=True)).unknown, u)
+    other = EELSSample(EELSConfig(seed=seed + 2, unknown_region=True)).unknown
+    assert not np.array_equal(other, u)
+
+
+def test_unknown_region_spectra_mix_in_the_unknown_phase() -> None:
+    cfg = EELSConfig(unknown_region=True, drift_eV=0.5, rows=64, cols=64, seed=4)
+    sample = EELSSample(cfg)
+    row = int(np.argmax(sample.unknown.max(axis=1)))
+    assert sample.unknown[row].max() > 0.9
+    e = axis_energies(cfg.axis) - sample.shift_eV[row]
+    a4 = np.concatenate([sample.abundance[row], sample.unknown[row][:, None]], axis=1).astype(np.float64)
+    expected = a4 @ reference_spectra(e, ALL_PHASES) * cfg.dose * cfg.axis.scale
+    np.testing.assert_allclose(sample.expected_line(row), expected, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sample.expected_line(row).sum(axis=1), cfg.dose, rtol=0.01)
+    line = sample.line(row)
+    assert line.shape == (64, 512) and line.dtype == np.float32 and np.all(np.isfinite(line))
+    tiny = EELSSample(EELSConfig(rows=1, cols=1, unknown_region=True))
+    assert tiny.line(0).shape == (1, 512)
+
+
+def test_unknown_region_ground_truth_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = EELSConfig(rows=40, cols=56, seed=8, unknown_region=True)
+    sample = EELSSample(cfg)
+    path = tmp_path / "truth.npz"
+    sample.save_ground_truth(path)
+    truth = load_ground_truth(path)
+    np.testing.assert_array_equal(truth["unknown"], sample.unknown)
+    assert truth["unknown"].dtype == np.float32 and truth["unknown"].any()
+    np.testing.assert_array_equal(truth["abundance"], sample.abundance)
+    assert truth["unknown_phase"] == UNKNOWN_PHASE
+    assert truth["config"] == cfg and truth["config"].unknown_region is True
+    np.testing.assert_array_equal(EELSSample(truth["config"]).line(20), sample.line(20))
+    # A file written before the unknown region existed: no "unknown" array, no key in the config.
+    with np.load(path, allow_pickle=False) as raw:
+        old = {k: raw[k] for k in raw.files if k not in ("unknown", "unknown_phase")}
+    fields = json.loads(str(old["config"]))
+    del fields["unknown_region"]
+    old["config"] = np.array(json.dumps(fields))
+    np.savez_compressed(tmp_path / "old.npz", **old)
+    legacy = load_ground_truth(tmp_path / "old.npz")
+    assert legacy["unknown"].shape == (40, 56) and not legacy["unknown"].any()
+    assert legacy["config"] == EELSConfig(rows=40, cols=56, seed=8)

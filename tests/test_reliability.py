@@ -87,7 +87,8 @@ async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
     small_hwm = settings.model_copy(update={"publish_hwm": 10})
     async with live(small_hwm, scan_id="behind", hwm=10) as (srv, inst, sub):
         async with Control(srv.endpoints["control"]) as ctl:
-            truth = np.random.default_rng(4).integers(0, 3, size=(100, 8))
+            # ~10 MB of maps: more than the PUB queue, the SUB queue and the kernel's socket buffers hold
+            truth = np.random.default_rng(4).integers(0, 3, size=(2000, 256))
             await send_band_scan(inst, "behind", truth)
             while srv.open_scans:  # let the scan finish before the subscriber reads anything
                 await asyncio.sleep(0.01)
@@ -96,6 +97,8 @@ async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
         assert result.summary.state == "complete" and result.summary.pixels_recognized == truth.size
         np.testing.assert_array_equal(result.maps["band"]["class"], truth)
         assert result.filled["band"].all()
+
+
 async def test_backpressure_is_lossless(settings):
     """A queue of only 16 pixels: the ingest loop must wait for inference, and nothing is dropped."""
     tiny = settings.model_copy(update={"queue_pixels": 16, "max_batch_pixels": 16})

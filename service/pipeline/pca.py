@@ -1,7 +1,7 @@
 """Streaming PCA: an unsupervised analyzer that works on any spectral modality, trained model or not.
 
 Per scan it accumulates the mean and covariance of the pixels as lines arrive and re-diagonalises
-the covariance whenever the pixel count has grown by a tenth (at least 256 pixels), so early lines
+the covariance whenever the pixel count has grown by a quarter (at least 256 pixels), so early lines
 are scored with an early basis and the basis settles as the scan goes on. Scores of each line are
 published with the basis current at that moment; when the scan closes, every kept pixel is scored
 again with the final basis, so the maps in the ``snapshot`` are consistent over the whole scan, and
@@ -21,6 +21,7 @@ import numpy as np
 
 from ..protocol.messages import ArraySpec, Axis, RecognizerSummary, ScanStart
 from .processor import Binding, Processor, WorkItem
+from .stats import latency_percentiles
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class StreamingPCA:
         self._sum = np.zeros(d)
         self._outer = np.zeros((d, d))
         self._since = 0
+        self._shift: np.ndarray | None = None
         self.mean = np.zeros(d, np.float32)
         self.components = np.zeros((k, d), np.float32)
         self.explained_ratio = np.zeros(k)
@@ -43,9 +45,11 @@ class StreamingPCA:
         self.kept_all = True
 
     def update(self, x: np.ndarray, row: int, col0: int) -> None:
-        x64 = x.astype(np.float64)
-        self._sum += x64.sum(axis=0)
-        self._outer += x64.T @ x64
+        if self._shift is None:
+            self._shift = x.mean(axis=0)  # accumulate around a reference: float32 products stay accurate
+        xc = x - self._shift
+        self._sum += xc.sum(axis=0, dtype=np.float64)
+        self._outer += xc.T @ xc  # float32 BLAS per line, float64 running sum
         self.n += len(x)
         self._since += len(x)
         if self.kept_all:
@@ -55,14 +59,15 @@ class StreamingPCA:
             else:
                 self.kept_all = False
                 log.warning("PCA keeps at most %d values per scan; final maps keep running scores", self._keep_values)
-        if self._since >= max(256, self.n // 10) or not self.explained_ratio.any():
+        if self._since >= max(256, self.n // 4) or not self.explained_ratio.any():
             self.refresh()
 
     def refresh(self) -> None:
         if self.n < 2:
             return
-        mean = self._sum / self.n
-        cov = self._outer / self.n - np.outer(mean, mean)
+        mean_c = self._sum / self.n
+        cov = self._outer / self.n - np.outer(mean_c, mean_c)
+        mean = mean_c + self._shift
         values, vectors = np.linalg.eigh(cov)  # ascending
         order = np.argsort(values)[::-1][: self.k]
         comps = vectors[:, order].T  # [k, d]
@@ -84,7 +89,7 @@ class PCAAnalyzer(Processor):
 
     max_parallel = 1  # per-scan state is updated in order by one thread
 
-    def __init__(self, *, k: int = 4, max_channels: int = 256, keep_values: int = 8 * 1024 * 1024,
+    def __init__(self, *, k: int = 4, max_channels: int = 128, keep_values: int = 8 * 1024 * 1024,
                  name: str = "pca"):
         self.name = name
         self.k = k
@@ -130,7 +135,8 @@ class PCAAnalyzer(Processor):
     def summarize(self, binding: Binding) -> RecognizerSummary:
         state: StreamingPCA = binding.state
         return RecognizerSummary(pixels_recognized=binding.pixels_done,
-                                 explained_variance_ratio=[float(v) for v in state.explained_ratio])
+                                 explained_variance_ratio=[float(v) for v in state.explained_ratio],
+                                 **latency_percentiles(binding.latencies_ms))
 
     def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
         state: StreamingPCA = binding.state

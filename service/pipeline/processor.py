@@ -16,6 +16,7 @@ import numpy as np
 
 from ..protocol.messages import ArraySpec, Axis, RecognizerSummary, ScanStart
 from .axis import AxisError, AxisMap
+from .stats import latency_percentiles
 
 if TYPE_CHECKING:
     from .scan import ScanState
@@ -32,6 +33,7 @@ class Binding:
     filled: np.ndarray  # bool [rows, cols]
     state: Any = None  # per-scan state of a stateful processor
     pixels_done: int = 0
+    latencies_ms: list[float] = field(default_factory=list)  # receipt of a line -> its maps published
     _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
 
     def line_specs(self, n: int) -> list[ArraySpec]:
@@ -136,7 +138,8 @@ class Processor:
             counts = np.bincount(binding.maps["class"][binding.filled], minlength=len(labels))[: len(labels)]
             total = max(int(counts.sum()), 1)
             fractions = {label: float(c) / total for label, c in zip(labels, counts)}
-        return RecognizerSummary(pixels_recognized=binding.pixels_done, class_fractions=fractions)
+        return RecognizerSummary(pixels_recognized=binding.pixels_done, class_fractions=fractions,
+                                 **latency_percentiles(binding.latencies_ms))
 
     def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
         """Arrays beyond the maps that a snapshot carries (e.g. PCA loadings)."""

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol.codec import ProtocolError, buffer_to_array
-from ..protocol.messages import ArraySpec, Data, RecognizerSummary, Rejection, ScanStart, ScanSummary
+from ..protocol.messages import ArraySpec, Data, Rejection, ScanStart, ScanSummary
 from .processor import Binding, Processor, WorkItem
+from .stats import latency_percentiles
 
 
 @dataclass
@@ -27,7 +28,6 @@ class ScanState:
     received: set[int] = field(default_factory=set)
     rejected: dict[int, str] = field(default_factory=dict)
     late: list[int] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
     pixels_received: int = 0
     in_flight: int = 0  # work items submitted and not yet back
     n_messages: int | None = None  # from scan_end
@@ -104,7 +104,7 @@ class ScanState:
         b.filled[sl] = True
         b.pixels_done += item.n_pixels
         latency = (time.perf_counter() - item.t_received) * 1e3
-        self.latencies_ms.append(latency)
+        b.latencies_ms.append(latency)
         return latency
 
     # ------------------------------------------------------------------ closing
@@ -118,7 +118,6 @@ class ScanState:
             expected_seqs = range(top + 1)
         lost = [s for s in expected_seqs if s not in self.received and s not in self.rejected]
         recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
-        lat = np.asarray(self.latencies_ms) if self.latencies_ms else None
         summaries = {}
         for name, b in self.bindings.items():
             b.processor.finish(b)
@@ -135,8 +134,7 @@ class ScanState:
             messages_received=len(self.received) + len(self.rejected),
             lost=lost,
             rejected=[Rejection(seq=s, reason=r) for s, r in sorted(self.rejected.items())],
-            latency_ms_p50=float(np.percentile(lat, 50)) if lat is not None else None,
-            latency_ms_p99=float(np.percentile(lat, 99)) if lat is not None else None,
+            **latency_percentiles([v for b in self.bindings.values() for v in b.latencies_ms]),
             duration_s=time.perf_counter() - self.t_start,
             recognizers=summaries,
         )

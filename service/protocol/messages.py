@@ -174,6 +174,8 @@ class RecognizerSummary(_Strict):
     class_fractions: dict[str, float] | None = None
     explained_variance_ratio: list[float] | None = Field(
         default=None, description="PCA: share of the variance of each published component")
+    latency_ms_p50: float | None = None
+    latency_ms_p99: float | None = None
 
 
 class ScanSummary(_Header):

@@ -1,0 +1,187 @@
+"""What the demo needs per modality: simulator arguments, ground truth, scores and figure panels.
+
+Each scenario scores the live maps (as the subscriber assembled them, completed by the final
+snapshot) against the ground truth the simulator saved, and lays out the PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from models.metrics import detection_score, roc_auc
+from service.client import ControlReply, ScanResult
+
+from .figures import Panel
+
+
+def r2(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Coefficient of determination of ``pred`` against ``truth`` (1 = perfect, 0 = the mean)."""
+    truth = truth.astype(np.float64).ravel()
+    resid = np.sum((pred.astype(np.float64).ravel() - truth) ** 2)
+    return float(1.0 - resid / max(np.sum((truth - truth.mean()) ** 2), 1e-30))
+
+
+@dataclass
+class Scenario:
+    modality: str
+    recognizer: str  # the default recognizer
+    load_truth: Callable[[Path], dict[str, Any]]
+    score: Callable[[ScanResult, ControlReply, dict[str, Any], str], dict[str, Any]]
+    panels: Callable[[ScanResult, ControlReply, dict[str, Any], str], list[Panel]]
+    sim_args: Callable[[dict[str, Any]], list[str]] = lambda options: []
+    shape: tuple[int, int] = (128, 128)  # default scan size of the demo
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def pca_score(result: ScanResult) -> dict[str, Any]:
+    s = result.summary.recognizers.get("pca")
+    return {"pca_explained_variance": [round(v, 5) for v in s.explained_variance_ratio]} if s else {}
+
+
+def pca_panels(snapshot: ControlReply, result: ScanResult, x_range: tuple[float, float] | None = None,
+               xlabel: str = "") -> list[Panel]:
+    """Two score maps and the loadings; ``x_range`` is the span of the scan's axis (PCA resamples it)."""
+    if "pca/scores" not in snapshot.arrays:
+        return []
+    scores = snapshot.arrays["pca/scores"]
+    ratio = result.summary.recognizers["pca"].explained_variance_ratio
+    panels = [Panel(f"PCA score {k + 1} ({100 * ratio[k]:.1f} % of variance)", scores[..., k], cmap="RdBu_r",
+                    vmin=-np.abs(scores[..., k]).max(), vmax=np.abs(scores[..., k]).max()) for k in range(2)]
+    loadings = snapshot.arrays["pca/loadings"][:3]
+    x = np.linspace(*x_range, loadings.shape[1]) if x_range else None
+    panels.append(Panel("PCA loadings", loadings, kind="lines", labels=[f"pc{k + 1}" for k in range(len(loadings))],
+                        x=x, xlabel=xlabel))
+    return panels
+
+
+def class_panels(truth: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], what: str) -> list[Panel]:
+    return [Panel(f"ground truth {what}", truth, kind="classes", labels=labels),
+            Panel(f"recognized {what} (live)", maps["class"], kind="classes", labels=labels,
+                  marks=maps["class"] != truth, marks_label="misclassified"),
+            Panel("confidence", maps["confidence"], vmin=0.0, vmax=1.0)]
+
+
+# --------------------------------------------------------------------------- EELS
+
+
+def _eels_truth(path: Path) -> dict[str, Any]:
+    from .eels import load_ground_truth
+
+    return load_ground_truth(path)
+
+
+def _eels_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
+    maps = result.maps[rec]
+    out: dict[str, Any] = {}
+    if "class" in maps:
+        out["accuracy"] = float(np.mean(maps["class"] == truth["phase"]))
+    unknown = truth.get("unknown")
+    known = np.ones(truth["phase"].shape, bool) if unknown is None else unknown < 1e-3
+    # abundances of the three reference phases are only defined where no unknown phase is mixed in
+    err = (maps["abundance"] - truth["abundance"])[known]
+    out["abundance_rmse"] = float(np.sqrt(np.mean(err**2)))
+    if not known.all():
+        out["abundance_rmse_pixels"] = "without the unknown phase"
+    if "chi2" in maps:
+        if unknown is not None and (unknown > 0.5).any() and (unknown <= 0.5).any():
+            out["chi2_auc"] = roc_auc(detection_score({"chi2": maps["chi2"].reshape(-1, maps["chi2"].shape[-1])}),
+                                      (unknown > 0.5).ravel())
+    out["class_fractions"] = result.summary.recognizers[rec].class_fractions
+    return out
+
+
+def _eels_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
+    from .eels import PHASES
+
+    maps = result.maps[rec]
+    panels = class_panels(truth["phase"], maps, list(PHASES), "phase") if "class" in maps else []
+    err = np.sqrt(np.mean((maps["abundance"] - truth["abundance"]) ** 2, axis=-1))
+    panels += [Panel("ground truth abundance (R,G,B = " + ", ".join(PHASES) + ")", truth["abundance"], kind="rgb"),
+               Panel(f"recognized abundance ({rec})", maps["abundance"], kind="rgb"),
+               Panel("abundance error (rms per pixel)", err, cmap="magma", vmin=0.0, vmax=max(0.1, float(err.max())))]
+    if "chi2" in maps:
+        unknown = truth.get("unknown")
+        score = maps["chi2"].sum(axis=-1)  # the fit's detection score: chi2 of both windows
+        panels.append(Panel("log10 χ² of the physics fit (cyan: true unknown phase)",
+                            np.log10(np.maximum(score, 1e-3)), cmap="inferno",
+                            contour=None if unknown is None else unknown > 0.5))
+    axis = truth["axis"]
+    return panels + pca_panels(snap, result, (axis.offset, axis.end), f"energy loss ({axis.units})")
+
+
+def _eels_args(options: dict[str, Any]) -> list[str]:
+    return ["--unknown-region"] if options.get("unknown_region") else []
+
+
+# --------------------------------------------------------------------------- BE-PFM
+
+
+def _bepfm_truth(path: Path) -> dict[str, Any]:
+    from .bepfm import load_ground_truth
+
+    return load_ground_truth(path)
+
+
+def _bepfm_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
+    maps = result.maps[rec]
+    return {"accuracy": float(np.mean(maps["class"] == truth["label"])),
+            "class_fractions": result.summary.recognizers[rec].class_fractions}
+
+
+def _bepfm_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
+    from .bepfm import CLASSES
+
+    panels = class_panels(truth["label"], result.maps[rec], list(CLASSES), "class")
+    params = truth.get("params", {})
+    for name in ("f0_kHz", "Q"):
+        if name in params:
+            panels.append(Panel(f"ground truth {name}", params[name], cmap="cividis"))
+    return panels + pca_panels(snap, result)
+
+
+# --------------------------------------------------------------------------- switching loops
+
+
+def _loops_truth(path: Path) -> dict[str, Any]:
+    from .loops import load_ground_truth
+
+    return load_ground_truth(path)
+
+
+def _loops_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
+    from .loops import PARAMS
+
+    pred = result.maps[rec]["parameters"]
+    return {f"r2_{p}": r2(pred[..., k], truth["params"][p]) for k, p in enumerate(PARAMS)}
+
+
+def _loops_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
+    from .loops import PARAMS
+
+    pred = result.maps[rec]["parameters"]
+    panels = []
+    for k, p in enumerate(PARAMS):
+        t = truth["params"][p]
+        lo, hi = float(t.min()), float(t.max())
+        panels.append(Panel(f"ground truth {p}", t, cmap="viridis", vmin=lo, vmax=hi))
+        panels.append(Panel(f"recognized {p} (live), R² {r2(pred[..., k], t):.3f}", pred[..., k], cmap="viridis",
+                            vmin=lo, vmax=hi))
+    if "uncertainty" in result.maps[rec]:
+        panels.append(Panel("predicted σ of " + PARAMS[2], result.maps[rec]["uncertainty"][..., 2], cmap="magma"))
+    return panels
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "eels": Scenario("eels", "eels-mlp", _eels_truth, _eels_score, _eels_panels, _eels_args),
+    "bepfm": Scenario("bepfm", "bepfm-mlp", _bepfm_truth, _bepfm_score, _bepfm_panels),
+    "loops": Scenario("loops", "loops-mlp", _loops_truth, _loops_score, _loops_panels, shape=(64, 64)),
+}
+
+#: names people use for a recognizer, mapped to the model's name
+ALIASES = {"physics-fit": "eels-fit", "fit": "eels-fit", "nn": "eels-mlp"}

@@ -1,0 +1,35 @@
+"""Scores shared by training, the tests and the demo (numpy only: usable without the train extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+
+def detection_score(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The per-pixel score for "not in the reference set": chi2 summed over both windows, ``[n]``."""
+    return np.asarray(outputs["chi2"], dtype=np.float64).sum(axis=1)
+
+
+def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve of ``scores`` for boolean ``labels`` (rank-based; ties count one half).
+
+    Equals the probability that a random positive scores higher than a random negative. Any shapes
+    of equal size; ValueError for NaN scores or when either class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in size: {s.size} vs {y.size}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_auc needs at least one positive and one negative label")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    midrank = np.cumsum(counts) - 0.5 * (counts - 1)  # 1-based average rank of each distinct score
+    rank_sum = float(midrank[inverse][y].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
