@@ -79,3 +79,17 @@ async def test_demo_defaults_meet_the_targets(tmp_path):
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p99"]
     assert (tmp_path / "demo-eels.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "demo-eels.json").read_text()) == report
+    assert report["recognizers"] == ["eels-mlp", "pca"]
+    ratio = report["pca_explained_variance"]
+    assert len(ratio) == 4 and ratio == sorted(ratio, reverse=True) and sum(ratio[:2]) > 0.9
+
+
+@pytest.mark.timeout(180)
+async def test_demo_physics_fit_finds_the_unknown_phase(tmp_path):
+    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
+                        "--recognizer", "physics-fit", "--unknown-region", "--out", str(tmp_path))
+    report = json.loads(out)
+    assert report["recognizer"] == "eels-fit" and report["unrecognized_pixels"] == 0
+    assert report["abundance_rmse"] <= 0.03 and report["abundance_rmse_pixels"] == "without the unknown phase"
+    assert report["chi2_auc"] >= 0.95
+    assert "accuracy" not in report  # the fit has no classes
