@@ -44,19 +44,23 @@ def pca_score(result: ScanResult) -> dict[str, Any]:
     return {"pca_explained_variance": [round(v, 5) for v in s.explained_variance_ratio]} if s else {}
 
 
-def pca_panels(snapshot: ControlReply, result: ScanResult, x_range: tuple[float, float] | None = None,
-               xlabel: str = "") -> list[Panel]:
-    """Two score maps and the loadings; ``x_range`` is the span of the scan's axis (PCA resamples it)."""
+def pca_panels(snapshot: ControlReply, result: ScanResult) -> list[Panel]:
+    """Two final score maps and the loadings, plotted against the scan's own axis (PCA resamples it)."""
     if "pca/scores" not in snapshot.arrays:
         return []
     scores = snapshot.arrays["pca/scores"]
     ratio = result.summary.recognizers["pca"].explained_variance_ratio
     panels = [Panel(f"PCA score {k + 1} ({100 * ratio[k]:.1f} % of variance)", scores[..., k], cmap="RdBu_r",
                     vmin=-np.abs(scores[..., k]).max(), vmax=np.abs(scores[..., k]).max()) for k in range(2)]
+    axis, components = result.started.axis, result.started.components
     loadings = snapshot.arrays["pca/loadings"][:3]
-    x = np.linspace(*x_range, loadings.shape[1]) if x_range else None
-    panels.append(Panel("PCA loadings", loadings, kind="lines", labels=[f"pc{k + 1}" for k in range(len(loadings))],
-                        x=x, xlabel=xlabel))
+    what = ""
+    if components:  # flattened [channels, components]: show the first component
+        loadings = loadings.reshape(len(loadings), -1, len(components))[..., 0]
+        what = f" ({components[0]})"
+    x = np.linspace(axis.offset, axis.end, loadings.shape[1])
+    panels.append(Panel("PCA loadings" + what, loadings, kind="lines", x=x, xlabel=axis.units,
+                        labels=[f"pc{k + 1}" for k in range(len(loadings))]))
     return panels
 
 
@@ -111,8 +115,7 @@ def _eels_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], 
         panels.append(Panel("log10 χ² of the physics fit (cyan: true unknown phase)",
                             np.log10(np.maximum(score, 1e-3)), cmap="inferno",
                             contour=None if unknown is None else unknown > 0.5))
-    axis = truth["axis"]
-    return panels + pca_panels(snap, result, (axis.offset, axis.end), f"energy loss ({axis.units})")
+    return panels + pca_panels(snap, result)
 
 
 def _eels_args(options: dict[str, Any]) -> list[str]:

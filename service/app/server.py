@@ -186,7 +186,7 @@ class Server:
         log.info("scan %s started: %s %dx%d, %d channels, recognizers %s", sid, start.modality, rows, cols,
                  start.axis.size, list(scan.bindings))
         await self._publish(topics.scan_topic(sid, topics.SCAN_STARTED), ScanStarted(
-            scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis,
+            scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis, components=start.components,
             recognizers=list(scan.bindings),
             outputs={name: b.processor.pixel_specs() for name, b in scan.bindings.items()},
             meta=start.meta))

@@ -131,6 +131,7 @@ class ScanStarted(_Header):
     modality: Name
     shape: tuple[Edge, Edge]
     axis: Axis
+    components: list[Name] | None = None
     recognizers: list[Name]
     outputs: dict[str, list[ArraySpec]] = Field(
         description="per recognizer, the arrays of a maps message (shape given for one pixel)"
