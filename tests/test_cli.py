@@ -21,6 +21,10 @@ runner = CliRunner()
     (["sim", "eels"], "heterostructure"),
     (["train"], "eels"),
     (["train", "eels"], "held-out"),
+    (["sim", "bepfm"], "M. lysodeikticus"),
+    (["train", "bepfm"], "held-out"),
+    (["train", "eels-fit"], "least squares"),
+    (["train", "loops"], "random-field Ising"),
 ])
 def test_help(argv, words):
     result = runner.invoke(app, [*argv, "--help"], terminal_width=200)
