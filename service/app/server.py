@@ -33,8 +33,8 @@ from ..pipeline.recognizer import ModelError, Recognizer, load_recognizers
 from ..pipeline.scan import ScanState, WorkItem
 from ..protocol import topics
 from ..protocol.codec import Limits, ProtocolError, decode, encode
-from ..protocol.messages import (INGEST_KINDS, Data, Event, Maps, Reply, Request, ScanEnd, ScanStart,
-                                 ScanStarted, Status)
+from ..protocol.messages import (INGEST_KINDS, Data, Event, Frame, FrameResult, Maps, Reply, Request, ScanEnd,
+                                 ScanStart, ScanStarted, Status)
 from ..transport.sockets import bind
 from .config import Settings
 
@@ -67,7 +67,7 @@ class Server:
         self._t0 = time.monotonic()
         self._stop = asyncio.Event()
         self._ingest_handlers = {"scan_start": self._on_scan_start, "data": self._on_data,
-                                 "scan_end": self._on_scan_end}
+                                 "frame": self._on_frame, "scan_end": self._on_scan_end}
         self._control_handlers = {"status": self._op_status, "models": self._op_models,
                                   "scans": self._op_scans, "snapshot": self._op_snapshot}
 
@@ -183,10 +183,12 @@ class Server:
         self.closed_scans.pop(sid, None)
         self.open_scans[sid] = scan
         self.counters["scans_started"] += 1
-        log.info("scan %s started: %s %dx%d, %d channels, recognizers %s", sid, start.modality, rows, cols,
-                 start.axis.size, list(scan.bindings))
+        log.info("scan %s started: %s %dx%d, %s, recognizers %s", sid, start.modality, rows, cols,
+                 f"{start.axis.size} channels" if start.axis else f"{start.pixel_size.size:g} {start.pixel_size.units}/px",
+                 list(scan.bindings))
         await self._publish(topics.scan_topic(sid, topics.SCAN_STARTED), ScanStarted(
             scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis, components=start.components,
+            pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
             recognizers=list(scan.bindings),
             outputs={name: b.processor.pixel_specs() for name, b in scan.bindings.items()},
             meta=start.meta))
@@ -207,7 +209,14 @@ class Server:
                 chosen.append(proc)
             return chosen
         chosen = [r for r in self.recognizers.values() if r.modality == modality]
-        return chosen or [self.processors["pca"]]
+        if start.imaging:
+            chosen = [r for r in chosen if r.imaging]
+            if not chosen:
+                have = sorted({r.modality for r in self.recognizers.values() if r.imaging})
+                raise ProtocolError("scan_rejected", f"no image recognizer for modality {modality!r}; "
+                                    f"image modalities: {have}", scan_id=sid)
+            return chosen
+        return [r for r in chosen if not r.imaging] or [self.processors["pca"]]
 
     async def _on_data(self, data: Data, buffers: list[memoryview], t_received: float) -> None:
         sid = data.scan_id
@@ -226,6 +235,25 @@ class Server:
             scan.in_flight += 1
             await self.workers[binding.processor.name].submit(
                 WorkItem(scan, binding, data.seq, data.row, data.col0, spectra, t_received))
+
+    async def _on_frame(self, msg: Frame, buffers: list[memoryview], t_received: float) -> None:
+        sid = msg.scan_id
+        scan = self.open_scans.get(sid)
+        if scan is None:
+            return await self._on_data(msg, buffers, t_received)  # the same late / unknown_scan errors
+        image = scan.accept_frame(msg, buffers)
+        self.counters["frames_in"] += 1
+        for binding in scan.bindings.values():
+            worker = self.workers[binding.processor.name]
+            if scan.start.policy == "latest":  # newest frame wins: drop this scan's frames still waiting
+                for stale in worker.queue.discard(lambda item: item.scan is scan):
+                    scan.in_flight -= 1
+                    scan.record_skipped(stale.seq)
+                    self.counters["frames_skipped"] += 1
+                    await self._event("skipped", f"frame {stale.row} (seq {stale.seq}) skipped: frame {msg.frame} "
+                                      "is newer (policy latest)", scan_id=sid, seq=stale.seq, level="info")
+            scan.in_flight += 1
+            await worker.submit(WorkItem(scan, binding, msg.seq, msg.frame, 0, image, t_received))
 
     async def _on_scan_end(self, end: ScanEnd, buffers: list[memoryview], t_received: float) -> None:
         sid = end.scan_id
@@ -249,6 +277,15 @@ class Server:
         if outputs is None:
             scan.rejected.setdefault(item.seq, error or "inference failed")
             await self._event("internal", error or "inference failed", scan_id=scan.scan_id, seq=item.seq)
+        elif item.binding.processor.imaging:
+            latency = scan.store(item, outputs)
+            proc = item.binding.processor
+            specs = proc.frame_specs(outputs["classes"].shape, len(outputs["atoms"]), len(outputs["defects"]))
+            self.counters["frames_recognized"] += 1
+            await self._publish(topics.scan_topic(scan.scan_id, topics.FRAME), FrameResult(
+                scan_id=scan.scan_id, recognizer=proc.name, seq=item.seq, frame=item.row, latency_ms=latency,
+                n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs),
+                [outputs[spec.name] for spec in specs])
         else:
             latency = scan.store(item, outputs)
             self.counters["pixels_recognized"] += item.n_pixels

@@ -33,14 +33,31 @@ def _describe(axis: Axis) -> str:
     return f"{axis.offset:g}–{axis.end:g} {axis.units} ({axis.size} channels of {axis.scale:g})"
 
 
+def unit_factor(src: str, dst: str) -> float:
+    """How many ``dst`` one ``src`` is (1 for equal units); AxisError for unknown or incompatible units."""
+    if src == dst:
+        return 1.0
+    a, b = _UNITS.get(src), _UNITS.get(dst)
+    if a is None or b is None or a[0] != b[0]:
+        raise AxisError(f"units {src!r} cannot be converted to the model's {dst!r}")
+    return a[1] / b[1]
+
+
+def length_factor(src: str, dst: str) -> float:
+    """``unit_factor`` for lengths only (pixel sizes)."""
+    if _UNITS.get(src, ("?",))[0] != "length" or _UNITS.get(dst, ("?",))[0] != "length":
+        raise AxisError(f"{src!r} to {dst!r} is not a conversion between lengths (pm, Å, nm, um)")
+    return unit_factor(src, dst)
+
+
 def convert(axis: Axis, units: str) -> Axis:
     """The same axis expressed in ``units``; AxisError for unknown or incompatible units."""
     if axis.units == units:
         return axis
-    src, dst = _UNITS.get(axis.units), _UNITS.get(units)
-    if src is None or dst is None or src[0] != dst[0]:
-        raise AxisError(f"axis units {axis.units!r} cannot be converted to the model's {units!r}")
-    factor = src[1] / dst[1]
+    try:
+        factor = unit_factor(axis.units, units)
+    except AxisError:
+        raise AxisError(f"axis units {axis.units!r} cannot be converted to the model's {units!r}") from None
     return Axis(size=axis.size, offset=axis.offset * factor, scale=axis.scale * factor, units=units)
 
 

@@ -50,6 +50,16 @@ class PixelQueue:
             self.pixels += item.n_pixels
             self._cond.notify_all()
 
+    def discard(self, predicate: Callable[[WorkItem], bool]) -> list[WorkItem]:
+        """Remove and return the queued items for which ``predicate`` holds (not yet started)."""
+        kept, dropped = collections.deque(), []
+        for item in self._items:
+            (dropped if predicate(item) else kept).append(item)
+        if dropped:
+            self._items = kept
+            self.pixels -= sum(item.n_pixels for item in dropped)
+        return dropped
+
     async def take(self, max_pixels: int) -> list[WorkItem]:
         """At least one item; then as many more as fit in ``max_pixels``."""
         async with self._cond:

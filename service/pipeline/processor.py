@@ -65,7 +65,8 @@ class WorkItem:
 
     @property
     def n_pixels(self) -> int:
-        return self.spectra.shape[0]
+        """Pixels this item carries (a line's spectra, or every pixel of a frame)."""
+        return self.spectra.size if self.binding.processor.imaging else self.spectra.shape[0]
 
 
 def component_order(scan: list[str] | None, needed: list[str] | None, name: str) -> np.ndarray | None:
@@ -92,6 +93,7 @@ class Processor:
     modality: str | None = None
     max_parallel: int | None = None
     components: list[str] | None = None
+    imaging = False  # True: takes whole frames (frames.py), not spectra
 
     # ---- binding
 

@@ -48,17 +48,23 @@ def read_card(session: ort.InferenceSession, path: Path) -> ModelCard:
         raise ModelError(f"{path}: invalid model card: {exc}") from None
 
 
+def load_model(path: Path, threads: int) -> tuple[ort.InferenceSession, ModelCard]:
+    """An ONNX Runtime session for ``path`` and its model card; ModelError when either is unusable."""
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelError(f"{path}: cannot load ONNX model: {exc}") from None
+    return session, read_card(session, path)
+
+
 class Recognizer(Processor):
     """An ONNX model with its card; ``run`` maps a float32 batch to the published per-pixel arrays."""
 
-    def __init__(self, path: Path, *, threads: int = 2, warm_up_batch: int = 512):
+    def __init__(self, path: Path, *, threads: int = 2, warm_up_batch: int = 512,
+                 loaded: tuple[ort.InferenceSession, ModelCard] | None = None):
         self.path = Path(path)
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=session_options(threads),
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise ModelError(f"{self.path}: cannot load ONNX model: {exc}") from None
-        self.card = read_card(self.session, self.path)
+        self.session, self.card = loaded or load_model(self.path, threads)
         self.name = self.card.name
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or inputs[0].name != self.card.input.name:
@@ -69,6 +75,12 @@ class Recognizer(Processor):
             raise ModelError(f"{self.path}: card names outputs {missing} the graph does not have")
         self._output_names = [o.name for o in self.card.outputs]
         self.modality = self.card.modality
+        self._setup(warm_up_batch)
+
+    def _setup(self, warm_up_batch: int) -> None:
+        """Spectral models: input shape, published arrays, warm-up."""
+        if self.card.input.axis is None:
+            raise ModelError(f"{self.path}: a spectral recognizer needs an input axis")
         self.components = self.card.input.components
         self.channels = self.card.input.axis.size
         self.input_shape = (self.channels,) if self.components is None else (self.channels, len(self.components))
@@ -133,6 +145,16 @@ class Recognizer(Processor):
         return result
 
 
+def open_recognizer(path: Path, *, threads: int = 2) -> Recognizer:
+    """The right recognizer for a model file: spectral, or image (a card with an input pixel size)."""
+    session, card = load_model(Path(path), threads)
+    if card.input.pixel_size is not None:
+        from .frames import FrameRecognizer  # image models: segmentation + post-processing
+
+        return FrameRecognizer(path, threads=threads, loaded=(session, card))
+    return Recognizer(path, threads=threads, loaded=(session, card))
+
+
 def load_recognizers(model_dir: Path, names: list[str] | None = None, *, threads: int = 2) -> dict[str, Recognizer]:
     """Every ``*.onnx`` in ``model_dir`` (or only ``names``), keyed by card name; ModelError on problems."""
     model_dir = Path(model_dir)
@@ -141,7 +163,7 @@ def load_recognizers(model_dir: Path, names: list[str] | None = None, *, threads
         raise ModelError(f"no *.onnx model files in {model_dir}")
     loaded: dict[str, Recognizer] = {}
     for path in files:
-        rec = Recognizer(path, threads=threads)
+        rec = open_recognizer(path, threads=threads)
         if names is not None and rec.name not in names:
             continue
         if rec.name in loaded:

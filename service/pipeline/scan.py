@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..protocol.codec import ProtocolError, buffer_to_array
-from ..protocol.messages import ArraySpec, Data, Rejection, ScanStart, ScanSummary
+from ..protocol.messages import ArraySpec, Data, Frame, Rejection, ScanStart, ScanSummary
 from .processor import Binding, Processor, WorkItem
 from .stats import latency_percentiles
 
@@ -28,6 +28,8 @@ class ScanState:
     received: set[int] = field(default_factory=set)
     rejected: dict[int, str] = field(default_factory=dict)
     late: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    last_frame: int = -1
     pixels_received: int = 0
     in_flight: int = 0  # work items submitted and not yet back
     n_messages: int | None = None  # from scan_end
@@ -52,7 +54,7 @@ class ScanState:
 
     # ------------------------------------------------------------------ ingest side
 
-    def _reject(self, data: Data, reason: str) -> ProtocolError:
+    def _reject(self, data: Data | Frame, reason: str) -> ProtocolError:
         self.rejected[data.seq] = reason
         return ProtocolError("data_rejected", reason, scan_id=self.scan_id, seq=data.seq)
 
@@ -60,12 +62,9 @@ class ScanState:
         """The spectra of a data message as a zero-copy array; ProtocolError (and a recorded rejection)
         when it contradicts ``scan_start`` or repeats a seq."""
         self.t_last = time.perf_counter()
-        if data.seq in self.received or data.seq in self.rejected:
-            # a repeat is reported but does not overwrite the first message's fate
-            raise ProtocolError("data_rejected", f"seq {data.seq} was already received",
-                                scan_id=self.scan_id, seq=data.seq)
-        if self.n_messages is not None and data.seq >= self.n_messages:
-            raise self._reject(data, f"seq {data.seq} is beyond scan_end's n_messages={self.n_messages}")
+        self._check_seq(data)
+        if self.start.imaging:
+            raise self._reject(data, "this is an imaging scan (pixel_size in scan_start): send frame messages")
         rows, cols = self.start.shape
         n, channels = data.shape[:2]
         if channels != self.start.axis.size:
@@ -90,6 +89,44 @@ class ScanState:
         self.pixels_received += n
         return spectra
 
+    def _check_seq(self, msg: Data | Frame) -> None:
+        if msg.seq in self.received or msg.seq in self.rejected:
+            # a repeat is reported but does not overwrite the first message's fate
+            raise ProtocolError("data_rejected", f"seq {msg.seq} was already received",
+                                scan_id=self.scan_id, seq=msg.seq)
+        if self.n_messages is not None and msg.seq >= self.n_messages:
+            raise self._reject(msg, f"seq {msg.seq} is beyond scan_end's n_messages={self.n_messages}")
+
+    def accept_frame(self, msg: Frame, buffers: list[memoryview]) -> np.ndarray:
+        """The image of a frame message as a zero-copy array; ProtocolError (and a recorded rejection)
+        when it contradicts ``scan_start``."""
+        self.t_last = time.perf_counter()
+        self._check_seq(msg)
+        if not self.start.imaging:
+            raise self._reject(msg, "this is a spectral scan (axis in scan_start): send data messages")
+        if tuple(msg.shape) != tuple(self.start.shape):
+            raise self._reject(msg, f"frame shape {list(msg.shape)} differs from scan_start's {list(self.start.shape)}")
+        if self.start.frames is not None and msg.frame >= self.start.frames:
+            raise self._reject(msg, f"frame {msg.frame} is beyond scan_start's frames={self.start.frames}")
+        if msg.frame <= self.last_frame:
+            raise self._reject(msg, f"frame {msg.frame} does not follow frame {self.last_frame}")
+        if len(buffers) != 1:
+            raise self._reject(msg, f"frame message must carry exactly 1 buffer, got {len(buffers)}")
+        try:
+            image = buffer_to_array(buffers[0], msg.dtype, msg.shape)
+        except ValueError as exc:
+            raise self._reject(msg, str(exc)) from None
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise self._reject(msg, "frame contains NaN or infinite values")
+        self.received.add(msg.seq)
+        self.last_frame = msg.frame
+        self.pixels_received += image.size
+        return image
+
+    def record_skipped(self, seq: int) -> None:
+        """A frame dropped by the newest-frame-wins policy before it was recognized."""
+        self.skipped.append(seq)
+
     def record_late(self, seq: int) -> None:
         self.late.append(seq)
 
@@ -98,6 +135,12 @@ class ScanState:
     def store(self, item: WorkItem, outputs: dict[str, np.ndarray]) -> float:
         """Write one recognizer's results into the maps; returns the latency in ms."""
         b = item.binding
+        if getattr(b.processor, "imaging", False):
+            b.processor.store(b, item.row, outputs)
+            b.pixels_done += item.spectra.size
+            latency = (time.perf_counter() - item.t_received) * 1e3
+            b.latencies_ms.append(latency)
+            return latency
         sl = (item.row, slice(item.col0, item.col0 + item.n_pixels))
         for name, values in outputs.items():
             b.maps[name][sl] = values
@@ -117,12 +160,14 @@ class ScanState:
             top = max(self.received | set(self.rejected), default=-1)
             expected_seqs = range(top + 1)
         lost = [s for s in expected_seqs if s not in self.received and s not in self.rejected]
+        if self.start.imaging:  # pixels of an imaging scan: frames x frame pixels
+            rows, cols = (self.n_messages if self.n_messages is not None else len(expected_seqs)), rows * cols
         recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
         summaries = {}
         for name, b in self.bindings.items():
             b.processor.finish(b)
             summaries[name] = b.processor.summarize(b)
-        complete = (not timed_out and not lost and not self.rejected
+        complete = (not timed_out and not lost and not self.rejected and not self.skipped
                     and self.pixels_received == rows * cols)
         self.summary = ScanSummary(
             scan_id=self.scan_id,
@@ -134,6 +179,7 @@ class ScanState:
             messages_received=len(self.received) + len(self.rejected),
             lost=lost,
             rejected=[Rejection(seq=s, reason=r) for s, r in sorted(self.rejected.items())],
+            skipped=sorted(self.skipped),
             **latency_percentiles([v for b in self.bindings.values() for v in b.latencies_ms]),
             duration_s=time.perf_counter() - self.t_start,
             recognizers=summaries,

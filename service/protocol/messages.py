@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -57,6 +57,20 @@ class Axis(_Strict):
         return self.offset + (self.size - 1) * self.scale
 
 
+class PixelSize(_Strict):
+    """Spatial calibration of an image: one pixel is ``size`` ``units`` (square pixels)."""
+
+    size: float = Field(gt=0)
+    units: str = Field(min_length=1, max_length=16)
+
+    @field_validator("size")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+
 class ArraySpec(_Strict):
     """Describes one raw buffer that follows the header, in order."""
 
@@ -71,18 +85,40 @@ class ArraySpec(_Strict):
 
 
 class ScanStart(_Header):
-    """Opens a scan. ``shape`` is ``[rows, cols]``; ``axis`` calibrates the signal (spectral) axis;
+    """Opens a scan.
+
+    Spectral scans: ``shape`` is ``[rows, cols]`` of the scan, ``axis`` calibrates the signal axis and
     ``components`` names the values each channel carries when there are several (e.g.
-    ``["amplitude", "phase"]``), in the order of the last data axis."""
+    ``["amplitude", "phase"]``), in the order of the last data axis; data comes as ``data`` messages.
+    Imaging scans (movies): ``shape`` is ``[height, width]`` of one frame, ``pixel_size`` calibrates it,
+    ``frames`` optionally says how many will come, ``policy`` what to do when frames arrive faster than
+    they are recognized; data comes as ``frame`` messages.
+    """
 
     kind: Literal["scan_start"] = "scan_start"
     scan_id: ScanId
     modality: Name
     shape: tuple[Edge, Edge]
-    axis: Axis
+    axis: Axis | None = None
     components: list[Name] | None = Field(default=None, min_length=1, max_length=16)
+    pixel_size: PixelSize | None = None
+    frames: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    policy: Literal["lossless", "latest"] = Field(
+        "lossless", description="frames: lossless (backpressure) or latest (newest frame wins; skips reported)")
     recognizers: list[Name] | None = Field(default=None, max_length=8)
     meta: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _spectral_or_imaging(self) -> ScanStart:
+        if (self.axis is None) == (self.pixel_size is None):
+            raise ValueError("give either axis (a spectral scan) or pixel_size (an imaging scan), not both")
+        if self.pixel_size is not None and self.components is not None:
+            raise ValueError("components apply to spectral scans only")
+        return self
+
+    @property
+    def imaging(self) -> bool:
+        return self.pixel_size is not None
 
 
 class Data(_Header):
@@ -95,6 +131,19 @@ class Data(_Header):
     row: Index
     col0: Index = 0
     shape: tuple[Edge, Edge] | tuple[Edge, Edge, Annotated[int, Field(ge=1, le=16)]]
+    dtype: DType
+    t_ns: int | None = Field(default=None, description="sender's wall clock, informative only")
+
+
+class Frame(_Header):
+    """One image of an imaging scan: ``shape = [height, width]`` as in ``scan_start``; ``frame`` is its
+    index in the movie (0-based, increasing); ``seq`` counts messages as for ``data``."""
+
+    kind: Literal["frame"] = "frame"
+    scan_id: ScanId
+    seq: Index
+    frame: Index
+    shape: tuple[Edge, Edge]
     dtype: DType
     t_ns: int | None = Field(default=None, description="sender's wall clock, informative only")
 
@@ -117,6 +166,7 @@ EventCode = Literal[
     "scan_rejected",  # scan_start refused (modality, recognizer, axis, size)
     "data_rejected",  # a data message refused (shape, dtype, position, non-finite values, duplicate seq)
     "late",  # data for a scan that has already ended
+    "skipped",  # frames dropped by the newest-frame-wins policy (never with policy lossless)
     "lost",  # seq numbers that never arrived before scan_end / timeout
     "scan_timeout",  # a scan closed because nothing arrived for too long
     "internal",  # a bug in scanlens; the scan it names may be incomplete
@@ -130,8 +180,11 @@ class ScanStarted(_Header):
     scan_id: ScanId
     modality: Name
     shape: tuple[Edge, Edge]
-    axis: Axis
+    axis: Axis | None = None
     components: list[Name] | None = None
+    pixel_size: PixelSize | None = None
+    frames: int | None = None
+    policy: Literal["lossless", "latest"] = "lossless"
     recognizers: list[Name]
     outputs: dict[str, list[ArraySpec]] = Field(
         description="per recognizer, the arrays of a maps message (shape given for one pixel)"
@@ -150,6 +203,23 @@ class Maps(_Header):
     col0: Index
     n_pixels: Edge
     latency_ms: float = Field(description="from receipt of the data message to this publication")
+    arrays: list[ArraySpec]
+
+
+class FrameResult(_Header):
+    """Results for one frame from one recognizer; buffers follow in the order of ``arrays``:
+    ``classes`` (uint8 ``[height, width]``, the segmentation at the frame's own pixel size), ``atoms``
+    (float32 ``[n, 3]``: x, y in frame pixels, atom class) and ``defects`` (float32 ``[m, 5]``: x, y,
+    defect class, confidence, track id)."""
+
+    kind: Literal["frame_result"] = "frame_result"
+    scan_id: ScanId
+    recognizer: Name
+    seq: Index
+    frame: Index
+    latency_ms: float
+    n_atoms: Index
+    n_defects: Index
     arrays: list[ArraySpec]
 
 
@@ -177,6 +247,9 @@ class RecognizerSummary(_Strict):
         default=None, description="PCA: share of the variance of each published component")
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
+    frames_recognized: Index | None = None
+    tracking: dict[str, Any] | None = Field(
+        default=None, description="frames: defect tracks, diffusion coefficients, transition matrix")
 
 
 class ScanSummary(_Header):
@@ -195,6 +268,7 @@ class ScanSummary(_Header):
     messages_received: Index
     lost: list[Index]
     rejected: list[Rejection]
+    skipped: list[Index] = Field(default_factory=list, description="frame seqs dropped by policy 'latest'")
     latency_ms_p50: float | None = None  # absent when nothing was recognized
     latency_ms_p99: float | None = None
     duration_s: float
@@ -236,9 +310,10 @@ class Reply(_Header):
 
 
 Message = Annotated[
-    Union[ScanStart, Data, ScanEnd, ScanStarted, Maps, Event, ScanSummary, Status, Request, Reply],
+    Union[ScanStart, Data, Frame, ScanEnd, ScanStarted, Maps, FrameResult, Event, ScanSummary, Status, Request,
+          Reply],
     Field(discriminator="kind"),
 ]
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 
-INGEST_KINDS = frozenset({"scan_start", "data", "scan_end"})
+INGEST_KINDS = frozenset({"scan_start", "data", "frame", "scan_end"})

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .messages import Axis, Name
+from .messages import Axis, Name, PixelSize
 
 CARD_KEY = "scanlens.card"
 
@@ -21,13 +21,21 @@ class _Card(BaseModel):
 
 
 class InputSpec(_Card):
-    """The single model input: float32 ``[n, axis.size]``, or ``[n, axis.size, len(components)]`` when
-    each channel carries several named components (e.g. BE-PFM amplitude and phase, the up and down
-    branches of a switching loop)."""
+    """The single model input. Spectral models: float32 ``[n, axis.size]``, or
+    ``[n, axis.size, len(components)]`` when each channel carries several named components (e.g. BE-PFM
+    amplitude and phase, the up and down branches of a switching loop). Image models: float32
+    ``[n, 1, height, width]`` at ``pixel_size`` (any height and width the network accepts)."""
 
     name: str
-    axis: Axis
+    axis: Axis | None = None
     components: list[str] | None = Field(default=None, min_length=1, max_length=16)
+    pixel_size: PixelSize | None = None
+
+    @model_validator(mode="after")
+    def _spectral_or_image(self) -> InputSpec:
+        if (self.axis is None) == (self.pixel_size is None):
+            raise ValueError("an input has either an axis (spectra) or a pixel_size (images)")
+        return self
     normalization: str = Field(
         description="what the graph does to raw counts before the network (it is inside the ONNX graph)"
     )
@@ -38,11 +46,13 @@ class OutputSpec(_Card):
 
     ``class_probabilities`` ``[n, len(labels)]`` is published as ``class`` (uint8 argmax) and
     ``confidence`` (float32 max probability); ``parameters`` ``[n, len(labels)]`` is published under
-    ``name`` as float32 with its labels and units.
+    ``name`` as float32 with its labels and units; ``segmentation`` ``[n, len(labels), h, w]`` (per-pixel
+    class probabilities of an image model) is turned into a class map, atoms and defects by the
+    service's post-processing, configured by the card's ``postprocess``.
     """
 
     name: str
-    role: Literal["class_probabilities", "parameters"]
+    role: Literal["class_probabilities", "parameters", "segmentation"]
     labels: list[str] = Field(min_length=1, max_length=255)
     units: list[str] | None = None
     description: str = ""
@@ -60,3 +70,6 @@ class ModelCard(_Card):
         default_factory=dict, description="generator, seed, sample counts, epochs, ..."
     )
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
+    postprocess: dict[str, Any] = Field(
+        default_factory=dict, description="image models: which segmentation classes are atoms and defects, "
+                                          "peak-finding parameters")

@@ -10,6 +10,7 @@ SERVICE_EVENT = "service/event"  # errors that cannot be attributed to a scan (g
 
 SCAN_STARTED = "started"
 MAPS = "maps"
+FRAME = "frame"
 EVENT = "event"
 SUMMARY = "summary"
 

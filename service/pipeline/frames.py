@@ -1,0 +1,156 @@
+"""Image recognizers: a segmentation network applied frame by frame, then atoms, defects and tracks.
+
+A frame is first rescaled to the pixel size the network was trained at (its card's input
+``pixel_size``) — real microscopes do not use our simulator's pixel size — padded to a size the
+network accepts, segmented, post-processed (``atoms.py``) and mapped back to the frame's own
+pixels. Defects are linked from frame to frame by the scan's ``DefectTracker``; frames of a scan are
+processed in order by one thread, so tracks see them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from ..protocol.messages import ArraySpec, RecognizerSummary, ScanStart
+from .atoms import PostProcess, postprocess
+from .axis import AxisError, length_factor
+from .processor import Binding, WorkItem
+from .recognizer import ModelError, Recognizer
+from .stats import latency_percentiles
+from .tracking import DefectTracker
+
+log = logging.getLogger(__name__)
+
+MIN_ZOOM, MAX_ZOOM = 0.25, 4.0
+
+
+@dataclass
+class FrameState:
+    """Per scan: the rescaling, the tracker and the latest result (for snapshots)."""
+
+    zoom: float  # model pixels per frame pixel
+    tracker: DefectTracker
+    pixel_size_nm: float | None
+    frames_done: int = 0
+    last: dict[str, np.ndarray] = field(default_factory=dict)
+    last_frame: int | None = None
+
+
+class FrameRecognizer(Recognizer):
+    imaging = True
+    max_parallel = 1  # frames of a scan in order: the tracker needs them so
+
+    def _setup(self, warm_up_batch: int) -> None:
+        seg = [o for o in self.card.outputs if o.role == "segmentation"]
+        if len(seg) != 1:
+            raise ModelError(f"{self.path}: an image recognizer needs exactly one segmentation output")
+        self.components = None
+        self.seg_output = seg[0]
+        self._output_names = [seg[0].name]
+        try:
+            self.pp = PostProcess.from_card(seg[0].labels, self.card.postprocess)
+        except (KeyError, ValueError) as exc:
+            raise ModelError(f"{self.path}: invalid postprocess in the card: {exc}") from None
+        self.pixel_size = self.card.input.pixel_size
+        self.multiple = int(self.card.postprocess.get("size_multiple", 16))
+        self.gate_nm = float(self.card.postprocess.get("track_gate_nm", 0.5))
+        if warm_up_batch:
+            self._segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        return None
+
+    def input_axis(self, start: ScanStart):  # pragma: no cover - frames have no signal axis
+        raise AxisError(f"{self.name} is an image recognizer")
+
+    def bind(self, start: ScanStart) -> Binding:
+        if not start.imaging:
+            raise AxisError(f"recognizer {self.name!r} takes image frames; scan {start.scan_id} is spectral")
+        try:
+            factor = length_factor(start.pixel_size.units, self.pixel_size.units)
+        except AxisError as exc:
+            raise AxisError(f"frame pixel size: {exc}") from None
+        zoom = start.pixel_size.size * factor / self.pixel_size.size
+        if not MIN_ZOOM <= zoom <= MAX_ZOOM:
+            raise AxisError(
+                f"frame pixel size {start.pixel_size.size:g} {start.pixel_size.units} would need rescaling by "
+                f"{zoom:.3g} to the model's {self.pixel_size.size:g} {self.pixel_size.units}; "
+                f"supported {MIN_ZOOM:g}–{MAX_ZOOM:g}")
+        try:
+            nm = start.pixel_size.size * length_factor(start.pixel_size.units, "nm")
+        except AxisError:
+            nm = None
+        gate_px = self.gate_nm / nm if nm else 5.0
+        tracker = DefectTracker(len(self.pp.defect_classes), gate_px=gate_px, max_gap=1,
+                                class_names=self.pp.defect_classes)
+        return Binding(self, None, None, {}, np.zeros(start.shape, dtype=bool),  # type: ignore[arg-type]
+                       FrameState(zoom, tracker, nm))
+
+    def pixel_specs(self) -> list[ArraySpec]:
+        return []
+
+    def frame_specs(self, shape: tuple[int, int], n_atoms: int, n_defects: int) -> list[ArraySpec]:
+        return [ArraySpec(name="classes", dtype="uint8", shape=list(shape), labels=self.pp.labels),
+                ArraySpec(name="atoms", dtype="float32", shape=[n_atoms, 3], labels=["x", "y", "class"],
+                          units=["px", "px", ",".join(self.pp.atom_classes)]),
+                ArraySpec(name="defects", dtype="float32", shape=[n_defects, 5],
+                          labels=["x", "y", "class", "confidence", "track"],
+                          units=["px", "px", ",".join(self.pp.defect_classes), "", ""])]
+
+    def _segment(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities ``[C, h, w]`` of an image already at the model's pixel size."""
+        h, w = image.shape
+        m = self.multiple
+        padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
+        probs = self.session.run(self._output_names, {self.card.input.name: padded[None, None]})[0]
+        return probs[0, :, :h, :w]
+
+    def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+        results = []
+        for item in items:
+            state: FrameState = item.binding.state
+            frame = np.asarray(item.spectra, dtype=np.float32)
+            scaled = frame if abs(state.zoom - 1.0) < 1e-6 else ndimage.zoom(frame, state.zoom, order=1)
+            probs = self._segment(scaled)
+            class_map, atoms, defects = postprocess(probs, self.pp)
+            # back to the frame's own pixels
+            sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
+            sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
+            atoms[:, 0] /= sx
+            atoms[:, 1] /= sy
+            defects[:, 0] /= sx
+            defects[:, 1] /= sy
+            rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
+            cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
+            classes = class_map[rows][:, cols]
+            ids = state.tracker.update(item.row, defects[:, :2], defects[:, 2].astype(np.intp))
+            results.append({"classes": classes, "atoms": atoms,
+                            "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32)})
+        return results
+
+    def store(self, binding: Binding, frame: int, outputs: dict[str, np.ndarray]) -> None:
+        state: FrameState = binding.state
+        state.frames_done += 1
+        state.last, state.last_frame = outputs, frame
+
+    def summarize(self, binding: Binding) -> RecognizerSummary:
+        state: FrameState = binding.state
+        return RecognizerSummary(pixels_recognized=binding.pixels_done, frames_recognized=state.frames_done,
+                                 tracking=state.tracker.summary(pixel_size_nm=state.pixel_size_nm),
+                                 **latency_percentiles(binding.latencies_ms))
+
+    def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
+        state: FrameState = binding.state
+        if not state.last:
+            return []
+        specs = self.frame_specs(state.last["classes"].shape, len(state.last["atoms"]), len(state.last["defects"]))
+        return [(spec, state.last[spec.name]) for spec in specs]
+
+    def describe(self) -> dict[str, Any]:
+        return self.card.model_dump(mode="json")
