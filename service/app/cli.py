@@ -92,10 +92,13 @@ def list_models(
         return
     for name, rec in recs.items():
         c = rec.card
-        ax = c.input.axis
+        ax, px = c.input.axis, c.input.pixel_size
         typer.echo(f"{name} v{c.version}  [{c.modality}]  {c.description}")
-        typer.echo(f"    input  {c.input.name}: {ax.size} channels, {ax.offset:g}–{ax.end:g} {ax.units}; "
-                   f"{c.input.normalization}")
+        what = (f"{ax.size} channels, {ax.offset:g}–{ax.end:g} {ax.units}" if ax is not None
+                else f"images at {px.size:g} {px.units}/px")
+        if c.input.components:
+            what += f" x ({', '.join(c.input.components)})"
+        typer.echo(f"    input  {c.input.name}: {what}; {c.input.normalization}")
         for out in c.outputs:
             typer.echo(f"    output {out.name} ({out.role}): {', '.join(out.labels)}")
         typer.echo(f"    {c.architecture}")

@@ -274,27 +274,39 @@ class Server:
     async def _on_result(self, item: WorkItem, outputs: dict[str, np.ndarray] | None, error: str | None) -> None:
         scan = item.scan
         scan.in_flight -= 1
-        if outputs is None:
-            scan.rejected.setdefault(item.seq, error or "inference failed")
-            await self._event("internal", error or "inference failed", scan_id=scan.scan_id, seq=item.seq)
-        elif item.binding.processor.imaging:
-            latency = scan.store(item, outputs)
-            proc = item.binding.processor
-            specs = proc.frame_specs(outputs["classes"].shape, len(outputs["atoms"]), len(outputs["defects"]))
-            self.counters["frames_recognized"] += 1
-            await self._publish(topics.scan_topic(scan.scan_id, topics.FRAME), FrameResult(
-                scan_id=scan.scan_id, recognizer=proc.name, seq=item.seq, frame=item.row, latency_ms=latency,
-                n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs),
-                [outputs[spec.name] for spec in specs])
-        else:
-            latency = scan.store(item, outputs)
-            self.counters["pixels_recognized"] += item.n_pixels
-            specs = item.binding.line_specs(item.n_pixels)
-            await self._publish(topics.scan_topic(scan.scan_id, topics.MAPS), Maps(
-                scan_id=scan.scan_id, recognizer=item.binding.processor.name, seq=item.seq, row=item.row,
-                col0=item.col0, n_pixels=item.n_pixels, latency_ms=latency, arrays=specs),
-                [outputs[spec.name] for spec in specs])
-        await self._maybe_close(scan)
+        try:
+            if outputs is None:
+                scan.rejected.setdefault(item.seq, error or "inference failed")
+                await self._event("internal", error or "inference failed", scan_id=scan.scan_id, seq=item.seq)
+            elif item.binding.processor.imaging:
+                await self._publish_frame(scan, item, outputs)
+            else:
+                await self._publish_maps(scan, item, outputs)
+        except Exception as exc:  # a result that cannot be stored or published must not stall the scan
+            log.exception("result of scan %s seq %s could not be published", scan.scan_id, item.seq)
+            scan.rejected.setdefault(item.seq, f"internal: {exc}")
+            await self._event("internal", f"{type(exc).__name__}: {exc}", scan_id=scan.scan_id, seq=item.seq)
+        finally:
+            await self._maybe_close(scan)
+
+    async def _publish_maps(self, scan: ScanState, item: WorkItem, outputs: dict[str, np.ndarray]) -> None:
+        latency = scan.store(item, outputs)
+        self.counters["pixels_recognized"] += item.n_pixels
+        specs = item.binding.line_specs(item.n_pixels)
+        await self._publish(topics.scan_topic(scan.scan_id, topics.MAPS), Maps(
+            scan_id=scan.scan_id, recognizer=item.binding.processor.name, seq=item.seq, row=item.row,
+            col0=item.col0, n_pixels=item.n_pixels, latency_ms=latency, arrays=specs),
+            [outputs[spec.name] for spec in specs])
+
+    async def _publish_frame(self, scan: ScanState, item: WorkItem, outputs: dict[str, np.ndarray]) -> None:
+        latency = scan.store(item, outputs)
+        proc = item.binding.processor
+        specs = proc.frame_specs(outputs["classes"].shape, len(outputs["atoms"]), len(outputs["defects"]))
+        self.counters["frames_recognized"] += 1
+        await self._publish(topics.scan_topic(scan.scan_id, topics.FRAME), FrameResult(
+            scan_id=scan.scan_id, recognizer=proc.name, seq=item.seq, frame=item.row, latency_ms=latency,
+            n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs),
+            [outputs[spec.name] for spec in specs])
 
     async def _maybe_close(self, scan: ScanState, *, timed_out: bool = False) -> None:
         if scan.closed or scan.in_flight or not (scan.ended or timed_out):

@@ -5,7 +5,7 @@ input is the per-pixel class probabilities ``[C, H, W]`` of one frame; a ``PostP
 model card's ``postprocess``) says which classes are atom columns and which are defects:
 
 * atoms: local maxima of the summed atom-class probability (at least ``min_distance_px`` apart and
-  above ``threshold``), refined to sub-pixel by the probability-weighted centroid of a small window;
+  above ``threshold``), refined to sub-pixel by the probability-weighted centroid of their region;
   each gets the atom class with the highest probability at the peak;
 * defects: connected regions of a site-less defect class (vacancies: there is no atom to find),
   plus every atom whose class is itself a defect (dopants, adatoms); each with a confidence.
@@ -46,30 +46,37 @@ class PostProcess:
 
 
 def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
-    """float32 ``[n, 3]``: x, y (pixels, sub-pixel) and atom class index (into ``pp.atom_classes``)."""
+    """float32 ``[n, 3]``: x, y (pixels, sub-pixel) and atom class index (into ``pp.atom_classes``).
+
+    Seeds are local maxima of the summed atom probability; each atom's position is the
+    probability-weighted centroid of its connected region above ``threshold`` (unbiased for a
+    symmetric blob). A region holding several seeds (touching atoms) is split: each seed then takes
+    the centroid of the region's pixels within ``min_distance_px / 2`` of it."""
     atom_probs = probs[pp.atom_index]  # [A, H, W]
     p = atom_probs.sum(axis=0)
     size = max(3, int(round(pp.min_distance_px)) | 1)
-    peaks = (p == ndimage.maximum_filter(p, size=size, mode="constant")) & (p > pp.threshold)
+    mask = p > pp.threshold
+    peaks = (p == ndimage.maximum_filter(p, size=size, mode="constant")) & mask
     ys, xs = np.nonzero(peaks)
     if len(ys) == 0:
         return np.zeros((0, 3), np.float32)
-    # sub-pixel: probability-weighted centroid in a (2r+1)^2 window
-    r = max(1, size // 2 - 1)
-    h, w = p.shape
-    pad = np.pad(p, r)
-    offsets = np.arange(-r, r + 1)
-    dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
-    rows = ys[:, None, None] + r + dy[None]
-    cols = xs[:, None, None] + r + dx[None]
-    weights = pad[rows, cols]
-    total = weights.sum(axis=(1, 2))
-    total[total == 0] = 1.0
-    y_sub = ys + (weights * dy[None]).sum(axis=(1, 2)) / total
-    x_sub = xs + (weights * dx[None]).sum(axis=(1, 2)) / total
+    regions, n = ndimage.label(mask)
+    region = regions[ys, xs]
+    seeds_per_region = np.bincount(region, minlength=n + 1)
+    centres = np.array(ndimage.center_of_mass(p, regions, np.arange(1, n + 1))).reshape(-1, 2)
+    y_sub = centres[region - 1, 0].astype(np.float64)
+    x_sub = centres[region - 1, 1].astype(np.float64)
+    shared = np.nonzero(seeds_per_region[region] > 1)[0]
+    if len(shared):
+        r = max(1, size // 2)
+        h, w = p.shape
+        for i in shared:
+            y0, y1, x0, x1 = max(ys[i] - r, 0), min(ys[i] + r + 1, h), max(xs[i] - r, 0), min(xs[i] + r + 1, w)
+            weights = p[y0:y1, x0:x1] * (regions[y0:y1, x0:x1] == region[i])
+            gy, gx = np.mgrid[y0:y1, x0:x1]
+            total = weights.sum()
+            y_sub[i], x_sub[i] = (gy * weights).sum() / total, (gx * weights).sum() / total
     cls = atom_probs[:, ys, xs].argmax(axis=0)
-    np.clip(x_sub, 0, w - 1, out=x_sub)
-    np.clip(y_sub, 0, h - 1, out=y_sub)
     return np.column_stack([x_sub, y_sub, cls]).astype(np.float32)
 
 

@@ -169,7 +169,7 @@ def load_recognizers(model_dir: Path, names: list[str] | None = None, *, threads
         if rec.name in loaded:
             raise ModelError(f"two model files are named {rec.name!r}: {loaded[rec.name].path} and {path}")
         loaded[rec.name] = rec
-        log.info("loaded recognizer %s (%s, %d channels) from %s", rec.name, rec.modality, rec.channels, path)
+        log.info("loaded recognizer %s (%s) from %s", rec.name, rec.modality, path)
     if names is not None and (absent := sorted(set(names) - set(loaded))):
         raise ModelError(f"recognizers {absent} not found in {model_dir}")
     return loaded

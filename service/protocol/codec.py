@@ -83,7 +83,8 @@ def encode(header: BaseModel, arrays: Sequence[np.ndarray] = ()) -> list[Buffer]
     """Frames ``[msgpack(header), buffer, ...]``; arrays are passed as buffers without copying."""
     frames: list[Buffer] = [msgpack.packb(_header_dict(header), use_bin_type=True)]
     for array in arrays:
-        frames.append(memoryview(as_wire_array(array)).cast("B"))
+        wire = as_wire_array(array)
+        frames.append(memoryview(wire).cast("B") if wire.size else b"")
     return frames
 
 
