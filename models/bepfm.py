@@ -17,7 +17,6 @@ import math
 import time
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,8 +24,7 @@ import torch
 from torch import nn
 
 from instrument_sim.bepfm import CLASSES, COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
-from models.eels import ProgressFn, TrainProgress
-from models.export import export_with_card
+from models.export import ProgressFn, TrainProgress, emit, export_reporting
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -121,7 +119,7 @@ def build_dataset(
         x, y = make_scan_pixels(rng, s, recipe.bg_keep)
         xs.append(x)
         ys.append(y)
-        _emit(progress, TrainProgress("data", k + 1, len(seeds), message=f"scan seed {s}: {len(x)} pixels"))
+        emit(progress, TrainProgress("data", k + 1, len(seeds), message=f"scan seed {s}: {len(x)} pixels"))
     return np.concatenate(xs), np.concatenate(ys), seeds
 
 
@@ -198,12 +196,6 @@ def scan_metrics(probs: np.ndarray, truth: BEPFMSample) -> dict[str, float]:
 # --------------------------------------------------------------------------- training
 
 
-def _emit(progress: ProgressFn | None, event: TrainProgress) -> None:
-    log.info("%s %d/%d loss=%s %s", event.stage, event.step, event.total, event.loss, event.message)
-    if progress is not None:
-        progress(event)
-
-
 @dataclass
 class TrainResult:
     """A trained network with its held-out metrics, training record and the responses used for parity."""
@@ -250,7 +242,7 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
                 running += loss.detach().item() * len(idx)
                 seen += len(idx)
             loss_value = running / seen
-            _emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
+            emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
         t_train = time.perf_counter() - t0 - t_data
         model.eval()
 
@@ -313,17 +305,7 @@ def model_card(result: TrainResult) -> ModelCard:
 
 def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    _emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
-    diff = export_with_card(
-        result.model,
-        torch.from_numpy(result.check_inputs[:16]),
-        Path(out_path),
-        model_card(result),
-        output_names=OUTPUT_NAMES,
-        check_inputs=result.check_inputs,
-    )
-    _emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
-    return diff
+    return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
 
 
 def train(

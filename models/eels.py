@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ from instrument_sim.eels import (
     EELSSample,
     simulate_spectra,
 )
-from models.export import export_with_card
+from models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -63,18 +61,7 @@ NORMALIZATION = (
 )
 
 
-@dataclass(frozen=True)
-class TrainProgress:
-    """One progress report: ``stage`` is "data", "train" or "export"; ``step`` of ``total`` done."""
 
-    stage: str
-    step: int
-    total: int
-    loss: float | None = None
-    message: str = ""
-
-
-ProgressFn = Callable[[TrainProgress], None]
 
 
 @dataclass(frozen=True)
@@ -238,12 +225,6 @@ def scan_metrics(probs: np.ndarray, abundance: np.ndarray, truth: EELSSample) ->
 # --------------------------------------------------------------------------- training
 
 
-def _emit(progress: ProgressFn | None, event: TrainProgress) -> None:
-    log.info("%s %d/%d loss=%s %s", event.stage, event.step, event.total, event.loss, event.message)
-    if progress is not None:
-        progress(event)
-
-
 def build_dataset(
     recipe: Recipe, seed: int, progress: ProgressFn | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -256,11 +237,11 @@ def build_dataset(
         x, a = make_scan_pixels(rng, s, recipe.scan_keep)
         xs.append(x)
         as_.append(a)
-        _emit(progress, TrainProgress("data", k + 1, total, message=f"scan seed {s}: {len(x)} pixels"))
+        emit(progress, TrainProgress("data", k + 1, total, message=f"scan seed {s}: {len(x)} pixels"))
     x, a = make_mixtures(rng, recipe.n_mixtures)
     xs.append(x)
     as_.append(a)
-    _emit(progress, TrainProgress("data", total, total, message=f"{len(x)} random mixtures"))
+    emit(progress, TrainProgress("data", total, total, message=f"{len(x)} random mixtures"))
     return np.concatenate(xs), np.concatenate(as_), seeds
 
 
@@ -316,7 +297,7 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
                 running += loss.detach().item() * len(idx)
                 seen += len(idx)
             loss_value = running / seen
-            _emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
+            emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
         t_train = time.perf_counter() - t0 - t_data
         model.eval()
 
@@ -389,17 +370,7 @@ def model_card(result: TrainResult) -> ModelCard:
 
 def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    _emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
-    diff = export_with_card(
-        result.model,
-        torch.from_numpy(result.check_inputs[:16]),
-        Path(out_path),
-        model_card(result),
-        output_names=OUTPUT_NAMES,
-        check_inputs=result.check_inputs,
-    )
-    _emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
-    return diff
+    return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
 
 
 def train(

@@ -7,8 +7,9 @@ in a torch-free install (the service's environment).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,4 +135,40 @@ def export_with_card(
     expected = {name: t.detach().cpu().numpy() for name, t in zip(output_names, outs)}
     diff = check_parity(make_session(path), expected, {card.input.name: inputs}, atol=atol)
     log.info("ONNX Runtime matches torch: max |diff| = %.3g", diff)
+    return diff
+
+
+# --------------------------------------------------------------------------- training progress
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """One progress report: ``stage`` is "data", "train" or "export"; ``step`` of ``total`` done."""
+
+    stage: str
+    step: int
+    total: int
+    loss: float | None = None
+    message: str = ""
+
+
+ProgressFn = Callable[[TrainProgress], None]
+
+
+def emit(progress: ProgressFn | None, event: TrainProgress) -> None:
+    """Log a progress event and pass it to the caller's callback, if any."""
+    log.info("%s %d/%d loss=%s %s", event.stage, event.step, event.total, event.loss, event.message)
+    if progress is not None:
+        progress(event)
+
+
+def export_reporting(model: torch.nn.Module, check_inputs: np.ndarray, out_path: str | PathLike[str],
+                     card: ModelCard, output_names: Sequence[str], progress: ProgressFn | None = None) -> float:
+    """``export_with_card`` with progress events; returns the largest ONNX-vs-torch difference."""
+    import torch
+
+    emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
+    diff = export_with_card(model, torch.from_numpy(check_inputs[:16]), Path(out_path), card,
+                            output_names=output_names, check_inputs=check_inputs)
+    emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
     return diff

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from numpy.typing import ArrayLike
 from onnx import TensorProto, helper, numpy_helper
 
 from instrument_sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
