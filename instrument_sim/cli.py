@@ -123,5 +123,53 @@ def bepfm(
     play(BEPFMSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth)
 
 
+@app.command()
+def stem(
+    ingest: Ingest = "tcp://127.0.0.1:5555",
+    scan_id: ScanId = None,
+    size: Annotated[int, typer.Option(min=64, max=2048, help="frame edge, pixels (square frames)")] = 512,
+    frames: Annotated[int, typer.Option(min=1, help="frames in the movie")] = 100,
+    frame_ms: Annotated[float, typer.Option("--frame-ms", help="frame period, ms; 0 = as fast as the service takes")] = 40.0,
+    pixel_size_nm: Annotated[float, typer.Option("--pixel-size-nm", help="pixel size, nm")] = 0.02,
+    dose: Annotated[Optional[float], typer.Option(help="expected counts at a metal column (default: simulator's)")] = None,
+    lattice: Annotated[str, typer.Option(help="ws2 or graphene")] = "ws2",
+    defects: Annotated[Optional[int], typer.Option(help="number of defects (default: simulator's)")] = None,
+    policy: Annotated[str, typer.Option(help="lossless (every frame) or latest (newest frame wins)")] = "lossless",
+    seed: Seed = 0,
+    recognizer: Recognizers = None,
+    truth: Truth = None,
+    quiet: Quiet = False,
+) -> None:
+    """Stream an atomic-resolution HAADF STEM movie of WS2 (or graphene) with diffusing, transforming defects.
+
+    Z-contrast columns, vacancies, dopants and adatoms, probe blur, Poisson noise, drift and line jitter;
+    defects random-walk with a known diffusion coefficient per class and change class by a known Markov
+    chain. Frames carry their pixel size: the service rescales them to its model's.
+    """
+    from .stem import STEMConfig, STEMSource
+    from .stream import stream_movie
+
+    overrides = {k: v for k, v in {"dose": dose, "n_defects": defects}.items() if v is not None}
+    cfg = STEMConfig(size=size, frames=frames, pixel_size_nm=pixel_size_nm, lattice=lattice, seed=seed, **overrides)
+    source = STEMSource(cfg)
+    if truth is not None:
+        source.save_ground_truth(truth)
+    sid = scan_id or f"haadf-{int(time.time())}"
+
+    async def run() -> None:
+        columns = (TextColumn(f"[bold]{sid}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("frames"),
+                   TimeRemainingColumn())
+        with Progress(*columns, disable=quiet, transient=True) as bar:
+            task = bar.add_task("stream", total=frames)
+            async with Instrument(ingest) as inst:
+                report = await stream_movie(inst, source, sid, frame_interval_s=frame_ms * 1e-3, policy=policy,
+                                            recognizers=recognizer,
+                                            progress=lambda done, total: bar.update(task, completed=done))
+        typer.echo(json.dumps({"scan_id": report.scan_id, "messages": report.messages, "frames": frames,
+                               "elapsed_s": round(report.elapsed_s, 3)}))
+
+    asyncio.run(run())
+
+
 if __name__ == "__main__":  # the demo starts the simulator as `python -m instrument_sim.cli`
     app()

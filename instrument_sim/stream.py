@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.client import Instrument
+from service.protocol.messages import PixelSize
 
 from .sources import ScanSource
 
@@ -66,3 +67,24 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
             if progress is not None:
                 progress(row + 1, rows)
     return StreamReport(scan_id, scan.seq, rows * cols, clock.now() - t0)
+
+
+async def stream_movie(instrument: Instrument, source, scan_id: str, *, frame_interval_s: float = 0.0,
+                       policy: str = "lossless", recognizers: list[str] | None = None, clock: Clock | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> StreamReport:
+    """Send an imaging scan: ``scan_start``, every frame of ``source`` (``frame(i)``, ``frames``,
+    ``shape``, ``pixel_size_nm``, ``modality``, ``meta``), ``scan_end``. Frame ``i`` is released at ``t0 + (i + 1) * interval``."""
+    clock = clock or MonotonicClock()
+    t0 = clock.now()
+    pixel_size = PixelSize(size=source.pixel_size_nm, units="nm")
+    async with instrument.movie(scan_id, source.modality, source.shape, pixel_size, frames=source.frames,
+                                policy=policy, recognizers=recognizers,
+                                meta={**source.meta, "frame_interval_s": frame_interval_s}) as scan:
+        for i in range(source.frames):
+            image = source.frame(i)
+            if frame_interval_s > 0:
+                await clock.sleep_until(t0 + (i + 1) * frame_interval_s)
+            await scan.send_frame(i, image)
+            if progress is not None:
+                progress(i + 1, source.frames)
+    return StreamReport(scan_id, scan.seq, source.frames * source.shape[0] * source.shape[1], clock.now() - t0)

@@ -30,8 +30,8 @@ import zmq.asyncio
 
 from .protocol import topics
 from .protocol.codec import arrays_from, decode, dtype_name, encode
-from .protocol.messages import (Axis, Data, Event, Maps, Message, Reply, Request, ScanEnd, ScanStart,
-                                ScanStarted, ScanSummary)
+from .protocol.messages import (Axis, Data, Event, Frame, FrameResult, Maps, Message, PixelSize, Reply, Request,
+                                ScanEnd, ScanStart, ScanStarted, ScanSummary)
 from .transport.sockets import connect
 
 
@@ -78,6 +78,13 @@ class Instrument(_Client):
     async def send(self, header: Message, arrays: Sequence[np.ndarray] = ()) -> None:
         await self.sock.send_multipart(encode(header, arrays), copy=len(arrays) == 0)
 
+    def movie(self, scan_id: str, modality: str, shape: tuple[int, int], pixel_size: PixelSize, *,
+              frames: int | None = None, policy: str = "lossless", recognizers: list[str] | None = None,
+              meta: dict[str, Any] | None = None) -> ScanStream:
+        """An imaging scan to send frame by frame (``send_frame``); ``policy`` "lossless" or "latest"."""
+        return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, pixel_size=pixel_size,
+                                          frames=frames, policy=policy, recognizers=recognizers, meta=meta or {}))
+
     def scan(self, scan_id: str, modality: str, shape: tuple[int, int], axis: Axis, *,
              components: list[str] | None = None, recognizers: list[str] | None = None,
              meta: dict[str, Any] | None = None) -> ScanStream:
@@ -107,6 +114,15 @@ class ScanStream:
         header = Data(scan_id=self.start.scan_id, seq=self.seq, row=row, col0=col0,
                       shape=spectra.shape, dtype=dtype_name(spectra.dtype))
         await self.instrument.send(header, [spectra])
+        self.seq += 1
+        return header.seq
+
+    async def send_frame(self, frame: int, image: np.ndarray) -> int:
+        """Send one image ``[height, width]`` of an imaging scan; returns the seq used."""
+        image = np.asarray(image)
+        header = Frame(scan_id=self.start.scan_id, seq=self.seq, frame=frame, shape=image.shape,
+                       dtype=dtype_name(image.dtype))
+        await self.instrument.send(header, [image])
         self.seq += 1
         return header.seq
 
@@ -166,6 +182,18 @@ class ScanResult:
             self.maps[header.recognizer][name][sl] = values
         self.filled[header.recognizer][sl] = True
         self.latencies_ms.append(header.latency_ms)
+
+
+@dataclass
+class MovieResult:
+    """Everything a subscriber saw of one imaging scan: per frame the atoms, defects and (optionally)
+    the class map of each image recognizer."""
+
+    started: ScanStarted
+    frames: dict[str, dict[int, dict[str, np.ndarray]]]  # recognizer -> frame index -> arrays
+    events: list[Event] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    summary: ScanSummary | None = None
 
 
 class Subscriber(_Client):
@@ -268,6 +296,36 @@ class Subscriber(_Client):
                 result.summary = h
                 if control is not None and result.missing_pixels():
                     result.fill_from(await control.snapshot(scan_id))
+                return result
+
+
+    async def collect_movie(self, scan_id: str, timeout: float = 60.0, progress=None,
+                            keep_classes: bool = True) -> MovieResult:
+        """Receive an imaging scan until its summary; ``progress(result)`` after every frame result.
+        ``keep_classes=False`` keeps only atoms and defects (class maps are large)."""
+        result: MovieResult | None = None
+        while True:
+            msg = await self.recv(timeout)
+            h = msg.header
+            if getattr(h, "scan_id", None) != scan_id:
+                continue
+            if isinstance(h, ScanStarted):
+                result = MovieResult(h, {name: {} for name in h.recognizers})
+            elif isinstance(h, FrameResult) and result is not None:
+                arrays = dict(msg.arrays) if keep_classes else {k: v for k, v in msg.arrays.items() if k != "classes"}
+                result.frames.setdefault(h.recognizer, {})[h.frame] = arrays
+                result.latencies_ms.append(h.latency_ms)
+                if progress is not None:
+                    progress(result)
+            elif isinstance(h, Event):
+                if result is not None:
+                    result.events.append(h)
+                elif h.code == "scan_rejected":
+                    raise ServiceError(f"scan {scan_id} rejected: {h.reason}")
+            elif isinstance(h, ScanSummary):
+                if result is None:
+                    raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
+                result.summary = h
                 return result
 
 

@@ -138,3 +138,20 @@ async def test_frame_and_data_messages_must_match_the_scan_kind(frame_settings):
                         [np.zeros((2, 2), np.float32)])
         ev = await next_event(sub, "data_rejected")
         assert "spectral scan" in ev.reason
+
+
+async def test_simulated_movie_streams_through_the_client(frame_settings):
+    """The STEM simulator's movie, streamed by stream_movie and collected by collect_movie (plumbing;
+    the test model is not trained for STEM images)."""
+    from instrument_sim.stem import STEMConfig, STEMSource
+    from instrument_sim.stream import stream_movie
+
+    source = STEMSource(STEMConfig(size=128, frames=4, n_defects=2, seed=3))
+    async with live(frame_settings, scan_id="sim-movie") as (_, inst, sub):
+        report = await stream_movie(inst, source, "sim-movie")
+        result = await sub.collect_movie("sim-movie", keep_classes=False)
+    assert report.messages == 4
+    assert result.started.pixel_size.size == source.pixel_size_nm and result.started.frames == 4
+    assert sorted(result.frames["frame-test"]) == [0, 1, 2, 3]
+    assert all("classes" not in f and f["atoms"].shape[1] == 3 for f in result.frames["frame-test"].values())
+    assert result.summary.state == "complete" and result.summary.recognizers["frame-test"].frames_recognized == 4
