@@ -249,10 +249,12 @@ class Server:
                 for stale in worker.queue.discard(lambda item: item.scan is scan):
                     scan.in_flight -= 1
                     scan.record_skipped(stale.seq)
+                    binding.state.forget([stale.seq])
                     self.counters["frames_skipped"] += 1
                     await self._event("skipped", f"frame {stale.row} (seq {stale.seq}) skipped: frame {msg.frame} "
                                       "is newer (policy latest)", scan_id=sid, seq=stale.seq, level="info")
             scan.in_flight += 1
+            binding.state.admit(msg.seq)
             await worker.submit(WorkItem(scan, binding, msg.seq, msg.frame, 0, image, t_received))
 
     async def _on_scan_end(self, end: ScanEnd, buffers: list[memoryview], t_received: float) -> None:

@@ -45,6 +45,20 @@ class PostProcess:
         return np.array([self.labels.index(c) for c in self.atom_classes], dtype=np.intp)
 
 
+def region_stats(weights: np.ndarray, regions: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per region 1..n: weighted centroid (y, x), pixel count and weight sum (np.bincount: one pass each)."""
+    idx = np.flatnonzero(regions)  # only labelled pixels: vacancies cover a handful of them
+    flat = regions.ravel()[idx]
+    w = weights.ravel()[idx].astype(np.float64)
+    yy, xx = np.divmod(idx, regions.shape[1])
+    total = np.bincount(flat, weights=w, minlength=n + 1)[1:]
+    count = np.bincount(flat, minlength=n + 1)[1:]
+    safe = np.where(total > 0, total, 1.0)
+    cy = np.bincount(flat, weights=w * yy, minlength=n + 1)[1:] / safe
+    cx = np.bincount(flat, weights=w * xx, minlength=n + 1)[1:] / safe
+    return np.column_stack([cy, cx]), count, total
+
+
 def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
     """float32 ``[n, 3]``: x, y (pixels, sub-pixel) and atom class index (into ``pp.atom_classes``).
 
@@ -62,45 +76,42 @@ def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
         return np.zeros((0, 3), np.float32)
     regions, n = ndimage.label(mask)
     region = regions[ys, xs]
-    seeds_per_region = np.bincount(region, minlength=n + 1)
-    centres = np.array(ndimage.center_of_mass(p, regions, np.arange(1, n + 1))).reshape(-1, 2)
-    y_sub = centres[region - 1, 0].astype(np.float64)
-    x_sub = centres[region - 1, 1].astype(np.float64)
-    shared = np.nonzero(seeds_per_region[region] > 1)[0]
-    if len(shared):
+    centres, _, _ = region_stats(np.where(mask, p, 0.0), regions, n)
+    y_sub, x_sub = centres[region - 1, 0], centres[region - 1, 1]
+    shared = np.nonzero(np.bincount(region, minlength=n + 1)[region] > 1)[0]
+    if len(shared):  # windowed centroids, restricted to the seed's own region, all at once
         r = max(1, size // 2)
-        h, w = p.shape
-        for i in shared:
-            y0, y1, x0, x1 = max(ys[i] - r, 0), min(ys[i] + r + 1, h), max(xs[i] - r, 0), min(xs[i] + r + 1, w)
-            weights = p[y0:y1, x0:x1] * (regions[y0:y1, x0:x1] == region[i])
-            gy, gx = np.mgrid[y0:y1, x0:x1]
-            total = weights.sum()
-            y_sub[i], x_sub[i] = (gy * weights).sum() / total, (gx * weights).sum() / total
+        offsets = np.arange(-r, r + 1)
+        dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
+        rows = ys[shared, None, None] + r + dy
+        cols = xs[shared, None, None] + r + dx
+        pad_p, pad_reg = np.pad(p, r), np.pad(regions, r)
+        w = pad_p[rows, cols] * (pad_reg[rows, cols] == region[shared, None, None])
+        total = w.sum(axis=(1, 2))
+        y_sub[shared] = ys[shared] + (w * dy).sum(axis=(1, 2)) / total
+        x_sub[shared] = xs[shared] + (w * dx).sum(axis=(1, 2)) / total
     cls = atom_probs[:, ys, xs].argmax(axis=0)
     return np.column_stack([x_sub, y_sub, cls]).astype(np.float32)
 
 
 def find_defects(probs: np.ndarray, class_map: np.ndarray, atoms: np.ndarray, pp: PostProcess) -> np.ndarray:
     """float32 ``[m, 4]``: x, y, defect class index (into ``pp.defect_classes``), confidence."""
-    found: list[tuple[float, float, int, float]] = []
+    parts: list[np.ndarray] = []
     for k, name in enumerate(pp.defect_classes):
         c = pp.labels.index(name)
         if name in pp.atom_classes:  # a defect that is an atom column: take it from the atom list
-            a = pp.atom_classes.index(name)
-            for x, y, _ in atoms[atoms[:, 2] == a]:
-                found.append((float(x), float(y), k, float(probs[c, int(round(y)), int(round(x))])))
+            hits = atoms[atoms[:, 2] == pp.atom_classes.index(name)]
+            conf = probs[c, np.round(hits[:, 1]).astype(np.intp), np.round(hits[:, 0]).astype(np.intp)]
+            parts.append(np.column_stack([hits[:, 0], hits[:, 1], np.full(len(hits), k), conf]))
             continue
         regions, n = ndimage.label(class_map == c)
         if n == 0:
             continue
-        index = np.arange(1, n + 1)
-        sizes = ndimage.sum_labels(np.ones_like(class_map, dtype=np.float32), regions, index)
-        centres = ndimage.center_of_mass(probs[c], regions, index)
-        conf = ndimage.mean(probs[c], regions, index)
-        for (y, x), size, q in zip(centres, sizes, conf):
-            if size >= pp.min_region_px:
-                found.append((float(x), float(y), k, float(q)))
-    return np.array(found, np.float32).reshape(-1, 4)
+        centres, count, total = region_stats(probs[c], regions, n)
+        keep = count >= pp.min_region_px
+        parts.append(np.column_stack([centres[keep, 1], centres[keep, 0], np.full(keep.sum(), k),
+                                      total[keep] / count[keep]]))
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 4), np.float32)
 
 
 def postprocess(probs: np.ndarray, pp: PostProcess) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,9 @@ processed in order by one thread, so tracks see them in order.
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +33,7 @@ MIN_ZOOM, MAX_ZOOM = 0.25, 4.0
 
 @dataclass
 class FrameState:
-    """Per scan: the rescaling, the tracker and the latest result (for snapshots)."""
+    """Per scan: the rescaling, the tracker, the order frames must reach it in, the latest result."""
 
     zoom: float  # model pixels per frame pixel
     tracker: DefectTracker
@@ -39,11 +41,39 @@ class FrameState:
     frames_done: int = 0
     last: dict[str, np.ndarray] = field(default_factory=dict)
     last_frame: int | None = None
+    order: collections.deque[int] = field(default_factory=collections.deque)  # seqs admitted, in order
+    turn: threading.Condition = field(default_factory=threading.Condition)
+
+    def admit(self, seq: int) -> None:
+        with self.turn:
+            self.order.append(seq)
+
+    def forget(self, seqs: list[int]) -> None:
+        """Frames that will never reach the tracker (skipped, failed): let the next ones through."""
+        with self.turn:
+            for seq in seqs:
+                if seq in self.order:
+                    self.order.remove(seq)
+            self.turn.notify_all()
+
+    def track_in_order(self, seq: int, frame: int, defects: np.ndarray) -> np.ndarray:
+        """Track ids for a frame's defects; waits until every earlier admitted frame has been tracked."""
+        with self.turn:
+            self.turn.wait_for(lambda: not self.order or self.order[0] == seq)
+            try:
+                return self.tracker.update(frame, defects[:, :2], defects[:, 2].astype(np.intp))
+            finally:
+                if self.order and self.order[0] == seq:
+                    self.order.popleft()
+                self.turn.notify_all()
 
 
 class FrameRecognizer(Recognizer):
+    """Two frames may be in flight at once — one in the network while the other is post-processed —
+    but they reach the tracker (and so the subscribers) in the order they arrived."""
+
     imaging = True
-    max_parallel = 1  # frames of a scan in order: the tracker needs them so
+    max_parallel = 2
 
     def _setup(self, warm_up_batch: int) -> None:
         seg = [o for o in self.card.outputs if o.role == "segmentation"]
@@ -112,27 +142,32 @@ class FrameRecognizer(Recognizer):
         return probs[0, :, :h, :w]
 
     def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
-        results = []
-        for item in items:
-            state: FrameState = item.binding.state
-            frame = np.asarray(item.spectra, dtype=np.float32)
-            scaled = frame if abs(state.zoom - 1.0) < 1e-6 else ndimage.zoom(frame, state.zoom, order=1)
-            probs = self._segment(scaled)
-            class_map, atoms, defects = postprocess(probs, self.pp)
-            # back to the frame's own pixels
-            sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
-            sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
-            atoms[:, 0] /= sx
-            atoms[:, 1] /= sy
-            defects[:, 0] /= sx
-            defects[:, 1] /= sy
-            rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
-            cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
-            classes = class_map[rows][:, cols]
-            ids = state.tracker.update(item.row, defects[:, :2], defects[:, 2].astype(np.intp))
-            results.append({"classes": classes, "atoms": atoms,
-                            "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32)})
-        return results
+        try:
+            return [self._process_one(item) for item in items]
+        except BaseException:
+            for item in items:  # whatever did not reach the tracker never will: do not block later frames
+                item.binding.state.forget([item.seq])
+            raise
+
+    def _process_one(self, item: WorkItem) -> dict[str, np.ndarray]:
+        state: FrameState = item.binding.state
+        frame = np.asarray(item.spectra, dtype=np.float32)
+        scaled = frame if abs(state.zoom - 1.0) < 1e-6 else ndimage.zoom(frame, state.zoom, order=1)
+        probs = self._segment(scaled)
+        class_map, atoms, defects = postprocess(probs, self.pp)
+        # back to the frame's own pixels
+        sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
+        sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
+        atoms[:, 0] /= sx
+        atoms[:, 1] /= sy
+        defects[:, 0] /= sx
+        defects[:, 1] /= sy
+        rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
+        cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
+        classes = class_map[rows][:, cols]
+        ids = state.track_in_order(item.seq, item.row, defects)
+        return {"classes": classes, "atoms": atoms,
+                "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32)}
 
     def store(self, binding: Binding, frame: int, outputs: dict[str, np.ndarray]) -> None:
         state: FrameState = binding.state

@@ -1,0 +1,96 @@
+"""Frames per second through the service against bare ONNX Runtime on the same model, same run.
+
+    python bench/frames.py [--model-dir models] [--model stem-unet] [--size 512] [--frames 40]
+
+1. bare ORT: the image model's session alone on ``size``² frames at its own pixel size -> frames/s
+   (inference only: what ONNX Runtime itself can do with this model here).
+2. service, flat out, policy lossless: a sender in its own process (bench/frame_sender.py) streams
+   pre-rendered simulated STEM frames at the model's pixel size as fast as the service takes them; rate = frames / (scan_start -> summary).
+   This includes transport, post-processing (atoms, defects) and tracking.
+
+Prints a table, or one JSON object with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models import MODEL_DIR  # noqa: E402
+from service.app.config import Settings  # noqa: E402
+from service.app.server import running  # noqa: E402
+from service.client import Subscriber  # noqa: E402
+from service.pipeline.recognizer import load_recognizers  # noqa: E402
+from service.protocol.messages import ScanSummary  # noqa: E402
+
+
+def bare_ort(rec, size: int, frames: int) -> float:
+    image = np.random.default_rng(0).poisson(50.0, size=(size, size)).astype(np.float32)
+    rec._segment(image)
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        rec._segment(image)
+    return frames / (time.perf_counter() - t0)
+
+
+async def through_service(settings: Settings, size: int, frames: int, pixel_nm: float) -> ScanSummary:
+    async with running(settings) as server:
+        async with Subscriber(server.endpoints["publish"], topics_=["scan/bench-frames/summary"]) as sub:
+            await sub.wait_ready()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "bench" / "frame_sender.py"), server.endpoints["ingest"], "bench-frames",
+                str(size), str(frames), str(pixel_nm), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            summary = (await sub.recv(timeout=600)).header
+            out, err = await proc.communicate()
+            if proc.returncode:
+                raise RuntimeError(err.decode())
+    assert isinstance(summary, ScanSummary), summary
+    return summary
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    p.add_argument("--model", default=None, help="image recognizer name (default: the first one)")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    recs = {n: r for n, r in load_recognizers(a.model_dir, threads=a.threads).items() if r.imaging}
+    if not recs:
+        sys.exit(f"no image recognizer in {a.model_dir}")
+    rec = recs[a.model] if a.model else next(iter(recs.values()))
+    pixel_nm = rec.pixel_size.size  # frames at the model's own pixel size: no rescaling cost
+    print(f"model {rec.name}; bare ONNX Runtime on {a.size}² frames ...", file=sys.stderr)
+    bare = bare_ort(rec, a.size, max(10, a.frames // 2))
+    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
+                        model_dir=a.model_dir, models=[rec.name], inference_threads=a.threads)
+    print("service, flat out ...", file=sys.stderr)
+    summary = asyncio.run(through_service(settings, a.size, a.frames, pixel_nm))
+    frames_done = summary.recognizers[rec.name].frames_recognized
+    rate = frames_done / summary.duration_s
+    report = {"model": rec.name, "size": a.size, "frames": a.frames, "threads": a.threads,
+              "bare_ort_frames_per_s": bare, "service_frames_per_s": rate, "ratio": rate / bare,
+              "lost": len(summary.lost), "skipped": len(summary.skipped), "state": summary.state,
+              "latency_ms_p50": summary.latency_ms_p50, "latency_ms_p99": summary.latency_ms_p99}
+    if a.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"bare ONNX Runtime   {bare:8.2f} frames/s  ({a.size}², {rec.name})")
+    print(f"service, flat out   {rate:8.2f} frames/s  ratio {report['ratio']:.2f}  "
+          f"lost {report['lost']}, state {report['state']}, latency p50 {summary.latency_ms_p50:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
