@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from service.app.config import Settings
 from service.app.server import running
-from service.client import Control, ControlReply, ScanResult, ServiceError, Subscriber
+from service.client import Control, ControlReply, MovieResult, ScanResult, ServiceError, Subscriber
 
 from .figures import render_panels
 from .scenarios import ALIASES, SCENARIOS, Scenario
@@ -44,10 +44,11 @@ async def _run_simulator(args: list[str]) -> None:
     log.info("simulator: %s", out.decode().strip())
 
 
-async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: int, dwell_us: float, seed: int,
-                   truth_path: Path, extra_args: list[str], *, show_progress: bool, timeout: float = 120.0
-                   ) -> tuple[ScanResult, ControlReply, float]:
-    """Run one live scan end to end: the subscriber's result, the final snapshot and the wall time."""
+async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: int, pace: float, seed: int,
+                   truth_path: Path, extra_args: list[str], *, frames: int = 0, show_progress: bool,
+                   timeout: float = 120.0) -> tuple[ScanResult | MovieResult, ControlReply, float]:
+    """Run one live scan end to end: the subscriber's result, the final snapshot and the wall time.
+    ``pace`` is the pixel dwell time in µs (spectral) or the frame period in ms (imaging)."""
     settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0")
     scan_id = f"demo-{scenario.modality}-{seed}"
     t0 = time.perf_counter()
@@ -55,28 +56,39 @@ async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: 
         async with Subscriber(server.endpoints["publish"], scan_id=scan_id) as sub, \
                 Control(server.endpoints["control"]) as control:
             await sub.wait_ready()
-            sim_args = [scenario.modality, "--ingest", server.endpoints["ingest"], "--scan-id", scan_id,
-                        "--rows", str(rows), "--cols", str(cols), "--dwell-us", str(dwell_us), "--seed", str(seed),
-                        "--truth", str(truth_path), "--quiet", *extra_args]
+            common = ["--ingest", server.endpoints["ingest"], "--scan-id", scan_id, "--seed", str(seed),
+                      "--truth", str(truth_path), "--quiet", *extra_args]
+            if scenario.imaging:
+                sim_args = ["stem", "--size", str(rows), "--frames", str(frames), "--frame-ms", str(pace), *common]
+                total, unit = frames, "frames"
+            else:
+                sim_args = [scenario.modality, "--rows", str(rows), "--cols", str(cols), "--dwell-us", str(pace),
+                            *common]
+                total, unit = rows * cols, "pixels"
             for name in recognizers:
                 sim_args += ["--recognizer", name]
             columns = (TextColumn("[bold]recognizing[/] " + scan_id), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("pixels"), TimeElapsedColumn())
+                       TextColumn(unit), TimeElapsedColumn())
             with Progress(*columns, disable=not show_progress, console=Console(stderr=True)) as bar:
-                task = bar.add_task("pixels", total=rows * cols)
+                task = bar.add_task(unit, total=total)
 
-                def progress(result: ScanResult) -> None:
-                    bar.update(task, completed=int(min(f.sum() for f in result.filled.values())))
+                def progress(result: ScanResult | MovieResult) -> None:
+                    done = (min(len(f) for f in result.frames.values()) if isinstance(result, MovieResult)
+                            else int(min(f.sum() for f in result.filled.values())))
+                    bar.update(task, completed=done)
 
                 async with asyncio.TaskGroup() as tg:
                     sim = tg.create_task(_run_simulator(sim_args))
-                    result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress, control=control)
+                    if scenario.imaging:
+                        result = await sub.collect_movie(scan_id, timeout=timeout, progress=progress)
+                    else:
+                        result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress, control=control)
                     await sim
             snapshot = await control.snapshot(scan_id)  # final PCA maps and loadings, for the figure
     return result, snapshot, time.perf_counter() - t0
 
 
-def report_of(result: ScanResult, snapshot: ControlReply, truth: dict[str, Any], scenario: Scenario,
+def report_of(result: ScanResult | MovieResult, snapshot: ControlReply, truth: dict[str, Any], scenario: Scenario,
               recognizer: str) -> dict[str, Any]:
     s = result.summary
     report: dict[str, Any] = {
@@ -92,21 +104,28 @@ def report_of(result: ScanResult, snapshot: ControlReply, truth: dict[str, Any],
     return report
 
 
+HEADLINE = ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh", "f1", "defect_accuracy",
+            "transition_max_abs_error")
+
+
 def _headline(report: dict[str, Any]) -> str:
-    keys = [k for k in ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh") if k in report]
+    keys = [k for k in HEADLINE if k in report]
     return ", ".join(f"{k} {report[k]:.4f}" for k in keys)
 
 
 @app.callback(invoke_without_command=True)
 def demo(
-    modality: Annotated[str, typer.Option(help="simulated instrument: eels, bepfm (bacteria) or loops (switching)")] = "eels",
+    modality: Annotated[str, typer.Option(
+        help="simulated instrument: eels, bepfm (bacteria), loops (switching) or haadf (STEM movie)")] = "eels",
     recognizer: Annotated[Optional[str], typer.Option(
-        help="recognizer to score (default: eels-mlp / bepfm-mlp / loops-mlp; `physics-fit` = eels-fit)")] = None,
+        help="recognizer to score (default: eels-mlp / bepfm-mlp / loops-mlp / stem-unet; `physics-fit` = eels-fit)")] = None,
     pca: Annotated[bool, typer.Option(help="also run the built-in streaming PCA and draw its maps")] = True,
     unknown_region: Annotated[bool, typer.Option(help="eels: add a region of an unknown fourth phase")] = False,
     rows: Annotated[Optional[int], typer.Option(min=1, help="scan rows (default 128; loops 64)")] = None,
     cols: Annotated[Optional[int], typer.Option(min=1, help="scan columns (default 128; loops 64)")] = None,
     dwell_us: Annotated[float, typer.Option("--dwell-us", help="pixel dwell time, µs (0 = as fast as possible)")] = 300.0,
+    frames: Annotated[int, typer.Option(min=2, help="haadf: frames in the movie")] = 100,
+    frame_ms: Annotated[float, typer.Option("--frame-ms", help="haadf: frame period, ms (0 = as fast as possible)")] = 40.0,
     seed: Annotated[int, typer.Option(help="sample seed (the shipped models were never trained on seed 0)")] = 0,
     out: Annotated[Path, typer.Option(help="directory for the PNG, the JSON report and the ground truth")] = Path("demo-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a report")] = False,
@@ -123,14 +142,15 @@ def demo(
         typer.echo(f"error: unknown modality {modality!r}; available: {', '.join(SCENARIOS)}", err=True)
         raise typer.Exit(2)
     rec = ALIASES.get(recognizer, recognizer) if recognizer else scenario.recognizer
-    recognizers = [rec] + (["pca"] if pca and rec != "pca" else [])
+    recognizers = [rec] + (["pca"] if pca and rec != "pca" and not scenario.imaging else [])
     rows, cols = rows or scenario.shape[0], cols or scenario.shape[1]
     out.mkdir(parents=True, exist_ok=True)
     truth_path = out / f"truth-{modality}.npz"
     extra = scenario.sim_args({"unknown_region": unknown_region})
     try:
-        result, snapshot, wall = asyncio.run(run_scan(scenario, recognizers, rows, cols, dwell_us, seed, truth_path,
-                                                      extra, show_progress=not as_json))
+        pace = frame_ms if scenario.imaging else dwell_us
+        result, snapshot, wall = asyncio.run(run_scan(scenario, recognizers, rows, cols, pace, seed, truth_path,
+                                                      extra, frames=frames, show_progress=not as_json))
     except (DemoError, ServiceError, TimeoutError, OSError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
@@ -147,9 +167,12 @@ def demo(
     else:
         typer.echo(f"scan {report['scan_id']}: {report['pixels']} pixels, {report['recognized']} recognized, "
                    f"{report['lost']} messages lost, {report['rejected']} rejected ({report['state']})")
-        for key in ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh"):
+        for key in HEADLINE:
             if key in report:
-                typer.echo(f"{key:<17}{report[key]:.4f}")
+                typer.echo(f"{key:<25}{report[key]:.4f}")
+        for key in ("diffusion_rel_error",):
+            if report.get(key):
+                typer.echo(f"{key:<25}" + ", ".join(f"{k} {v:.3f}" for k, v in report[key].items()))
         if "pca_explained_variance" in report:
             typer.echo("PCA explained    " + ", ".join(f"{v:.3f}" for v in report["pca_explained_variance"]))
         typer.echo(f"latency p50/p99  {report['latency_ms_p50']:.2f} / {report['latency_ms_p99']:.2f} ms")

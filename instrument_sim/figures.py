@@ -34,6 +34,9 @@ class Panel:
     marks: np.ndarray | None = None  # bool [rows, cols]: pixels to circle (e.g. misclassified)
     marks_label: str = ""
     contour: np.ndarray | None = None  # bool [rows, cols]: outline this region (e.g. the true unknown phase)
+    points: np.ndarray | None = None  # [n, 2] x, y: small markers (e.g. found atoms)
+    points2: np.ndarray | None = None  # [m, 2] x, y: large markers (e.g. found defects)
+    paths: list[np.ndarray] | None = None  # each [k, 2] x, y: polylines (e.g. trajectories)
     x: np.ndarray | None = None  # lines: x values
     xlabel: str = ""
 
@@ -59,6 +62,12 @@ def _draw(fig, ax, p: Panel) -> None:
     else:
         im = ax.imshow(p.data, cmap=p.cmap, vmin=p.vmin, vmax=p.vmax, interpolation="nearest", origin="lower")
         fig.colorbar(im, ax=ax, shrink=0.8)
+    if p.points is not None and len(p.points):
+        ax.scatter(p.points[:, 0], p.points[:, 1], s=2, c="#ffcc00", linewidths=0)
+    if p.points2 is not None and len(p.points2):
+        ax.scatter(p.points2[:, 0], p.points2[:, 1], s=60, facecolors="none", edgecolors="red", linewidths=1.2)
+    for path in p.paths or []:
+        ax.plot(path[:, 0], path[:, 1], lw=1.0)
     if p.contour is not None and p.contour.any() and not p.contour.all():
         ax.contour(p.contour.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
     if p.marks is not None and p.marks.any():

@@ -33,7 +33,8 @@ class Scenario:
     score: Callable[[ScanResult, ControlReply, dict[str, Any], str], dict[str, Any]]
     panels: Callable[[ScanResult, ControlReply, dict[str, Any], str], list[Panel]]
     sim_args: Callable[[dict[str, Any]], list[str]] = lambda options: []
-    shape: tuple[int, int] = (128, 128)  # default scan size of the demo
+    shape: tuple[int, int] = (128, 128)  # default scan size of the demo (imaging: frame size)
+    imaging: bool = False  # a movie of frames rather than a spectral scan
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -180,10 +181,93 @@ def _loops_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any],
     return panels
 
 
+# --------------------------------------------------------------------------- HAADF STEM movies
+
+
+def _haadf_truth(path: Path) -> dict[str, Any]:
+    from .stem import load_ground_truth
+
+    return load_ground_truth(path)
+
+
+def _frame_truth(truth: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]:
+    off = truth["atom_offsets"]
+    atoms = truth["atoms"][off[i]:off[i + 1], :3]
+    defects = truth["defects"][truth["defects"][:, 4] == i][:, :3]
+    return atoms, defects
+
+
+def _haadf_score(result, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
+    from models.stem_metrics import match_points
+
+    frames = result.frames[rec]
+    radius = 0.3 * truth["nn_spacing_px"]
+    tp = fp = fn = 0
+    d_tp = d_right = d_fn = d_fp = 0
+    for i, arrays in frames.items():
+        atoms, defects = _frame_truth(truth, i)
+        a = match_points(arrays["atoms"], atoms, radius)
+        tp, fp, fn = tp + a[0], fp + a[1], fn + a[2]
+        found = arrays["defects"]
+        m_tp, m_fp, m_fn, pairs = match_points(found, defects, truth["nn_spacing_px"] * 0.5)
+        d_tp, d_fp, d_fn = d_tp + m_tp, d_fp + m_fp, d_fn + m_fn
+        d_right += int(np.sum(found[pairs[:, 0], 2] == defects[pairs[:, 1], 2])) if m_tp else 0
+    out: dict[str, Any] = {
+        "frames": len(frames),
+        "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+        "defect_accuracy": d_right / max(d_tp, 1),
+        "defect_recall": d_tp / max(d_tp + d_fn, 1),
+        "defect_precision": d_tp / max(d_tp + d_fp, 1),
+    }
+    tracking = result.summary.recognizers[rec].tracking or {}
+    names = list(truth["defect_classes"])
+    classes = (tracking.get("diffusion") or {}).get("classes", {})
+    d_est, d_err = {}, {}
+    for k, name in enumerate(names):
+        entry = classes.get(name)
+        true_d = float(truth["diffusion_px2"][k])
+        if entry:
+            d_est[name] = entry["D_px2_per_frame"]
+            d_err[name] = abs(entry["D_px2_per_frame"] - true_d) / true_d
+    out["diffusion_px2_per_frame"] = d_est
+    out["diffusion_true_px2_per_frame"] = {n: float(v) for n, v in zip(names, truth["diffusion_px2"])}
+    out["diffusion_rel_error"] = d_err
+    probs = (tracking.get("transitions") or {}).get("probabilities")
+    if probs:
+        est = np.array([[np.nan if v is None else v for v in row] for row in probs], float)
+        err = np.abs(est - truth["transition_matrix"])
+        out["transition_matrix"] = est.round(4).tolist()
+        out["transition_max_abs_error"] = float(np.nanmax(err))
+    return out
+
+
+def _haadf_panels(result, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
+    from .stem import STEMMovie, SEG_CLASSES
+
+    frames = result.frames[rec]
+    first = min(frames)
+    image = STEMMovie(truth["config"]).frame(first)
+    arrays = frames[first]
+    atoms, defects = _frame_truth(truth, first)
+    panels = [Panel(f"frame {first}", image, cmap="gray"),
+              Panel("segmentation (live)", arrays["classes"], kind="classes", labels=list(SEG_CLASSES)),
+              Panel(f"found atoms ({len(arrays['atoms'])}) and defects ({len(arrays['defects'])})", image,
+                    cmap="gray", points=arrays["atoms"][:, :2], points2=arrays["defects"][:, :2])]
+    tracks: dict[int, list[tuple[float, float]]] = {}
+    for i in sorted(frames):
+        for x, y, _, _, tid in frames[i]["defects"]:
+            tracks.setdefault(int(tid), []).append((x, y))
+    panels.append(Panel(f"defect trajectories ({len(tracks)} tracks)", image, cmap="gray",
+                        paths=[np.array(t) for t in tracks.values() if len(t) > 1]))
+    return panels
+
+
 SCENARIOS: dict[str, Scenario] = {
     "eels": Scenario("eels", "eels-mlp", _eels_truth, _eels_score, _eels_panels, _eels_args),
     "bepfm": Scenario("bepfm", "bepfm-mlp", _bepfm_truth, _bepfm_score, _bepfm_panels),
     "loops": Scenario("loops", "loops-mlp", _loops_truth, _loops_score, _loops_panels, shape=(64, 64)),
+    "haadf": Scenario("haadf", "stem-unet", _haadf_truth, _haadf_score, _haadf_panels, shape=(512, 512),
+                      imaging=True),
 }
 
 #: names people use for a recognizer, mapped to the model's name
