@@ -155,3 +155,11 @@ async def test_simulated_movie_streams_through_the_client(frame_settings):
     assert sorted(result.frames["frame-test"]) == [0, 1, 2, 3]
     assert all("classes" not in f and f["atoms"].shape[1] == 3 for f in result.frames["frame-test"].values())
     assert result.summary.state == "complete" and result.summary.recognizers["frame-test"].frames_recognized == 4
+
+
+async def test_spectral_recognizer_requested_for_frames_is_refused(frame_settings):
+    async with live(frame_settings) as (_, inst, sub):
+        await inst.send(ScanStart(scan_id="mixed", modality="haadf", shape=(16, 16), recognizers=["pca"],
+                                  pixel_size=PixelSize(size=PIXEL_NM, units="nm")))
+        ev = await next_event(sub, "scan_rejected")
+    assert ev.scan_id == "mixed" and "takes spectra" in ev.reason

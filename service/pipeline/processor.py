@@ -108,6 +108,8 @@ class Processor:
         return self.components
 
     def bind(self, start: ScanStart) -> Binding:
+        if start.imaging:
+            raise AxisError(f"recognizer {self.name!r} takes spectra; scan {start.scan_id} is an imaging scan")
         rows, cols = start.shape
         order = component_order(start.components, self.needed_components(start), self.name)
         axis_map = AxisMap.build(start.axis, self.input_axis(start))
