@@ -25,6 +25,8 @@ runner = CliRunner()
     (["train", "bepfm"], "held-out"),
     (["train", "eels-fit"], "least squares"),
     (["train", "loops"], "random-field Ising"),
+    (["train", "stem"], "U-Net"),
+    (["sim", "stem"], "HAADF STEM movie"),
 ])
 def test_help(argv, words):
     result = runner.invoke(app, [*argv, "--help"], terminal_width=200)
