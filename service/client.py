@@ -196,6 +196,21 @@ class MovieResult:
     summary: ScanSummary | None = None
 
 
+def _note_event(result: ScanResult | MovieResult | None, event: Event, scan_id: str) -> None:
+    """Keep an event with the scan's result; a refusal before the scan started is an error."""
+    if result is not None:
+        result.events.append(event)
+    elif event.code == "scan_rejected":
+        raise ServiceError(f"scan {scan_id} rejected: {event.reason}")
+
+
+def _summarized(result, summary: ScanSummary, scan_id: str):
+    if result is None:
+        raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
+    result.summary = summary
+    return result
+
+
 class Subscriber(_Client):
     """A SUB connection to the publish socket, subscribed to one scan (or to ``topics``)."""
 
@@ -286,14 +301,9 @@ class Subscriber(_Client):
                     if progress is not None:
                         progress(result)
             elif isinstance(h, Event):
-                if result is not None:
-                    result.events.append(h)
-                elif h.code == "scan_rejected":
-                    raise ServiceError(f"scan {scan_id} rejected: {h.reason}")
+                _note_event(result, h, scan_id)
             elif isinstance(h, ScanSummary):
-                if result is None:
-                    raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
-                result.summary = h
+                result = _summarized(result, h, scan_id)
                 if control is not None and result.missing_pixels():
                     result.fill_from(await control.snapshot(scan_id))
                 return result
@@ -318,15 +328,9 @@ class Subscriber(_Client):
                 if progress is not None:
                     progress(result)
             elif isinstance(h, Event):
-                if result is not None:
-                    result.events.append(h)
-                elif h.code == "scan_rejected":
-                    raise ServiceError(f"scan {scan_id} rejected: {h.reason}")
+                _note_event(result, h, scan_id)
             elif isinstance(h, ScanSummary):
-                if result is None:
-                    raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
-                result.summary = h
-                return result
+                return _summarized(result, h, scan_id)
 
 
 # --------------------------------------------------------------------------- control
