@@ -124,6 +124,29 @@ def bepfm(
 
 
 @app.command()
+def loops(
+    ingest: Ingest = "tcp://127.0.0.1:5555",
+    scan_id: ScanId = None,
+    rows: Rows = 64,
+    cols: Cols = 64,
+    dwell_us: DwellUs = 1000.0,
+    seed: Seed = 0,
+    recognizer: Recognizers = None,
+    truth: Truth = None,
+    quiet: Quiet = False,
+) -> None:
+    """Stream ferroelectric switching loops from the random-bond random-field Ising model (Glauber dynamics).
+
+    Per pixel the polarization of both field sweeps (components "up", "down") of a sample whose J0, dJ
+    and dh vary across the scan, with measurement noise.
+    """
+    from .loops import LoopsConfig, LoopsSource
+
+    play(LoopsSource(LoopsConfig(rows=rows, cols=cols, seed=seed)), ingest, scan_id, dwell_us, recognizer, quiet,
+         truth)
+
+
+@app.command()
 def stem(
     ingest: Ingest = "tcp://127.0.0.1:5555",
     scan_id: ScanId = None,
