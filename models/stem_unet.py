@@ -113,7 +113,6 @@ NORMALIZATION = (
 
 _SEG_OF_ATOM = np.array([SEG_CLASSES.index(c) for c in ATOM_CLASSES], dtype=np.int64)
 _SEG_OF_DEFECT = np.array([SEG_CLASSES.index(c) for c in DEFECT_CLASSES], dtype=np.int64)
-_ATOM_SEG = np.array([SEG_CLASSES.index(c) for c in ATOM_CLASSES], dtype=np.int64)
 _VACANCIES = np.array([DEFECT_CLASSES.index("metal_vacancy"), DEFECT_CLASSES.index("chalcogen_vacancy")])
 
 
@@ -318,7 +317,7 @@ def soft_targets(labels: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
     network's atom probability peaks at the column centre (one peak per column for the service's peak
     finder); vacancies and background are one-hot. ``labels`` must not hold :data:`IGNORE`."""
     q = nn.functional.one_hot(labels, len(SEG_CLASSES)).permute(0, 3, 1, 2).to(torch.float32)
-    atom = torch.isin(labels, torch.as_tensor(_ATOM_SEG))
+    atom = torch.isin(labels, torch.as_tensor(_SEG_OF_ATOM))
     g = torch.where(atom, torch.exp(-(distance.clamp(max=1e3) ** 2) / (2.0 * TARGET_SIGMA_PX**2)), 1.0)
     q = q * g[:, None]
     q[:, 0] += torch.where(atom, 1.0 - g, 0.0)
@@ -568,6 +567,8 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "rescaled_share": RESCALED_SHARE,
         "rescaling": "scipy.ndimage.zoom order 1 (as the service), labels painted from scaled ground truth",
         "augmentation": "fresh dose, background and Poisson noise per crop; random flips",
+        "padded_share": PADDED_SHARE,
+        "padding": "reflect to a multiple of 16 from a random 0-15 px short edge (as the service), no loss there",
         "data_seconds": round(t_data, 1),
         "train_seconds": round(t_train, 1),
         "torch": torch.__version__,
