@@ -37,7 +37,7 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from os import PathLike
@@ -248,6 +248,11 @@ def simulate_loops(
     return out.reshape(-1, grains, axis.size, 2).mean(axis=1, dtype=np.float32)
 
 
+def process_pool(workers: int = 2) -> ProcessPoolExecutor:
+    """Worker processes for the simulations (started with "spawn": never fork a process holding torch's threads)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _block_loops(args: tuple[np.ndarray, np.ndarray, np.ndarray, Axis, int, int, int, int, int]) -> np.ndarray:
     j0, dj, dh, axis, seed, block, lattice, grains, sweeps = args
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
@@ -266,11 +271,13 @@ def simulate_loops_parallel(
     grains: int = GRAINS,
     sweeps_per_step: int = SWEEPS_PER_STEP,
     progress: Callable[[int, int], None] | None = None,
+    pool: Executor | None = None,
 ) -> np.ndarray:
     """:func:`simulate_loops` for many loops on ``workers`` processes; the same result for any ``workers``.
 
     Loops are cut into blocks of ``BLOCK``, block ``k`` drawing from ``SeedSequence(seed, spawn_key=(k,))``.
-    ``progress(done, total)`` is called after every block, in order.
+    ``progress(done, total)`` is called after every block, in order. ``pool`` (e.g. from
+    :func:`process_pool`) is used instead of starting ``workers`` processes.
     """
     j0, dj, h = (np.asarray(v, dtype=np.float64).reshape(-1) for v in np.broadcast_arrays(J0, dJ, dh))
     jobs = [
@@ -285,12 +292,13 @@ def simulate_loops_parallel(
             if progress is not None:
                 progress(len(parts), len(jobs))
 
-    if workers <= 1 or len(jobs) <= 1:
+    if pool is not None:
+        collect(pool.map(_block_loops, jobs))
+    elif workers <= 1 or len(jobs) <= 1:
         collect(map(_block_loops, jobs))
     else:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold torch's threads
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            collect(pool.map(_block_loops, jobs))
+        with process_pool(min(workers, len(jobs))) as own:
+            collect(own.map(_block_loops, jobs))
     if not parts:
         return np.empty((0, axis.size, 2), dtype=np.float32)
     return np.concatenate(parts)
@@ -315,9 +323,11 @@ class LoopsConfig:
     axis: Axis = DEFAULT_AXIS
     noise: float = 0.03
     seed: int = 0
-    j0_range: tuple[float, float] = (1.0, 3.0)
+    j0_range: tuple[float, float] = (0.8, 3.0)
     dJ_levels: tuple[float, float] = (0.2, 3.0)
     dh_levels: tuple[float, float] = (0.3, 5.6)
+    bond_fraction: float = 0.4  # share of the scan in random-bond (or mixed) regions
+    field_fraction: float = 0.5  # share of the scan in random-field (or mixed) regions
     region_px: float = 9.0  # correlation length of the region patchworks
     lattice: int = LATTICE
     grains: int = GRAINS
@@ -334,6 +344,8 @@ class LoopsConfig:
                 raise ValueError(f"{name} must be 0 <= low <= high")
         if not self.region_px > 0:
             raise ValueError("region_px must be > 0")
+        if not (0 < self.bond_fraction < 1 and 0 < self.field_fraction < 1):
+            raise ValueError("bond_fraction and field_fraction must lie in (0, 1)")
         _sampling(self.axis, field_ramp(self.sweeps_per_step))  # the axis must lie inside the sweep
 
     def to_json(self) -> str:
@@ -364,18 +376,25 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], corr_px: flo
     return field / rms if rms > 0 else field
 
 
-def _patchwork(rng: np.random.Generator, shape: tuple[int, int], corr_px: float) -> np.ndarray:
-    """Smooth indicator in [0, 1] covering about half the scan, with soft edges a few pixels wide."""
+def _patchwork(rng: np.random.Generator, shape: tuple[int, int], corr_px: float, fraction: float) -> np.ndarray:
+    """Smooth indicator in [0, 1], above one half on ``fraction`` of the scan, with soft edges a few pixels wide."""
     field = _smooth_field(rng, shape, corr_px)
-    return 1.0 / (1.0 + np.exp(-(field - np.median(field)) / 0.12))
+    return 1.0 / (1.0 + np.exp(-(field - np.quantile(field, 1.0 - fraction)) / 0.12))
+
+
+def _row_loops(args: tuple[np.ndarray, np.ndarray, np.ndarray, Axis, int, int, int, int, int]) -> np.ndarray:
+    """Noise-free loops of one scan row; row ``r`` of seed ``s`` draws from ``SeedSequence(s, spawn_key=(2, r))``."""
+    j0, dj, dh, axis, seed, row, lattice, grains, sweeps = args
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2, row)))
+    return simulate_loops(j0, dj, dh, axis=axis, rng=rng, lattice=lattice, grains=grains, sweeps_per_step=sweeps)
 
 
 class LoopsSample:
     """A simulated ferroelectric film: ground-truth (J0, dJ, dh) maps and its noisy switching loops.
 
     The noise-free loops of a row are simulated on first use (about 0.2 s a row on one core with the
-    defaults) and kept; every row has its own random stream, so ``line(row)`` is the same for the same
-    (seed, row) whatever order rows are asked for.
+    defaults) and kept, or all at once by :meth:`precompute` on several processes; every row has its
+    own random stream, so ``line(row)`` is the same for the same (seed, row) whatever the order.
     """
 
     def __init__(self, cfg: LoopsConfig = LoopsConfig()) -> None:
@@ -392,8 +411,8 @@ class LoopsSample:
         lo, hi = cfg.j0_range
         j0 = lo + (hi - lo) * (j0 - j0.min()) / max(float(np.ptp(j0)), 1e-12)
         # Independent patchworks of random-bond and random-field regions; each strong level varies a little.
-        bond = _patchwork(rng, shape, cfg.region_px)
-        field = _patchwork(rng, shape, cfg.region_px)
+        bond = _patchwork(rng, shape, cfg.region_px, cfg.bond_fraction)
+        field = _patchwork(rng, shape, cfg.region_px, cfg.field_fraction)
         vary_b = 0.92 + 0.08 * np.tanh(_smooth_field(rng, shape, cfg.region_px))
         vary_f = 0.92 + 0.08 * np.tanh(_smooth_field(rng, shape, cfg.region_px))
         (dj_lo, dj_hi), (dh_lo, dh_hi) = cfg.dJ_levels, cfg.dh_levels
@@ -408,19 +427,39 @@ class LoopsSample:
         self.region: np.ndarray = ((bond > 0.5).astype(np.uint8) + 2 * (field > 0.5).astype(np.uint8))
         self._loops: dict[int, np.ndarray] = {}
 
+    def _row_job(self, row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Axis, int, int, int, int, int]:
+        cfg = self.cfg
+        return (self.params["J0"][row], self.params["dJ"][row], self.params["dh"][row], cfg.axis, cfg.seed, row,
+                cfg.lattice, cfg.grains, cfg.sweeps_per_step)
+
     def expected_line(self, row: int) -> np.ndarray:
         """Noise-free loops ``[cols, axis.size, 2]`` float32 of scan row ``row``."""
         self._check_row(row)
         if row not in self._loops:
-            cfg = self.cfg
-            rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(2, row)))
             t0 = time.perf_counter()
-            self._loops[row] = simulate_loops(
-                self.params["J0"][row], self.params["dJ"][row], self.params["dh"][row], axis=cfg.axis, rng=rng,
-                lattice=cfg.lattice, grains=cfg.grains, sweeps_per_step=cfg.sweeps_per_step,
-            )
+            self._loops[row] = _row_loops(self._row_job(row))
             log.debug("row %d simulated in %.2f s", row, time.perf_counter() - t0)
         return self._loops[row]
+
+    def precompute(self, workers: int = 2, pool: Executor | None = None) -> float:
+        """Simulate every row not yet simulated on ``workers`` processes (or ``pool``); return the seconds taken.
+
+        Small scans (under 1024 pixels) run in this process: starting workers would cost more."""
+        t0 = time.perf_counter()
+        todo = [r for r in range(self.cfg.rows) if r not in self._loops]
+        jobs = [self._row_job(r) for r in todo]
+        if pool is not None:
+            results: Iterable[np.ndarray] = pool.map(_row_loops, jobs)
+        elif workers <= 1 or len(todo) * self.cfg.cols < 1024:
+            results = map(_row_loops, jobs)
+        else:
+            with process_pool(min(workers, len(todo))) as own:
+                results = list(own.map(_row_loops, jobs))
+        for r, loops in zip(todo, results):
+            self._loops[r] = loops
+        seconds = time.perf_counter() - t0
+        log.info("%d rows simulated in %.1f s on %d processes", len(todo), seconds, workers)
+        return seconds
 
     def line(self, row: int) -> np.ndarray:
         """Measured loops ``[cols, axis.size, 2]`` float32 of scan row ``row`` (with measurement noise)."""
