@@ -11,9 +11,12 @@ outputs are ``parameters`` (means) and ``uncertainty`` (predicted standard devia
 
 Identifiability, measured on held-out loops: a loop pins down the coupling J0, the total disorder and
 whether it acts on bonds or on fields, but a weak kind of disorder under a strong one of the other kind
-leaves almost no trace (dh up to ~1 k_BT under dJ ~ 3 k_BT, dJ up to ~1 under dh ~ 5). There the
+leaves almost no trace (dh up to ~1 k_BT under dJ ~ 3 k_BT, dJ up to ~1 under dh ~ 6). There the
 prior decides; it therefore mirrors the film model: each kind of disorder is either weak or strong,
 with a 10 % uniform share in between.
+
+The full run (82k training loops, 40 epochs) takes about 4.5 minutes on 2 cores, almost all of it
+simulating loops; ``quick=True`` about 10 s.
 """
 
 from __future__ import annotations
