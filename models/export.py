@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -77,6 +77,45 @@ def check_parity(
     return worst
 
 
+def export_onnx_file(model: torch.nn.Module, example: torch.Tensor, path: str | PathLike[str], card: ModelCard, *,
+                     output_names: Sequence[str], dynamic_shapes: tuple[dict[int, Any], ...]) -> Path:
+    """Export a single-input module with the current exporter (dynamo, one file) and ``card`` in its
+    metadata; ``dynamic_shapes`` says which input dimensions may vary. Returns the written path."""
+    import torch
+
+    noisy = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed" on every export
+    old_level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[card.input.name],
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        noisy.setLevel(old_level)
+    for w in caught:
+        log.debug("torch.onnx.export: %s", w.message)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program")
+    proto = program.model_proto
+    set_card(proto, card)
+    onnx.checker.check_model(proto)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    log.info("exported %s (%d bytes)", path, path.stat().st_size)
+    return path
+
+
 def export_with_card(
     model: torch.nn.Module,
     example: torch.Tensor,
@@ -97,36 +136,7 @@ def export_with_card(
 
     model = model.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    noisy = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed" on every export
-    old_level = noisy.level
-    noisy.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                input_names=[card.input.name],
-                output_names=list(output_names),
-                dynamic_shapes=({0: batch},),
-                external_data=False,
-                optimize=True,
-                verbose=False,
-            )
-    finally:
-        noisy.setLevel(old_level)
-    for w in caught:
-        log.debug("torch.onnx.export: %s", w.message)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    set_card(proto, card)
-    onnx.checker.check_model(proto)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    log.info("exported %s (%d bytes)", path, path.stat().st_size)
+    path = export_onnx_file(model, example, path, card, output_names=output_names, dynamic_shapes=({0: batch},))
 
     inputs = example.detach().cpu().numpy() if check_inputs is None else np.asarray(check_inputs, np.float32)
     with torch.no_grad():

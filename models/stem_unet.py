@@ -36,14 +36,11 @@ import dataclasses
 import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from scipy import ndimage
 from torch import nn
@@ -58,7 +55,7 @@ from instrument_sim.stem import (
     nearest_neighbour_spacing_px,
 )
 from models import stem_metrics
-from models.export import ProgressFn, TrainProgress, check_parity, emit, make_session, set_card
+from models.export import ProgressFn, TrainProgress, check_parity, emit, export_onnx_file, make_session
 from service.pipeline.atoms import PostProcess, postprocess
 from service.protocol.messages import PixelSize
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -604,8 +601,8 @@ def export_model(model: nn.Module, check_inputs: np.ndarray, path: str | PathLik
     """Export with batch, height and width dynamic (height and width multiples of 16) to one ONNX file
     with ``card`` in its metadata; ONNX Runtime must match torch on ``check_inputs`` ``[n, 1, h, w]``.
 
-    (``models.export.export_with_card`` makes only the batch dimension dynamic; this is the same
-    procedure with the image dimensions added.)
+    The file is written by ``models.export.export_onnx_file`` (as for every model); the parity check
+    also runs a frame of another size.
     """
     emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {path}"))
     model = model.eval()
@@ -613,30 +610,8 @@ def export_model(model: nn.Module, check_inputs: np.ndarray, path: str | PathLik
     hb = torch.export.Dim("h16", min=1, max=1 << 10)
     wb = torch.export.Dim("w16", min=1, max=1 << 10)
     example = torch.from_numpy(np.ascontiguousarray(check_inputs[:2], dtype=np.float32))
-    noisy = logging.getLogger("torch.onnx")
-    old_level = noisy.level
-    noisy.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: batch, 2: SIZE_MULTIPLE * hb, 3: SIZE_MULTIPLE * wb},),
-                external_data=False, optimize=True, verbose=False,
-            )
-    finally:
-        noisy.setLevel(old_level)
-    for w in caught:
-        log.debug("torch.onnx.export: %s", w.message)
-    if program is None:
-        raise RuntimeError("torch.onnx.export returned no program")
-    proto = program.model_proto
-    set_card(proto, card)
-    onnx.checker.check_model(proto)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
-    log.info("exported %s (%d bytes)", path, path.stat().st_size)
+    path = export_onnx_file(model, example, path, card, output_names=OUTPUT_NAMES,
+                            dynamic_shapes=({0: batch, 2: SIZE_MULTIPLE * hb, 3: SIZE_MULTIPLE * wb},))
     session = make_session(path)
     worst = 0.0
     for x in (check_inputs, check_inputs[:1, :, :48, :80]):
