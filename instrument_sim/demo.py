@@ -105,11 +105,11 @@ def report_of(result: ScanResult | MovieResult, snapshot: ControlReply, truth: d
 
 
 HEADLINE = ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh", "f1", "defect_accuracy",
-            "transition_max_abs_error")
+            "diffusion_max_rel_error", "transition_max_abs_error", "low_dose_f1", "low_dose_classical_f1")
 
 
 def _headline(report: dict[str, Any]) -> str:
-    keys = [k for k in HEADLINE if k in report]
+    keys = [k for k in HEADLINE if report.get(k) is not None]
     return ", ".join(f"{k} {report[k]:.4f}" for k in keys)
 
 
@@ -165,10 +165,12 @@ def demo(
     if as_json:
         typer.echo(json.dumps(report))
     else:
-        typer.echo(f"scan {report['scan_id']}: {report['pixels']} pixels, {report['recognized']} recognized, "
+        what = (f"{report['frames']} of {frames} frames recognized" if scenario.imaging
+                else f"{report['pixels']} pixels, {report['recognized']} recognized")
+        typer.echo(f"scan {report['scan_id']}: {what}, "
                    f"{report['lost']} messages lost, {report['rejected']} rejected ({report['state']})")
         for key in HEADLINE:
-            if key in report:
+            if report.get(key) is not None:
                 typer.echo(f"{key:<25}{report[key]:.4f}")
         for key in ("diffusion_rel_error",):
             if report.get(key):

@@ -1,7 +1,7 @@
 """Figures of recognized maps next to the simulator's ground truth (matplotlib, headless).
 
 A figure is a grid of panels; each panel is a class map (with a legend), a continuous map (with a
-colour bar), an RGB composite, or a line plot. The demo builds the panel list for each modality.
+colour bar), an RGB composite, a line plot or a bar chart, optionally zoomed into a window. The demo builds the panel list for each modality.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ PHASE_COLORS = ["#c44e52", "#55a868", "#4c72b0", "#dd8452", "#8172b3", "#937860"
 class Panel:
     title: str
     data: np.ndarray
-    kind: Literal["classes", "map", "rgb", "lines"] = "map"
-    labels: list[str] | None = None  # class names (classes) or line names (lines)
+    kind: Literal["classes", "map", "rgb", "lines", "bars"] = "map"
+    labels: list[str] | None = None  # class names (classes) or line / bar-series names (lines, bars)
+    colors: list[str] | None = None  # classes: one colour per class (default PHASE_COLORS)
     cmap: str = "viridis"
     vmin: float | None = None
     vmax: float | None = None
@@ -39,6 +40,9 @@ class Panel:
     paths: list[np.ndarray] | None = None  # each [k, 2] x, y: polylines (e.g. trajectories)
     x: np.ndarray | None = None  # lines: x values
     xlabel: str = ""
+    window: tuple[float, float, float, float] | None = None  # maps: (x0, x1, y0, y1) to zoom into
+    xticks: list[str] | None = None  # bars: group names
+    errors: np.ndarray | None = None  # bars: error bars, same shape as data
 
 
 def _draw(fig, ax, p: Panel) -> None:
@@ -51,11 +55,24 @@ def _draw(fig, ax, p: Panel) -> None:
         ax.set_xlabel(p.xlabel)
         ax.set_title(p.title)
         return
+    if p.kind == "bars":
+        data = np.atleast_2d(p.data)
+        width = 0.8 / len(data)
+        for i, y in enumerate(data):
+            x = np.arange(data.shape[1]) + (i - (len(data) - 1) / 2) * width
+            err = None if p.errors is None else np.atleast_2d(p.errors)[i]
+            ax.bar(x, y, width, yerr=err, capsize=3, label=p.labels[i] if p.labels else None)
+        ax.set_xticks(np.arange(data.shape[1]), p.xticks or [], fontsize=7)
+        if p.labels:
+            ax.legend(fontsize=7)
+        ax.set_title(p.title)
+        return
     if p.kind == "classes":
         n = len(p.labels or [])
-        ax.imshow(p.data, cmap=ListedColormap(PHASE_COLORS[:n]), vmin=-0.5, vmax=n - 0.5,
+        colors = (p.colors or PHASE_COLORS)[:n]
+        ax.imshow(p.data, cmap=ListedColormap(colors), vmin=-0.5, vmax=n - 0.5,
                   interpolation="nearest", origin="lower")
-        ax.legend(handles=[Patch(color=PHASE_COLORS[i], label=label) for i, label in enumerate(p.labels or [])],
+        ax.legend(handles=[Patch(color=colors[i], label=label) for i, label in enumerate(p.labels or [])],
                   loc="lower right", fontsize=7, framealpha=0.8)
     elif p.kind == "rgb":
         ax.imshow(np.clip(p.data[..., :3], 0.0, 1.0), interpolation="nearest", origin="lower")
@@ -75,6 +92,9 @@ def _draw(fig, ax, p: Panel) -> None:
         ax.scatter(xs, ys, s=6, facecolors="none", edgecolors="cyan", linewidths=0.6,
                    label=f"{p.marks_label} ({int(p.marks.sum())})")
         ax.legend(loc="upper right", fontsize=7)
+    if p.window is not None:
+        ax.set_xlim(p.window[0], p.window[1])
+        ax.set_ylim(p.window[2], p.window[3])
     ax.set_title(p.title)
     ax.set_xlabel("column")
     ax.set_ylabel("row")
@@ -90,7 +110,7 @@ def render_panels(path: Path, panels: list[Panel], *, ncols: int = 3, title: str
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -47,18 +47,25 @@ Ground-truth coordinates are where an atom appears in the image (distorted frame
 exactly, the jitter of the rows it covers averaged with the probe profile (its intensity centroid).
 ``x`` is the column, ``y`` the row, pixel centres at integers.
 
-**Defects and movies.** ``n_defects`` defects with ids ``0..n-1`` each carry a continuous position and
-a class in :data:`DEFECT_CLASSES`. Per frame every defect takes a 2-D Gaussian random-walk step with the
-diffusion coefficient of its current class (``<|dr|**2> = 4 D`` per frame; ``D`` in nm^2 per frame in
-the config, in px^2 per frame as :attr:`STEMMovie.diffusion_px2`) and then changes class with the
-row-stochastic transition matrix. Defects stay inside a margin of 2 lattice constants from the frame
-edges (a step that leaves it is reflected off the edge, in image coordinates) and at least
-3 lattice constants apart (a step that comes too close is redrawn; after 100 failed draws the
-defect stays), so that every defect owns its lattice sites. Rendering: a vacancy removes the column
-nearest to its position on its sublattice, a dopant replaces the nearest metal column, an adatom is an
-extra atom at its continuous position (initially snapped to a hollow site). The trajectories (specimen
-coordinates, drift-free) are the hidden state; ``truth(i)["defects"]`` reports where each defect appears
-(the snapped site for vacancies and dopants).
+**Defects and movies.** ``n_defects`` defects with ids ``0..n-1`` each carry a position and a class in
+:data:`DEFECT_CLASSES`. Vacancies and dopants are bound to lattice sites (metal vacancies and dopants
+to the metal sublattice, chalcogen vacancies to the chalcogen one) and move by hops to one of the six
+nearest sites of their sublattice (a jump of one lattice constant ``a``): per frame a Poisson number of
+hops with mean ``4 D / a**2``, each in a random direction, so that ``<|dr|**2> = 4 D`` per frame
+exactly, as for a continuous walk, while every position stays a lattice site. Adatoms take a 2-D
+Gaussian random-walk step with ``<|dr|**2> = 4 D`` per frame. ``D`` is in nm^2 per frame in the
+config and in px^2 per frame as :attr:`STEMMovie.diffusion_px2`. After the step a defect changes
+class with the row-stochastic transition matrix, and moves to the nearest site of its new class's
+sublattice (a new adatom to the nearest hollow site of the honeycomb). Defects stay inside a margin of
+2 lattice constants from the frame edges (a step that leaves it is redrawn; an adatom's step is
+reflected off the edge first, in image coordinates) and at least 3 lattice constants apart (a step
+that comes too close is redrawn; after 100 failed draws the defect stays, or takes the nearest allowed
+site of its new class), so that every defect owns its lattice sites. That hard-core repulsion and
+the walls slow a crowded movie's defects by a few per cent below ``D``; a sparse one (the demo's
+1024 px movie with 32 defects) follows ``D``. Rendering: a vacancy removes the column at its site, a
+dopant replaces the metal column at its site, an adatom is an extra atom at its position. The
+trajectories (specimen coordinates, drift-free) are the hidden state; ``truth(i)["defects"]`` reports
+where each defect appears.
 
 **Segmentation target.** ``labels`` paints a disk of radius 0.4 x the nearest-neighbour distance
 (``0.073 nm`` in WS2, ``0.057 nm`` in graphene; disks never overlap) around every column in its class,
@@ -111,6 +118,7 @@ MARGIN_A: float = 2.0
 
 _REDRAWS = 100  # redraws of a random-walk step that comes too close to another defect
 _PLACEMENT_TRIES = 5_000
+_PLACEMENT_RESTARTS = 20
 
 
 @dataclass(frozen=True)
@@ -165,9 +173,10 @@ class STEMConfig:
     jitter_px: float = 0.3  # rms horizontal shift per scan line
     n_defects: int = 12
     frames: int = 100
-    # D per DEFECT_CLASSES in nm^2 per frame (<|dr|^2> = 4 D per frame):
-    # metal vacancy, chalcogen vacancy (more mobile), dopant (least mobile), adatom (most mobile).
-    diffusion_nm2: tuple[float, ...] = (0.002, 0.004, 0.001, 0.01)
+    # D per DEFECT_CLASSES in nm^2 per frame (<|dr|^2> = 4 D per frame): metal vacancy, chalcogen vacancy
+    # (more mobile), dopant (least mobile), adatom (most mobile). In WS2 (a^2 = 0.0999 nm^2) the
+    # site-bound ones hop 0.6, 0.8 and 0.4 times per frame on average.
+    diffusion_nm2: tuple[float, ...] = (0.015, 0.02, 0.01, 0.025)
     transitions: tuple[tuple[float, ...], ...] = _DEFAULT_TRANSITIONS
     seed: int = 0
     background: float = 0.05  # constant background, fraction of dose
@@ -380,52 +389,105 @@ class STEMMovie:
         pi = _stationary(self.transition_matrix)
         classes[0] = rng.choice(len(DEFECT_CLASSES), size=n, p=pi)
         placed: list[np.ndarray] = []
-        for k in range(n):
-            for _ in range(_PLACEMENT_TRIES):
-                x, y = rng.uniform(lo, hi, 2)
-                p = np.array(scan0.to_specimen(x, y))
-                if classes[0, k] == _DADA:  # adatoms start on a hollow site
-                    q = self._nearest_site(p, self._hollow_offset)[2]
-                    qx, qy = scan0.to_image(q[0], q[1])
-                    if lo <= qx <= hi and lo <= qy <= hi:
-                        p = q
-                if all(float(np.hypot(*(p - o))) >= self._min_sep for o in placed):
-                    placed.append(p)
+        for _attempt in range(_PLACEMENT_RESTARTS):  # a crowded start can leave no room: start over
+            placed = []
+            for k in range(n):
+                for _ in range(_PLACEMENT_TRIES):
+                    x, y = rng.uniform(lo, hi, 2)
+                    p = self._home(np.array(scan0.to_specimen(x, y)), int(classes[0, k]), -1)
+                    if self._allowed(p, scan0, np.array(placed).reshape(-1, 2)):
+                        placed.append(p)
+                        break
+                else:
                     break
-            else:
-                raise ValueError(
-                    f"could not place {n} defects {self._min_sep:.0f} px apart inside a {cfg.size} px frame; "
-                    "use fewer defects or a larger frame"
-                )
+            if len(placed) == n:
+                break
+        else:
+            raise ValueError(
+                f"could not place {n} defects {self._min_sep:.0f} px apart inside a {cfg.size} px frame; "
+                "use fewer defects or a larger frame"
+            )
         traj[0] = np.array(placed)
 
-        d_px = self.diffusion_px2
+        hop_rate = self.diffusion_px2 * 4.0 / cfg.a_px**2  # site-bound classes: hops of length a per frame
+        hops = self._basis @ np.array([[1, 0, -1, 0, 1, -1], [0, 1, 0, -1, -1, 1]], dtype=np.float64)  # [2, 6]
         cum = np.cumsum(self.transition_matrix, axis=1)
-        min_sep2 = self._min_sep**2
         cur = traj[0].copy()
         for i in range(frames - 1):
             scan = _Scan(self, i + 1, with_jitter=False)
+            u = rng.random(n)
+            nxt = np.minimum((u[:, None] >= cum[classes[i].astype(np.intp)]).sum(axis=1), len(DEFECT_CLASSES) - 1)
             for k in range(n):
-                sd = math.sqrt(2.0 * d_px[classes[i, k]])
+                c_old, c_new = int(classes[i, k]), int(nxt[k])
                 old = cur[k].copy()
                 others = np.delete(cur, k, axis=0)
+                if c_old == _DADA:
+                    sd = math.sqrt(2.0 * self.diffusion_px2[c_old])
+                    n_hops = 0
+                else:
+                    sd = 0.0
+                    n_hops = int(rng.poisson(hop_rate[c_old]))
+                moves = sd > 0 or n_hops > 0
                 new = None
-                for _ in range(_REDRAWS if sd > 0 else 1):
-                    cand = old + (rng.normal(0.0, sd, 2) if sd > 0 else 0.0)
-                    x, y = scan.to_image(cand[0], cand[1])
-                    cand = np.array(scan.to_specimen(_reflect(float(x), lo, hi), _reflect(float(y), lo, hi)))
-                    if others.size == 0 or float(np.min(np.sum((others - cand) ** 2, axis=1))) >= min_sep2:
+                for _ in range(_REDRAWS if moves else 1):
+                    if sd > 0:  # a Gaussian step, reflected off the frame edges
+                        cand = old + rng.normal(0.0, sd, 2)
+                        x, y = scan.to_image(cand[0], cand[1])
+                        cand = np.array(scan.to_specimen(_reflect(float(x), lo, hi), _reflect(float(y), lo, hi)))
+                    elif n_hops:  # n_hops hops to a random one of the six neighbouring sites
+                        cand = old + hops[:, rng.integers(0, 6, n_hops)].sum(axis=1)
+                    else:
+                        cand = old
+                    cand = self._home(cand, c_new, c_old)
+                    if self._allowed(cand, scan, others):
                         new = cand
                         break
-                if new is None:  # stay (clipped into the moving box)
-                    x, y = scan.to_image(old[0], old[1])
-                    new = np.array(scan.to_specimen(min(max(float(x), lo), hi), min(max(float(y), lo), hi)))
+                if new is None:  # stay: at the same place, or at the nearest allowed site of the new class
+                    new = self._stay(old, c_old, c_new, scan, others)
+                    if new is None:  # no room for the new class here (rare): the class change is dropped
+                        new, nxt[k] = self._stay(old, c_old, c_old, scan, others), c_old
+                        assert new is not None
                 cur[k] = new
             traj[i + 1] = cur
-            u = rng.random(n)
-            nxt = (u[:, None] >= cum[classes[i].astype(np.intp)]).sum(axis=1)
-            classes[i + 1] = np.minimum(nxt, len(DEFECT_CLASSES) - 1)
+            classes[i + 1] = nxt
         self.trajectories, self.classes = traj, classes
+
+    def _home(self, p: np.ndarray, defect_cls: int, from_cls: int) -> np.ndarray:
+        """Where a defect of class ``defect_cls`` (class ``from_cls`` before, -1 when new) near ``p`` sits:
+        the nearest site of its sublattice; an adatom stays at ``p``, or takes the nearest hollow site
+        when it has just appeared."""
+        if defect_cls == _DADA:
+            return p if from_cls == _DADA else self._nearest_site(p, self._hollow_offset)[2]
+        return self._nearest_site(p, self._site_offset(defect_cls))[2]
+
+    def _allowed(self, p: np.ndarray, scan: _Scan, others: np.ndarray) -> bool:
+        """Inside the margin (image coordinates of ``scan``'s frame) and ``MIN_SEPARATION_A`` from ``others``."""
+        lo, hi = self._box
+        x, y = scan.to_image(p[0], p[1])
+        if not (lo - 1e-9 <= x <= hi + 1e-9 and lo - 1e-9 <= y <= hi + 1e-9):
+            return False
+        return others.size == 0 or float(np.min(np.sum((others - p) ** 2, axis=1))) >= self._min_sep**2 - 1e-9
+
+    def _stay(self, old: np.ndarray, c_old: int, c_new: int, scan: _Scan, others: np.ndarray) -> np.ndarray | None:
+        """The position of a defect whose every move was refused: ``old`` if the class stays and it is
+        allowed there, else the nearest allowed place for the new class (the box moves with the drift);
+        ``None`` if there is none nearby."""
+        if c_new == c_old and self._allowed(old, scan, others):
+            return old
+        lo, hi = self._box
+        x, y = scan.to_image(old[0], old[1])
+        clipped = np.array(scan.to_specimen(min(max(float(x), lo), hi), min(max(float(y), lo), hi)))
+        if c_new == _DADA and c_old == _DADA:
+            return clipped if self._allowed(clipped, scan, others) else None
+        # nearby sites of the new class (hollow sites for a new adatom), nearest first
+        offset = self._hollow_offset if c_new == _DADA else self._site_offset(c_new)
+        f = self._basis_inv @ (clipped - self.origin_px - offset)
+        g = np.stack(np.meshgrid(np.arange(-2, 4), np.arange(-2, 4)), axis=-1).reshape(-1, 2) + np.floor(f)
+        sites = (self.origin_px + offset)[:, None] + self._basis @ g.T
+        for j in np.argsort(np.sum((sites - clipped[:, None]) ** 2, axis=0)):
+            if self._allowed(sites[:, j], scan, others):
+                return sites[:, j]
+        return None
 
     # ------------------------------------------------------------------ frame content
 

@@ -29,7 +29,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from instrument_sim.stem import STEMConfig, nearest_neighbour_spacing_px
+from instrument_sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
 from service.pipeline.atoms import PostProcess, postprocess
 
 #: Match radius of atoms and defects as a fraction of the nearest-neighbour (metal-chalcogen) spacing.
@@ -37,6 +37,11 @@ MATCH_FRACTION = 0.3
 #: Default classical threshold as a fraction of the brightest columns' response (about half the
 #: relative brightness of the faintest column, an S2 pair at 0.148 of a W column).
 CLASSICAL_FRACTION = 0.06
+#: The low dose of the network-versus-classical comparison (expected counts at a W column) ...
+LOW_DOSE = 12.0
+#: ... its scored frames, and the frames that tune the classical threshold (seeds never trained on).
+LOWDOSE_SEEDS = (4, 5)
+TUNING_SEEDS = (900, 901)
 
 
 class Segmenter(Protocol):
@@ -318,3 +323,36 @@ def pooled(results: Sequence[Mapping[str, float]]) -> dict[str, float]:
     right = sum(r["defect_accuracy"] * r["defect_n_matched"] for r in results if r["defect_n_matched"])
     out["defect_accuracy"] = right / matched if matched else math.nan
     return out
+
+
+# --------------------------------------------------------------------------- held-out frames and the low-dose comparison
+
+
+def simulated_frame(seed: int, *, size: int = 512, dose: float | None = None,
+                    pixel_size_nm: float | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], STEMConfig]:
+    """(image, truth, config) of frame 0 of a default-condition movie (optionally another dose / pixel size)."""
+    base = STEMConfig()
+    cfg = STEMConfig(size=size, seed=seed, frames=1, dose=base.dose if dose is None else dose,
+                     pixel_size_nm=base.pixel_size_nm if pixel_size_nm is None else pixel_size_nm,
+                     n_defects=base.n_defects if size >= 384 else 4 if size >= 192 else 0)
+    movie = STEMMovie(cfg)
+    return movie.frame(0), movie.truth(0), cfg
+
+
+def low_dose_comparison(recognizer: Recognizable, *, dose: float = LOW_DOSE, seeds: Sequence[int] = LOWDOSE_SEEDS,
+                        tuning_seeds: Sequence[int] = TUNING_SEEDS, size: int = 512) -> dict[str, float]:
+    """Atom F1 of the network and of the classical baseline on the same low-dose frames, in one run.
+
+    The classical threshold is tuned at this dose on the ``tuning_seeds`` frames (its best case), then
+    both detectors score the ``seeds`` frames. Keys: ``dose``, ``atom_f1`` (network, pooled),
+    ``classical_atom_f1`` (mean per frame), ``classical_threshold_fraction``, ``frames``.
+    """
+    tune = [simulated_frame(s, size=size, dose=dose) for s in tuning_seeds]
+    frac, _ = tune_classical([f[0] for f in tune], [f[1] for f in tune], tune[0][2])
+    low = [simulated_frame(s, size=size, dose=dose) for s in seeds]
+    rec = _open(recognizer)
+    net = pooled([evaluate_frame(rec, *f) for f in low])
+    classical = [classical_scores(img, truth, cfg, threshold=frac) for img, truth, cfg in low]
+    return {"dose": float(dose), "atom_f1": float(net["atom_f1"]),
+            "classical_atom_f1": float(np.mean([c["f1"] for c in classical])),
+            "classical_threshold_fraction": float(frac), "frames": len(low)}

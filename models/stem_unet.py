@@ -78,12 +78,11 @@ LABEL_RADIUS_PX = LABEL_RADIUS_FRACTION * NN_PX
 TRAIN_SEED_BASE = 1000
 #: Held-out frames (512 x 512, seeds never used in training) for the card's metrics ...
 HELDOUT_SEEDS = (1, 2, 3)
-LOW_DOSE = 12.0
-LOWDOSE_SEEDS = (4, 5)
+LOWDOSE_SEEDS = stem_metrics.LOWDOSE_SEEDS  # low-dose comparison: stem_metrics.low_dose_comparison
 RESCALED_PIXEL_NM = 0.015
 RESCALED_SEEDS = (6,)
 #: ... and frames that tune the post-processing and the classical baseline's threshold.
-TUNING_SEEDS = (900, 901)
+TUNING_SEEDS = stem_metrics.TUNING_SEEDS
 
 # Training conditions (ranges of the random draws).
 DOSE_RANGE = (5.0, 1000.0)  # log-uniform, expected peak counts of a W column above the background
@@ -139,8 +138,9 @@ def postprocess_spec(threshold: float = 0.5, min_region_px: int = 8) -> dict[str
         "min_distance_px": round(0.6 * NN_PX, 2),
         "threshold": float(threshold),
         "size_multiple": SIZE_MULTIPLE,
-        # a few x the rms step of the fastest defect in one frame, sqrt(4 D_max) = 0.2 nm
-        "track_gate_nm": round(2.5 * math.sqrt(4.0 * d_max), 3),
+        # a few x the rms step of the fastest defect in one frame (sqrt(4 D_max) = 0.28 nm), and at least
+        # four lattice constants: site-bound defects jump a lattice constant at a time, several per frame
+        "track_gate_nm": round(max(2.5 * math.sqrt(4.0 * d_max), 4.0 * MODEL_CFG.spec.a_nm), 3),
         "min_region_px": int(min_region_px),
     }
 
@@ -415,12 +415,8 @@ class TorchSegmenter:
 
 def simulated_frame(seed: int, *, size: int = 512, dose: float | None = None,
                     pixel_size_nm: float = PIXEL_NM) -> tuple[np.ndarray, dict[str, np.ndarray], STEMConfig]:
-    """(image, truth, config) of frame 0 of a default-condition movie (optionally another dose / pixel size)."""
-    base = STEMConfig()
-    cfg = STEMConfig(size=size, seed=seed, frames=1, dose=base.dose if dose is None else dose,
-                     pixel_size_nm=pixel_size_nm, n_defects=base.n_defects if size >= 384 else 4 if size >= 192 else 0)
-    movie = STEMMovie(cfg)
-    return movie.frame(0), movie.truth(0), cfg
+    """(image, truth, config) of frame 0 of a default-condition movie at the model's pixel size by default."""
+    return stem_metrics.simulated_frame(seed, size=size, dose=dose, pixel_size_nm=pixel_size_nm)
 
 
 def tune_postprocess(model: STEMUNet, frames: list[tuple[np.ndarray, dict[str, np.ndarray], STEMConfig]]
@@ -460,15 +456,11 @@ def heldout_metrics(model: STEMUNet, spec: dict[str, Any], recipe: Recipe) -> di
     out["default_dose_atom_class_accuracy"] = float(np.mean([r.get("atom_class_accuracy", 0.0) for r in default]))
 
     # Low dose: the network against the classical baseline, threshold tuned at this dose on the tuning frames.
-    tune = [simulated_frame(s, size=size, dose=LOW_DOSE) for s in TUNING_SEEDS]
-    frac, _ = stem_metrics.tune_classical([f[0] for f in tune], [f[1] for f in tune], tune[0][2])
-    low = [simulated_frame(s, size=size, dose=LOW_DOSE) for s in LOWDOSE_SEEDS]
-    net = stem_metrics.pooled([stem_metrics.evaluate_frame(seg, *f) for f in low])
-    classical = [stem_metrics.classical_scores(img, truth, cfg, threshold=frac) for img, truth, cfg in low]
-    out["low_dose"] = LOW_DOSE
-    out["low_dose_atom_f1"] = net["atom_f1"]
-    out["low_dose_classical_atom_f1"] = float(np.mean([c["f1"] for c in classical]))
-    out["low_dose_classical_threshold_fraction"] = frac
+    low = stem_metrics.low_dose_comparison(seg, size=size)
+    out["low_dose"] = low["dose"]
+    out["low_dose_atom_f1"] = low["atom_f1"]
+    out["low_dose_classical_atom_f1"] = low["classical_atom_f1"]
+    out["low_dose_classical_threshold_fraction"] = low["classical_threshold_fraction"]
 
     rescaled = [stem_metrics.evaluate_frame(seg, *simulated_frame(s, size=size, pixel_size_nm=RESCALED_PIXEL_NM))
                 for s in RESCALED_SEEDS]

@@ -467,6 +467,41 @@ def test_steps_follow_the_class_and_transitions_follow_the_matrix() -> None:
     assert set(np.unique(cls[0])) == {0, 1, 2, 3}
 
 
+def test_site_bound_defects_hop_between_lattice_sites() -> None:
+    # Vacancies and dopants sit on sites of their sublattice and move by hops of one lattice constant,
+    # a Poisson number per frame with mean 4 D / a^2; adatoms move continuously.
+    cfg = STEMConfig(size=2048, n_defects=30, frames=400, seed=5)
+    movie = STEMMovie(cfg)
+    a = cfg.a_px
+    cls = movie.classes.astype(int)
+    inv = np.linalg.inv(movie._basis)
+    for c, offset in ((0, np.zeros(2)), (1, movie._chalcogen_offset), (2, np.zeros(2))):
+        frac = (movie.trajectories[cls == c] - movie.origin_px - offset) @ inv.T
+        np.testing.assert_allclose(frac, np.round(frac), atol=1e-9, err_msg=DEFECT_CLASSES[c])
+    steps = np.diff(movie.trajectories, axis=0)
+    same = cls[:-1] == cls[1:]
+    for c in range(3):
+        st = steps[same & (cls[:-1] == c)]
+        f = st @ inv.T  # in lattice vectors: integers, and a single hop is one of the six neighbours
+        np.testing.assert_allclose(f, np.round(f), atol=1e-9)
+        hop1 = np.isclose(np.hypot(*st.T), a)
+        assert hop1.any() and np.all(np.hypot(*st.T) <= 8 * a)
+        rate = 4 * movie.diffusion_px2[c] / a**2
+        moved = np.mean(np.hypot(*st.T) > 1e-9)
+        # P(at least one hop) = 1 - exp(-rate), less the pairs of hops that cancel (1/6 of two hops)
+        p_moved = 1 - math.exp(-rate) - math.exp(-rate) * rate**2 / 2 / 6
+        assert moved == pytest.approx(p_moved, abs=0.03), DEFECT_CLASSES[c]
+        assert np.mean(np.sum(st**2, axis=1)) == pytest.approx(rate * a**2, rel=0.1)
+    ad = steps[same & (cls[:-1] == 3)]
+    frac = ad @ inv.T
+    assert np.mean(np.abs(frac - np.round(frac)) > 1e-3) > 0.9, "adatoms leave the lattice"
+    # a class change moves a defect to the nearest site of its new sublattice (a/sqrt(3) for a vacancy
+    # changing sublattice; 0 between metal vacancy and dopant, before hops)
+    mv_to_cv = (cls[:-1] == 0) & (cls[1:] == 1)
+    assert mv_to_cv.any()
+    assert np.all(np.hypot(*steps[mv_to_cv].T) > 0)
+
+
 @pytest.mark.parametrize("kw", [{}, {"size": 1024, "n_defects": 40, "frames": 300, "drift_px_per_frame": 1.0}])
 def test_defects_stay_apart_and_inside_the_frame(kw: dict[str, object]) -> None:
     cfg = STEMConfig(**kw)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from models.stem_metrics import (
     classical_scores,
     defect_accuracy,
     evaluate_frame,
+    low_dose_comparison,
     match_points,
     pooled,
     recognize_frame,
@@ -93,7 +94,10 @@ def test_committed_card_describes_the_model(recognizer: FrameRecognizer) -> None
     assert pp["atom_classes"] == list(ATOM_CLASSES) and pp["defect_classes"] == list(DEFECT_CLASSES)
     assert 0.5 * NN_PX <= pp["min_distance_px"] <= 0.7 * NN_PX
     assert 0.2 <= pp["threshold"] <= 0.8 and 1 <= pp["min_region_px"] <= 30
-    assert pp["size_multiple"] == 16 and 0.2 <= pp["track_gate_nm"] <= 1.0
+    from models.stem_unet import postprocess_spec
+
+    # the gate covers several lattice-constant hops of a site-bound defect in one frame
+    assert pp["size_multiple"] == 16 and pp["track_gate_nm"] == postprocess_spec()["track_gate_nm"]
     assert recognizer.pp == PostProcess.from_card(out.labels, pp)
     assert recognizer.multiple == 16 and recognizer.pixel_size == card.input.pixel_size
     t = card.training
@@ -119,13 +123,11 @@ def test_default_dose_targets_on_held_out_frames(recognizer: FrameRecognizer) ->
 
 
 def test_beats_the_classical_baseline_at_low_dose(recognizer: FrameRecognizer) -> None:
-    tuning = [_frame(s, dose=LOW_DOSE) for s in (950, 951)]
-    frac, _ = tune_classical([f[0] for f in tuning], [f[1] for f in tuning], tuning[0][2])
-    frames = [_frame(s, dose=LOW_DOSE) for s in TEST_SEEDS]
-    net = pooled([evaluate_frame(recognizer, *f) for f in frames])["atom_f1"]
-    classical = float(np.mean([classical_scores(img, truth, cfg, threshold=frac)["f1"] for img, truth, cfg in frames]))
-    assert net > classical, (net, classical)
-    assert net >= 0.97
+    # the classical threshold is tuned at this dose on other frames (950, 951), then both score the same frames
+    r = low_dose_comparison(recognizer, dose=LOW_DOSE, seeds=TEST_SEEDS, tuning_seeds=(950, 951))
+    assert r["frames"] == 2 and r["dose"] == LOW_DOSE
+    assert r["atom_f1"] > r["classical_atom_f1"], r
+    assert r["atom_f1"] >= 0.97 and 0 < r["classical_threshold_fraction"] < 0.2
 
 
 def test_frames_at_another_pixel_size_are_rescaled(recognizer: FrameRecognizer) -> None:
