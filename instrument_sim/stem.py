@@ -61,8 +61,9 @@ sublattice (a new adatom to the nearest hollow site of the honeycomb). Defects s
 reflected off the edge first, in image coordinates) and at least 3 lattice constants apart (a step
 that comes too close is redrawn; after 100 failed draws the defect stays, or takes the nearest allowed
 site of its new class), so that every defect owns its lattice sites. That hard-core repulsion and
-the walls slow a crowded movie's defects by a few per cent below ``D``; a sparse one (the demo's
-1024 px movie with 32 defects) follows ``D``. Rendering: a vacancy removes the column at its site, a
+the walls slow the defects of a crowded movie below ``D``: by about 5 % in the demo's movie (1024 px,
+32 defects; ``bench/dynamics.py``), by 10-15 % with 12 defects in 512 px, not measurably in a sparse
+field. Rendering: a vacancy removes the column at its site, a
 dopant replaces the metal column at its site, an adatom is an extra atom at its position. The
 trajectories (specimen coordinates, drift-free) are the hidden state; ``truth(i)["defects"]`` reports
 where each defect appears.

@@ -194,6 +194,8 @@ class MovieResult:
     events: list[Event] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     summary: ScanSummary | None = None
+    #: recognizer -> the running tracking statistics of its latest frame result (live, before the summary)
+    tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _note_event(result: ScanResult | MovieResult | None, event: Event, scan_id: str) -> None:
@@ -325,6 +327,8 @@ class Subscriber(_Client):
                 arrays = dict(msg.arrays) if keep_classes else {k: v for k, v in msg.arrays.items() if k != "classes"}
                 result.frames.setdefault(h.recognizer, {})[h.frame] = arrays
                 result.latencies_ms.append(h.latency_ms)
+                if h.tracking is not None:
+                    result.tracking[h.recognizer] = h.tracking
                 if progress is not None:
                     progress(result)
             elif isinstance(h, Event):

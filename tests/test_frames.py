@@ -155,6 +155,10 @@ async def test_simulated_movie_streams_through_the_client(frame_settings):
     assert sorted(result.frames["frame-test"]) == [0, 1, 2, 3]
     assert all("classes" not in f and f["atoms"].shape[1] == 3 for f in result.frames["frame-test"].values())
     assert result.summary.state == "complete" and result.summary.recognizers["frame-test"].frames_recognized == 4
+    # running tracking statistics come with every frame; after the last frame they are the summary's
+    running = result.tracking["frame-test"]
+    assert running["n_frames"] == 4
+    assert running == result.summary.recognizers["frame-test"].tracking
 
 
 async def test_spectral_recognizer_requested_for_frames_is_refused(frame_settings):

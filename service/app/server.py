@@ -307,7 +307,8 @@ class Server:
         self.counters["frames_recognized"] += 1
         await self._publish(topics.scan_topic(scan.scan_id, topics.FRAME), FrameResult(
             scan_id=scan.scan_id, recognizer=proc.name, seq=item.seq, frame=item.row, latency_ms=latency,
-            n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs),
+            n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs,
+            tracking=outputs.get("tracking")),
             [outputs[spec.name] for spec in specs])
 
     async def _maybe_close(self, scan: ScanState, *, timed_out: bool = False) -> None:

@@ -56,12 +56,14 @@ class FrameState:
                     self.order.remove(seq)
             self.turn.notify_all()
 
-    def track_in_order(self, seq: int, frame: int, defects: np.ndarray) -> np.ndarray:
-        """Track ids for a frame's defects; waits until every earlier admitted frame has been tracked."""
+    def track_in_order(self, seq: int, frame: int, defects: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Track ids for a frame's defects and the running tracking statistics after it; waits until
+        every earlier admitted frame has been tracked."""
         with self.turn:
             self.turn.wait_for(lambda: not self.order or self.order[0] == seq)
             try:
-                return self.tracker.update(frame, defects[:, :2], defects[:, 2].astype(np.intp))
+                ids = self.tracker.update(frame, defects[:, :2], defects[:, 2].astype(np.intp))
+                return ids, self.tracker.summary(pixel_size_nm=self.pixel_size_nm)
             finally:
                 if self.order and self.order[0] == seq:
                     self.order.popleft()
@@ -165,9 +167,10 @@ class FrameRecognizer(Recognizer):
         rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
         cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
         classes = class_map[rows][:, cols]
-        ids = state.track_in_order(item.seq, item.row, defects)
+        ids, tracking = state.track_in_order(item.seq, item.row, defects)
         return {"classes": classes, "atoms": atoms,
-                "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32)}
+                "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32),
+                "tracking": tracking}  # not an array: the frame_result header carries it
 
     def store(self, binding: Binding, frame: int, outputs: dict[str, np.ndarray]) -> None:
         state: FrameState = binding.state

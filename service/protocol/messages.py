@@ -221,6 +221,8 @@ class FrameResult(_Header):
     n_atoms: Index
     n_defects: Index
     arrays: list[ArraySpec]
+    tracking: dict[str, Any] | None = Field(
+        default=None, description="running defect tracking statistics after this frame (as in scan_summary)")
 
 
 class Event(_Header):
