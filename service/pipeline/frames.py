@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,7 +73,10 @@ class FrameState:
 
 class FrameRecognizer(Recognizer):
     """Two frames may be in flight at once — one in the network while the other is post-processed —
-    but they reach the tracker (and so the subscribers) in the order they arrived."""
+    but they reach the tracker (and so the subscribers) in the order they arrived. At most
+    ``cores // intra-op threads`` frames are in the network at once (``_run_slots``): with one thread
+    per run two frames run side by side on two cores; with two threads one run gets both cores, as in
+    a bare ONNX Runtime loop, instead of two runs competing for them."""
 
     imaging = True
     max_parallel = 2
@@ -91,6 +95,7 @@ class FrameRecognizer(Recognizer):
         self.pixel_size = self.card.input.pixel_size
         self.multiple = int(self.card.postprocess.get("size_multiple", 16))
         self.gate_nm = float(self.card.postprocess.get("track_gate_nm", 0.5))
+        self._run_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 1) // max(self.threads, 1)))
         if warm_up_batch:
             self._segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
 
@@ -140,7 +145,8 @@ class FrameRecognizer(Recognizer):
         h, w = image.shape
         m = self.multiple
         padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
-        probs = self.session.run(self._output_names, {self.card.input.name: padded[None, None]})[0]
+        with self._run_slots:
+            probs = self.session.run(self._output_names, {self.card.input.name: padded[None, None]})[0]
         return probs[0, :, :h, :w]
 
     def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:

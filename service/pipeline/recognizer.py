@@ -64,6 +64,7 @@ class Recognizer(Processor):
     def __init__(self, path: Path, *, threads: int = 2, warm_up_batch: int = 512,
                  loaded: tuple[ort.InferenceSession, ModelCard] | None = None):
         self.path = Path(path)
+        self.threads = threads  # intra-op threads of one run
         self.session, self.card = loaded or load_model(self.path, threads)
         self.name = self.card.name
         inputs = self.session.get_inputs()
