@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -192,6 +193,56 @@ def stem(
                                "elapsed_s": round(report.elapsed_s, 3)}))
 
     asyncio.run(run())
+
+
+@app.command("stem-frame")
+def stem_frame(
+    out_image: Annotated[Path, typer.Option("--out-image", help="where to write the frame (.npy, float32 counts)")],
+    out_labels: Annotated[Path, typer.Option("--out-labels", help="where to write the labels (.npy, uint8)")],
+    frame: Annotated[int, typer.Option("--frame", min=0, help="which frame of the movie")] = 0,
+    size: Annotated[int, typer.Option(min=64, max=2048, help="frame edge, pixels (square frames)")] = 256,
+    lattice: Annotated[str, typer.Option(help="ws2 or graphene")] = "ws2",
+    pixel_size_nm: Annotated[float, typer.Option("--pixel-size-nm", help="pixel size, nm")] = 0.02,
+    dose: Annotated[Optional[float], typer.Option(help="expected counts at a metal column (default: simulator's)")] = None,
+    defects: Annotated[Optional[int], typer.Option(help="number of defects (default: simulator's)")] = None,
+    keep_sublattices: Annotated[bool, typer.Option(
+        "--keep-sublattices", help="graphene: keep the A/B (metal/chalcogen) split in the labels instead of "
+                                   "merging it")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Write one frame of a simulated HAADF STEM movie and its label image as .npy files, for
+    `scanlens train one-frame`.
+
+    The frame is frame --frame of the movie `scanlens sim stem` streams with the same --seed, --size,
+    --lattice, --pixel-size-nm, --dose and --defects (the same movie however many frames it has), in raw
+    counts (float32). The labels (uint8, same shape) hold one SEG_CLASSES index per pixel: 0 background,
+    1 metal, 2 chalcogen, 3 metal_vacancy, 4 chalcogen_vacancy, 5 dopant, 6 adatom, a disk of 0.4 x the
+    nearest-neighbour spacing around every column and vacancy site. In graphene both sublattices are
+    carbon and look alike, so chalcogen is merged into metal and chalcogen_vacancy into metal_vacancy
+    (--keep-sublattices keeps them apart). Prints a JSON line with the paths and the frame's geometry.
+    """
+    from .stem import STEMConfig, STEMMovie, merge_sublattices, nearest_neighbour_spacing_px
+
+    overrides = {k: v for k, v in {"dose": dose, "n_defects": defects}.items() if v is not None}
+    try:
+        cfg = STEMConfig(size=size, frames=frame + 1, pixel_size_nm=pixel_size_nm, lattice=lattice, seed=seed,
+                         **overrides)
+        movie = STEMMovie(cfg)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    image = movie.frame(frame)
+    labels = movie.truth(frame)["labels"]
+    merged = lattice == "graphene" and not keep_sublattices
+    if merged:
+        labels = merge_sublattices(labels)
+    for path, array in ((out_image, image), (out_labels, labels)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array, allow_pickle=False)
+    typer.echo(json.dumps({"image": str(out_image), "labels": str(out_labels), "frame": frame,
+                           "shape": list(image.shape), "lattice": lattice, "pixel_size_nm": pixel_size_nm,
+                           "nn_spacing_px": round(nearest_neighbour_spacing_px(cfg), 3), "seed": seed,
+                           "sublattices_merged": merged}))
 
 
 if __name__ == "__main__":  # the demo starts the simulator as `python -m instrument_sim.cli`

@@ -722,6 +722,15 @@ def load_ground_truth(path: str | PathLike[str]) -> dict[str, Any]:
     return out
 
 
+def merge_sublattices(labels: np.ndarray) -> np.ndarray:
+    """A copy of a label image with ``chalcogen`` merged into ``metal`` and ``chalcogen_vacancy`` into
+    ``metal_vacancy``: the target for graphene, whose two sublattices look identical (see the module notes)."""
+    out = np.array(labels, dtype=np.uint8, copy=True)
+    out[out == SEG_CLASSES.index("chalcogen")] = SEG_CLASSES.index("metal")
+    out[out == SEG_CLASSES.index("chalcogen_vacancy")] = SEG_CLASSES.index("metal_vacancy")
+    return out
+
+
 @lru_cache(maxsize=8)
 def _cached_movie(cfg: STEMConfig) -> STEMMovie:
     return STEMMovie(cfg)

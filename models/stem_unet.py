@@ -129,18 +129,25 @@ FULL = Recipe(n_frames=320, frame_px=224, steps=900)
 QUICK = Recipe(n_frames=4, frame_px=160, steps=12, pixels_per_step=4 * 128 * 128, eval_size=192, crop_sizes=(128,))
 
 
-def postprocess_spec(threshold: float = 0.5, min_region_px: int = 8) -> dict[str, Any]:
-    """The card's ``postprocess``: what the service's ``PostProcess`` and tracker read."""
+def postprocess_spec(threshold: float = 0.5, min_region_px: int = 8, *, nn_px: float = NN_PX,
+                     pixel_size_nm: float = PIXEL_NM) -> dict[str, Any]:
+    """The card's ``postprocess``: what the service's ``PostProcess`` and tracker read.
+
+    ``nn_px`` is the nearest-neighbour column spacing in the model's pixels and ``pixel_size_nm`` the
+    model's pixel size; the defaults are WS2 at 0.02 nm/px (stem-unet). A model of another lattice or
+    pixel size (``models.one_frame``) passes its own, and the peak spacing and the tracking gate follow
+    (the lattice constant is ``sqrt(3) x nn``)."""
     d_max = max(MODEL_CFG.diffusion_nm2)
+    a_nm = math.sqrt(3.0) * nn_px * pixel_size_nm
     return {
         "atom_classes": list(ATOM_CLASSES),
         "defect_classes": list(DEFECT_CLASSES),
-        "min_distance_px": round(0.6 * NN_PX, 2),
+        "min_distance_px": round(0.6 * nn_px, 2),
         "threshold": float(threshold),
         "size_multiple": SIZE_MULTIPLE,
         # a few x the rms step of the fastest defect in one frame (sqrt(4 D_max) = 0.28 nm), and at least
         # four lattice constants: site-bound defects jump a lattice constant at a time, several per frame
-        "track_gate_nm": round(max(2.5 * math.sqrt(4.0 * d_max), 4.0 * MODEL_CFG.spec.a_nm), 3),
+        "track_gate_nm": round(max(2.5 * math.sqrt(4.0 * d_max), 4.0 * a_nm), 3),
         "min_region_px": int(min_region_px),
     }
 
@@ -308,25 +315,27 @@ def sample_batch(pool: list[PoolFrame], rng: np.random.Generator, recipe: Recipe
     return np.stack(xs)[:, None], np.stack(ys).astype(np.int64), np.stack(ds)
 
 
-def soft_targets(labels: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+def soft_targets(labels: torch.Tensor, distance: torch.Tensor, sigma_px: float = TARGET_SIGMA_PX) -> torch.Tensor:
     """Per-pixel target distributions ``[b, C, h, w]``: an atom column's class gets ``exp(-d^2 / 2 s^2)``
-    (``s`` = :data:`TARGET_SIGMA_PX`, ``d`` the distance from its centre) and background the rest, so the
-    network's atom probability peaks at the column centre (one peak per column for the service's peak
-    finder); vacancies and background are one-hot. ``labels`` must not hold :data:`IGNORE`."""
+    (``s`` = ``sigma_px``, default :data:`TARGET_SIGMA_PX`; ``d`` the distance from its centre) and
+    background the rest, so the network's atom probability peaks at the column centre (one peak per
+    column for the service's peak finder); vacancies and background are one-hot. ``labels`` must not
+    hold :data:`IGNORE`."""
     q = nn.functional.one_hot(labels, len(SEG_CLASSES)).permute(0, 3, 1, 2).to(torch.float32)
     atom = torch.isin(labels, torch.as_tensor(_SEG_OF_ATOM))
-    g = torch.where(atom, torch.exp(-(distance.clamp(max=1e3) ** 2) / (2.0 * TARGET_SIGMA_PX**2)), 1.0)
+    g = torch.where(atom, torch.exp(-(distance.clamp(max=1e3) ** 2) / (2.0 * sigma_px**2)), 1.0)
     q = q * g[:, None]
     q[:, 0] += torch.where(atom, 1.0 - g, 0.0)
     return q
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, distance: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Class-weighted cross-entropy against :func:`soft_targets` (weight of each pixel's label class;
-    :data:`IGNORE` pixels weigh nothing)."""
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, distance: torch.Tensor, weights: torch.Tensor,
+            sigma_px: float = TARGET_SIGMA_PX) -> torch.Tensor:
+    """Class-weighted cross-entropy against :func:`soft_targets` of width ``sigma_px`` (weight of each
+    pixel's label class; :data:`IGNORE` pixels weigh nothing)."""
     keep = labels != IGNORE
     labels = torch.where(keep, labels, 0)
-    q = soft_targets(labels, distance)
+    q = soft_targets(labels, distance, sigma_px)
     w = weights[labels] * keep
     per_pixel = -(q * torch.log_softmax(logits, dim=1)).sum(dim=1)
     return (per_pixel * w).sum() / w.sum()
