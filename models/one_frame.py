@@ -78,9 +78,10 @@ from models.stem_unet import (
     TARGET_SIGMA_PX,
     STEMUNet,
     TorchSegmenter,
+    TrainResult,
     architecture,
+    train_network,
     export_model,
-    loss_fn,
     postprocess_spec,
 )
 from service.pipeline.atoms import postprocess
@@ -318,15 +319,10 @@ def sample_batch(frame: TrainingFrame, rng: np.random.Generator, batch: int
 
 
 @dataclass
-class OneFrameResult:
-    """A trained network, its post-processing, training-frame metrics, training record and parity inputs."""
+class OneFrameResult(TrainResult):
+    """stem-unet's training result (its metrics measured on the training frame) plus the frame's pixel size."""
 
-    model: STEMUNet
-    postprocess: dict[str, Any]
-    metrics: dict[str, float]
-    training: dict[str, Any]
-    check_inputs: np.ndarray
-    pixel_size_nm: float
+    pixel_size_nm: float = 0.0
 
 
 def training_frame_scores(model: STEMUNet, spec: dict[str, Any], image: np.ndarray, centres: np.ndarray,
@@ -380,28 +376,9 @@ def fit_one_frame(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float, *
     try:
         torch.manual_seed(seed)
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(31,)))
-        model = STEMUNet()
-        weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float32)
-        opt = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LEARNING_RATE, total_steps=steps,
-                                                    pct_start=0.15)
-        report = max(1, steps // 30)
-        running, count, loss_value = 0.0, 0, float("nan")
-        model.train()
-        for step in range(steps):
-            x_np, y_np, d_np = sample_batch(frame, rng, batch)
-            loss = loss_fn(model.logits(torch.from_numpy(x_np)), torch.from_numpy(y_np), torch.from_numpy(d_np),
-                           weights, sigma_px)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            count += 1
-            if (step + 1) % report == 0 or step + 1 == steps:
-                loss_value = running / count
-                running, count = 0.0, 0
-                emit(progress, TrainProgress("train", step + 1, steps, loss=loss_value))
+        model, loss_value = train_network(lambda: sample_batch(frame, rng, batch), steps=steps, lr=LEARNING_RATE,
+                                          pct_start=0.15, class_weights=CLASS_WEIGHTS, sigma_px=sigma_px,
+                                          progress=progress)
         t_train = time.perf_counter() - t0 - t_data
         model.eval()
         metrics = {"final_train_loss": float(loss_value)}

@@ -38,6 +38,7 @@ import math
 import time
 from dataclasses import dataclass
 from os import PathLike
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -493,6 +494,36 @@ class TrainResult:
     check_inputs: np.ndarray
 
 
+def train_network(next_batch: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]], *, steps: int, lr: float,
+                  pct_start: float, class_weights: Sequence[float], sigma_px: float = TARGET_SIGMA_PX,
+                  progress: ProgressFn | None = None) -> tuple[STEMUNet, float]:
+    """A new :class:`STEMUNet` trained on ``steps`` batches ``(x, labels, distance)`` from ``next_batch``
+    (AdamW, one-cycle learning rate peaking at ``lr``, :func:`loss_fn` with ``class_weights``); returns the
+    model (in train mode) and the mean loss of the last reporting interval. Progress: about 30 ``train`` events."""
+    model = STEMUNet()
+    weights = torch.tensor(list(class_weights), dtype=torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+    report = max(1, steps // 30)
+    running, count, loss_value = 0.0, 0, float("nan")
+    model.train()
+    for step in range(steps):
+        x_np, y_np, d_np = next_batch()
+        loss = loss_fn(model.logits(torch.from_numpy(x_np)), torch.from_numpy(y_np), torch.from_numpy(d_np),
+                       weights, sigma_px)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += float(loss.detach())
+        count += 1
+        if (step + 1) % report == 0 or step + 1 == steps:
+            loss_value = running / count
+            running, count = 0.0, 0
+            emit(progress, TrainProgress("train", step + 1, steps, loss=loss_value))
+    return model, loss_value
+
+
 def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None,
         recipe: Recipe | None = None, threads: int = 2) -> TrainResult:
     """Simulate the pool, train the network (deterministic for a seed), tune post-processing, score held-out frames."""
@@ -506,27 +537,8 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         t_data = time.perf_counter() - t0
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(23,)))
 
-        model = STEMUNet()
-        weights = torch.tensor(CLASS_WEIGHTS, dtype=torch.float32)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.steps, pct_start=0.1)
-        report = max(1, recipe.steps // 30)
-        running, count, loss_value = 0.0, 0, float("nan")
-        model.train()
-        for step in range(recipe.steps):
-            x_np, y_np, d_np = sample_batch(pool, rng, recipe)
-            loss = loss_fn(model.logits(torch.from_numpy(x_np)), torch.from_numpy(y_np), torch.from_numpy(d_np),
-                           weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += float(loss.detach())
-            count += 1
-            if (step + 1) % report == 0 or step + 1 == recipe.steps:
-                loss_value = running / count
-                running, count = 0.0, 0
-                emit(progress, TrainProgress("train", step + 1, recipe.steps, loss=loss_value))
+        model, loss_value = train_network(lambda: sample_batch(pool, rng, recipe), steps=recipe.steps, lr=recipe.lr,
+                                          pct_start=0.1, class_weights=CLASS_WEIGHTS, progress=progress)
         t_train = time.perf_counter() - t0 - t_data
         model.eval()
 

@@ -33,7 +33,6 @@ from models.stem_metrics import (
     match_points,
     pooled,
     recognize_frame,
-    tune_classical,
 )
 from service.pipeline.atoms import PostProcess
 from service.pipeline.frames import FrameRecognizer
