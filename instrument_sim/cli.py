@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import numpy as np
 import typer
@@ -19,6 +19,9 @@ from .eels import DEFAULT_AXIS, EELSConfig
 from .sources import EELSSource, ScanSource
 from .stream import stream_scan
 
+if TYPE_CHECKING:
+    from .stem import STEMConfig
+
 app = typer.Typer(help="Simulated instruments: stream a synthetic scan to `scanlens serve` over ZeroMQ.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
@@ -30,6 +33,7 @@ def _group() -> None:
 
 
 # options every simulated instrument shares
+DEFAULT_INGEST = "tcp://127.0.0.1:5555"  # where `scanlens serve` listens by default
 Ingest = Annotated[str, typer.Option(help="ingest endpoint of the service")]
 ScanId = Annotated[Optional[str], typer.Option(help="scan id (default <modality>-<time>)")]
 Rows = Annotated[int, typer.Option(min=1, help="scan rows (one message per row)")]
@@ -40,6 +44,13 @@ Recognizers = Annotated[Optional[list[str]], typer.Option(
     "--recognizer", help="recognizer to run (repeat; `pca` is built in; default: all of the modality)")]
 Truth = Annotated[Optional[Path], typer.Option(help="save the ground truth to this .npz")]
 Quiet = Annotated[bool, typer.Option(help="no progress bar")]
+
+# options of the STEM movie (`stem`) that `stem-frame` shares, so that both make the same movie
+FrameSize = Annotated[int, typer.Option(min=64, max=2048, help="frame edge, pixels (square frames)")]
+PixelSizeNm = Annotated[float, typer.Option("--pixel-size-nm", help="pixel size, nm")]
+Dose = Annotated[Optional[float], typer.Option(help="expected counts at a metal column (default: simulator's)")]
+Lattice = Annotated[str, typer.Option(help="ws2 or graphene")]
+Defects = Annotated[Optional[int], typer.Option(help="number of defects (default: simulator's)")]
 
 
 def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, recognizers: list[str] | None,
@@ -67,7 +78,7 @@ def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, 
 
 @app.command()
 def eels(
-    ingest: Ingest = "tcp://127.0.0.1:5555",
+    ingest: Ingest = DEFAULT_INGEST,
     scan_id: ScanId = None,
     rows: Rows = 128,
     cols: Cols = 128,
@@ -99,7 +110,7 @@ def eels(
 
 @app.command()
 def bepfm(
-    ingest: Ingest = "tcp://127.0.0.1:5555",
+    ingest: Ingest = DEFAULT_INGEST,
     scan_id: ScanId = None,
     rows: Rows = 128,
     cols: Cols = 128,
@@ -126,7 +137,7 @@ def bepfm(
 
 @app.command()
 def loops(
-    ingest: Ingest = "tcp://127.0.0.1:5555",
+    ingest: Ingest = DEFAULT_INGEST,
     scan_id: ScanId = None,
     rows: Rows = 64,
     cols: Cols = 64,
@@ -147,17 +158,26 @@ def loops(
          truth)
 
 
+def _stem_config(size: int, frames: int, pixel_size_nm: float, lattice: str, seed: int, dose: float | None,
+                 defects: int | None) -> STEMConfig:
+    """The movie the STEM options describe; ``dose`` and ``defects`` left as None keep the simulator's defaults."""
+    from .stem import STEMConfig
+
+    overrides = {k: v for k, v in {"dose": dose, "n_defects": defects}.items() if v is not None}
+    return STEMConfig(size=size, frames=frames, pixel_size_nm=pixel_size_nm, lattice=lattice, seed=seed, **overrides)
+
+
 @app.command()
 def stem(
-    ingest: Ingest = "tcp://127.0.0.1:5555",
+    ingest: Ingest = DEFAULT_INGEST,
     scan_id: ScanId = None,
-    size: Annotated[int, typer.Option(min=64, max=2048, help="frame edge, pixels (square frames)")] = 512,
+    size: FrameSize = 512,
     frames: Annotated[int, typer.Option(min=1, help="frames in the movie")] = 100,
     frame_ms: Annotated[float, typer.Option("--frame-ms", help="frame period, ms; 0 = as fast as the service takes")] = 40.0,
-    pixel_size_nm: Annotated[float, typer.Option("--pixel-size-nm", help="pixel size, nm")] = 0.02,
-    dose: Annotated[Optional[float], typer.Option(help="expected counts at a metal column (default: simulator's)")] = None,
-    lattice: Annotated[str, typer.Option(help="ws2 or graphene")] = "ws2",
-    defects: Annotated[Optional[int], typer.Option(help="number of defects (default: simulator's)")] = None,
+    pixel_size_nm: PixelSizeNm = 0.02,
+    dose: Dose = None,
+    lattice: Lattice = "ws2",
+    defects: Defects = None,
     policy: Annotated[str, typer.Option(help="lossless (every frame) or latest (newest frame wins)")] = "lossless",
     seed: Seed = 0,
     recognizer: Recognizers = None,
@@ -170,12 +190,10 @@ def stem(
     defects random-walk with a known diffusion coefficient per class and change class by a known Markov
     chain. Frames carry their pixel size: the service rescales them to its model's.
     """
-    from .stem import STEMConfig, STEMSource
+    from .stem import STEMSource
     from .stream import stream_movie
 
-    overrides = {k: v for k, v in {"dose": dose, "n_defects": defects}.items() if v is not None}
-    cfg = STEMConfig(size=size, frames=frames, pixel_size_nm=pixel_size_nm, lattice=lattice, seed=seed, **overrides)
-    source = STEMSource(cfg)
+    source = STEMSource(_stem_config(size, frames, pixel_size_nm, lattice, seed, dose, defects))
     if truth is not None:
         source.save_ground_truth(truth)
     sid = scan_id or f"haadf-{int(time.time())}"
@@ -200,11 +218,11 @@ def stem_frame(
     out_image: Annotated[Path, typer.Option("--out-image", help="where to write the frame (.npy, float32 counts)")],
     out_labels: Annotated[Path, typer.Option("--out-labels", help="where to write the labels (.npy, uint8)")],
     frame: Annotated[int, typer.Option("--frame", min=0, help="which frame of the movie")] = 0,
-    size: Annotated[int, typer.Option(min=64, max=2048, help="frame edge, pixels (square frames)")] = 256,
-    lattice: Annotated[str, typer.Option(help="ws2 or graphene")] = "ws2",
-    pixel_size_nm: Annotated[float, typer.Option("--pixel-size-nm", help="pixel size, nm")] = 0.02,
-    dose: Annotated[Optional[float], typer.Option(help="expected counts at a metal column (default: simulator's)")] = None,
-    defects: Annotated[Optional[int], typer.Option(help="number of defects (default: simulator's)")] = None,
+    size: FrameSize = 256,
+    lattice: Lattice = "ws2",
+    pixel_size_nm: PixelSizeNm = 0.02,
+    dose: Dose = None,
+    defects: Defects = None,
     keep_sublattices: Annotated[bool, typer.Option(
         "--keep-sublattices", help="graphene: keep the A/B (metal/chalcogen) split in the labels instead of "
                                    "merging it")] = False,
@@ -221,12 +239,10 @@ def stem_frame(
     carbon and look alike, so chalcogen is merged into metal and chalcogen_vacancy into metal_vacancy
     (--keep-sublattices keeps them apart). Prints a JSON line with the paths and the frame's geometry.
     """
-    from .stem import STEMConfig, STEMMovie, merge_sublattices, nearest_neighbour_spacing_px
+    from .stem import STEMMovie, merge_sublattices, nearest_neighbour_spacing_px
 
-    overrides = {k: v for k, v in {"dose": dose, "n_defects": defects}.items() if v is not None}
     try:
-        cfg = STEMConfig(size=size, frames=frame + 1, pixel_size_nm=pixel_size_nm, lattice=lattice, seed=seed,
-                         **overrides)
+        cfg = _stem_config(size, frame + 1, pixel_size_nm, lattice, seed, dose, defects)
         movie = STEMMovie(cfg)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

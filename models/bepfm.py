@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -25,6 +24,8 @@ from torch import nn
 
 from instrument_sim.bepfm import CLASSES, COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
 from models.export import ProgressFn, TrainProgress, emit, export_reporting
+from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from models.training import trainer
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -134,12 +135,7 @@ class BEPFMNet(nn.Module):
         n_feat = n_in * len(COMPONENTS)
         self.register_buffer("mean", torch.zeros(n_feat))
         self.register_buffer("std", torch.ones(n_feat))
-        layers: list[nn.Module] = []
-        width = n_feat
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = silu_mlp(n_feat, hidden)
         self.head = nn.Linear(width, n_out)
 
     @staticmethod
@@ -196,63 +192,29 @@ def scan_metrics(probs: np.ndarray, truth: BEPFMSample) -> dict[str, float]:
 # --------------------------------------------------------------------------- training
 
 
-@dataclass
-class TrainResult:
-    """A trained network with its held-out metrics, training record and the responses used for parity."""
-
-    model: BEPFMNet
-    metrics: dict[str, float]
-    training: dict[str, Any]
-    check_inputs: np.ndarray
-
-
-def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult:
+def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult[BEPFMNet]:
     """Generate the data, train the network (deterministic for a seed) and score it on the held-out scan."""
     recipe = QUICK if quick else FULL
-    t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        torch.manual_seed(seed)
+    with seeded_run(seed) as clock:
         x_np, y_np, seeds = build_dataset(recipe, seed, progress)
-        t_data = time.perf_counter() - t0
+        clock.lap("data")
 
         model = BEPFMNet()
         x = torch.from_numpy(x_np)
         y = torch.from_numpy(y_np)
         model.fit_normalization(x)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-        steps_per_epoch = math.ceil(len(x) / recipe.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.15
-        )
-        gen = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
-        for epoch in range(recipe.epochs):
-            model.train()
-            order = torch.randperm(len(x), generator=gen)
-            running, seen = 0.0, 0
-            for start in range(0, len(x), recipe.batch):
-                idx = order[start : start + recipe.batch]
-                loss = nn.functional.cross_entropy(model.logits(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += loss.detach().item() * len(idx)
-                seen += len(idx)
-            loss_value = running / seen
-            emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
-        t_train = time.perf_counter() - t0 - t_data
-        model.eval()
+
+        def batch_loss(idx: torch.Tensor, _gen: torch.Generator) -> torch.Tensor:
+            return nn.functional.cross_entropy(model.logits(x[idx]), y[idx])
+
+        loss_value = train_epochs(model, len(x), batch_loss, recipe, seed=seed, progress=progress)
+        clock.lap("training")
 
         heldout = BEPFMSample(BEPFMConfig(seed=HELDOUT_SEED))
         x_val = scan_responses(heldout)
         metrics = scan_metrics(predict(model, x_val), heldout)
         metrics["final_train_loss"] = float(loss_value)
-        log.info("data %.1fs, training %.1fs; held-out %s", t_data, t_train, metrics)
-    finally:
-        torch.set_num_threads(old_threads)
+        log.info("%s; held-out %s", clock, metrics)
 
     counts = np.bincount(y_np, minlength=len(CLASSES))
     training: dict[str, Any] = {
@@ -264,20 +226,17 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "n_samples": int(len(x_np)),
         "class_counts": {c: int(n) for c, n in zip(CLASSES, counts)},
         "background_keep": recipe.bg_keep,
-        "epochs": recipe.epochs,
-        "batch": recipe.batch,
-        "optimizer": f"AdamW lr {recipe.lr} one-cycle, weight_decay 1e-4",
+        **optimizer_record(recipe),
         "loss": "cross-entropy on the per-pixel class label (cell where its coverage >= 0.5)",
         "noise_range": [NOISE_RANGE[0] * BEPFMConfig().noise, NOISE_RANGE[1] * BEPFMConfig().noise],
         "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
         "resampling": "service.pipeline.axis.AxisMap (linear) at the model axis channel positions",
         "torch": torch.__version__,
     }
-    pick = np.random.default_rng(seed).choice(len(x_val), 4096, replace=False)
-    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=x_val[np.sort(pick)])
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed))
 
 
-def model_card(result: TrainResult) -> ModelCard:
+def model_card(result: TrainResult[BEPFMNet]) -> ModelCard:
     """The card stored in the ONNX file's metadata."""
     return ModelCard(
         name=NAME,
@@ -303,19 +262,9 @@ def model_card(result: TrainResult) -> ModelCard:
     )
 
 
-def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
+def export(result: TrainResult[BEPFMNet], out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
     return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
 
 
-def train(
-    out_path: str | PathLike[str],
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict[str, float]:
-    """Train bepfm-mlp, export it with its card to ``out_path`` and return the held-out metrics."""
-    result = fit(quick=quick, seed=seed, progress=progress)
-    diff = export(result, out_path, progress)
-    return {**result.metrics, "onnx_max_abs_diff": diff}
+train = trainer(NAME, fit, export)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -28,6 +27,8 @@ from instrument_sim.eels import (
     simulate_spectra,
 )
 from models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
+from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from models.training import trainer
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -166,12 +167,7 @@ class EELSNet(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
-        layers: list[nn.Module] = []
-        width = n_in
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = silu_mlp(n_in, hidden)
         self.classes = nn.Linear(width, n_out)
         self.abundance = nn.Linear(width, n_out)
         self.n_in = n_in
@@ -245,70 +241,36 @@ def build_dataset(
     return np.concatenate(xs), np.concatenate(as_), seeds
 
 
-@dataclass
-class TrainResult:
-    """A trained network with its held-out metrics, training record and the spectra used for parity."""
-
-    model: EELSNet
-    metrics: dict[str, float]
-    training: dict[str, Any]
-    check_inputs: np.ndarray
-
-
-def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult:
+def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult[EELSNet]:
     """Generate the data, train the network (deterministic for a seed) and score it on the held-out scan."""
     recipe = QUICK if quick else FULL
-    t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        torch.manual_seed(seed)
+    with seeded_run(seed) as clock:
         x_np, a_np, seeds = build_dataset(recipe, seed, progress)
-        t_data = time.perf_counter() - t0
+        clock.lap("data")
 
         model = EELSNet()
         x = torch.from_numpy(x_np)
         a = torch.from_numpy(a_np)
         labels = a.argmax(dim=1)
         model.fit_normalization(x)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-        steps_per_epoch = math.ceil(len(x) / recipe.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.15
-        )
-        gen = torch.Generator().manual_seed(seed)
-        loss_value = float("nan")
-        for epoch in range(recipe.epochs):
-            model.train()
-            order = torch.randperm(len(x), generator=gen)
-            running, seen = 0.0, 0
-            for start in range(0, len(x), recipe.batch):
-                idx = order[start : start + recipe.batch]
-                cls_logits, abd_logits = model.logits(x[idx])
-                target = a[idx]
-                loss_cls = nn.functional.cross_entropy(cls_logits, labels[idx])
-                loss_abd = nn.functional.cross_entropy(abd_logits, target)
-                loss_mse = torch.mean((torch.softmax(abd_logits, dim=-1) - target) ** 2)
-                loss = loss_cls + loss_abd + MSE_WEIGHT * loss_mse
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += loss.detach().item() * len(idx)
-                seen += len(idx)
-            loss_value = running / seen
-            emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
-        t_train = time.perf_counter() - t0 - t_data
-        model.eval()
+
+        def batch_loss(idx: torch.Tensor, _gen: torch.Generator) -> torch.Tensor:
+            cls_logits, abd_logits = model.logits(x[idx])
+            target = a[idx]
+            loss_cls = nn.functional.cross_entropy(cls_logits, labels[idx])
+            loss_abd = nn.functional.cross_entropy(abd_logits, target)
+            loss_mse = torch.mean((torch.softmax(abd_logits, dim=-1) - target) ** 2)
+            return loss_cls + loss_abd + MSE_WEIGHT * loss_mse
+
+        loss_value = train_epochs(model, len(x), batch_loss, recipe, seed=seed, progress=progress)
+        clock.lap("training")
 
         heldout = EELSSample(EELSConfig(seed=HELDOUT_SEED))
         x_val = scan_spectra(heldout)
         probs, abd = predict(model, x_val)
         metrics = scan_metrics(probs, abd, heldout)
         metrics["final_train_loss"] = float(loss_value)
-        log.info("data %.1fs, training %.1fs; held-out %s", t_data, t_train, metrics)
-    finally:
-        torch.set_num_threads(old_threads)
+        log.info("%s; held-out %s", clock, metrics)
 
     d0 = EELSConfig().dose
     training: dict[str, Any] = {
@@ -320,9 +282,7 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "n_samples": int(len(x_np)),
         "n_scan_pixels": int(len(x_np) - recipe.n_mixtures),
         "n_mixtures": recipe.n_mixtures,
-        "epochs": recipe.epochs,
-        "batch": recipe.batch,
-        "optimizer": f"AdamW lr {recipe.lr} one-cycle, weight_decay 1e-4",
+        **optimizer_record(recipe),
         "loss": f"CE(class) + CE(abundance, soft labels) + {MSE_WEIGHT:g} MSE(abundance)",
         "dose_range": [DOSE_RANGE[0] * d0, DOSE_RANGE[1] * d0],
         "read_noise_range": [0.0, 2.0 * EELSConfig().read_noise],
@@ -331,11 +291,10 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "resampling": "np.interp (linear) at the model axis channel positions",
         "torch": torch.__version__,
     }
-    pick = np.random.default_rng(seed).choice(len(x_val), 4096, replace=False)
-    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=x_val[np.sort(pick)])
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed))
 
 
-def model_card(result: TrainResult) -> ModelCard:
+def model_card(result: TrainResult[EELSNet]) -> ModelCard:
     """The card stored in the ONNX file's metadata."""
     return ModelCard(
         name=NAME,
@@ -368,19 +327,9 @@ def model_card(result: TrainResult) -> ModelCard:
     )
 
 
-def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
+def export(result: TrainResult[EELSNet], out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
     return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
 
 
-def train(
-    out_path: str | PathLike[str],
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict[str, float]:
-    """Train eels-mlp, export it with its card to ``out_path`` and return the held-out metrics."""
-    result = fit(quick=quick, seed=seed, progress=progress)
-    diff = export(result, out_path, progress)
-    return {**result.metrics, "onnx_max_abs_diff": diff}
+train = trainer(NAME, fit, export)

@@ -21,6 +21,7 @@ simulating loops; ``quick=True`` about 10 s.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -28,7 +29,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,9 @@ from instrument_sim.loops import (
     process_pool,
     simulate_loops_parallel,
 )
-from models.export import export_with_card
+from models.export import ProgressFn, TrainProgress, emit, export_reporting
+from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from models.training import trainer
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -87,20 +89,6 @@ NORMALIZATION = (
     "graph flattens [n, 64, 2] (field, up/down) and standardises every channel with training-set "
     "mean and std stored in the graph"
 )
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """One progress report: ``stage`` is "data", "train" or "export"; ``step`` of ``total`` done."""
-
-    stage: str
-    step: int
-    total: int
-    loss: float | None = None
-    message: str = ""
-
-
-ProgressFn = Callable[[TrainProgress], None]
 
 
 @dataclass(frozen=True)
@@ -190,7 +178,7 @@ def build_dataset(
             last[0] = now
             loops = min(done * BLOCK, n)
             rate = loops / max(now - t0, 1e-9)
-            _emit(progress, TrainProgress("data", done, total, message=f"{loops} loops, {rate:.0f}/s"))
+            emit(progress, TrainProgress("data", done, total, message=f"{loops} loops, {rate:.0f}/s"))
 
     x = make_loops(params, DATA_SEED_BASE + seed, pool, report)
     return x, params.astype(np.float32)
@@ -209,12 +197,7 @@ class LoopsNet(nn.Module):
         self.register_buffer("x_std", torch.ones(n_in))
         self.register_buffer("p_mean", torch.zeros(n_out))
         self.register_buffer("p_std", torch.ones(n_out))
-        layers: list[nn.Module] = []
-        width = n_in
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.SiLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
+        self.body, width = silu_mlp(n_in, hidden)
         self.head = nn.Linear(width, 2 * n_out)
         self.n_out = n_out
 
@@ -275,68 +258,32 @@ def scan_truth(sample: LoopsSample) -> np.ndarray:
 # --------------------------------------------------------------------------- training
 
 
-def _emit(progress: ProgressFn | None, event: TrainProgress) -> None:
-    log.info("%s %d/%d loss=%s %s", event.stage, event.step, event.total, event.loss, event.message)
-    if progress is not None:
-        progress(event)
-
-
-@dataclass
-class TrainResult:
-    """A trained network with its held-out metrics, training record and the loops used for parity."""
-
-    model: LoopsNet
-    metrics: dict[str, float]
-    training: dict[str, Any]
-    check_inputs: np.ndarray
-
-
-def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult:
+def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult[LoopsNet]:
     """Simulate the data, train the network (deterministic for a seed) and score it on held-out loops and a scan."""
     recipe = QUICK if quick else FULL
-    t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     pool = process_pool(recipe.workers) if recipe.workers > 1 else None
-    try:
-        torch.manual_seed(seed)
+    with seeded_run(seed) as clock, pool or contextlib.nullcontext():  # the pool shuts down on the way out
         x_all, y_all = build_dataset(recipe, seed, progress, pool)
-        t_data = time.perf_counter() - t0
+        clock.lap("data")
         x, y = torch.from_numpy(x_all[: recipe.n_loops]), torch.from_numpy(y_all[: recipe.n_loops])
         x_val, y_val = x_all[recipe.n_loops :], y_all[recipe.n_loops :]
 
         model = LoopsNet()
         model.fit_normalization(x, y)
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-        steps_per_epoch = math.ceil(len(x) / recipe.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch, pct_start=0.15
-        )
-        gen = torch.Generator().manual_seed(seed)
         lo, hi = NOISE_RANGE
-        loss_value = float("nan")
-        for epoch in range(recipe.epochs):
-            model.train()
-            order = torch.randperm(len(x), generator=gen)
-            running, seen = 0.0, 0
-            for start in range(0, len(x), recipe.batch):
-                idx = order[start : start + recipe.batch]
-                level = lo + (hi - lo) * torch.rand(len(idx), 1, 1, generator=gen)
-                noisy = x[idx] + level * torch.randn(x[idx].shape, generator=gen)
-                mu, logvar = model.raw(noisy)
-                z = (y[idx] - model.p_mean) / model.p_std
-                sq = (z - mu) ** 2
-                loss = sq.mean() + 0.5 * (logvar + sq.detach() * torch.exp(-logvar)).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                running += loss.detach().item() * len(idx)
-                seen += len(idx)
-            loss_value = running / seen
-            _emit(progress, TrainProgress("train", epoch + 1, recipe.epochs, loss=loss_value))
-        t_train = time.perf_counter() - t0 - t_data
-        model.eval()
+
+        def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            """Fresh measurement noise of a random level (drawn after the epoch's permutation), then
+            MSE of the standardised mean + Gaussian NLL of the log-variance given the detached error."""
+            level = lo + (hi - lo) * torch.rand(len(idx), 1, 1, generator=gen)
+            noisy = x[idx] + level * torch.randn(x[idx].shape, generator=gen)
+            mu, logvar = model.raw(noisy)
+            z = (y[idx] - model.p_mean) / model.p_std
+            sq = (z - mu) ** 2
+            return sq.mean() + 0.5 * (logvar + sq.detach() * torch.exp(-logvar)).mean()
+
+        loss_value = train_epochs(model, len(x), batch_loss, recipe, seed=seed, progress=progress)
+        clock.lap("training")
 
         noise = LoopsConfig().noise
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(9,)))
@@ -349,11 +296,7 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         x_scan = scan_loops(heldout)
         metrics.update(regression_metrics(*predict(model, x_scan), scan_truth(heldout), "scan"))
         metrics["final_train_loss"] = float(loss_value)
-        log.info("data %.1fs, training %.1fs; held-out %s", t_data, t_train, metrics)
-    finally:
-        torch.set_num_threads(old_threads)
-        if pool is not None:
-            pool.shutdown()
+        log.info("%s; held-out %s", clock, metrics)
 
     training: dict[str, Any] = {
         "generator": "instrument_sim.loops",
@@ -371,22 +314,19 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "quick": quick,
         "n_samples": recipe.n_loops,
         "n_val": recipe.n_val,
-        "epochs": recipe.epochs,
-        "batch": recipe.batch,
-        "optimizer": f"AdamW lr {recipe.lr} one-cycle, weight_decay 1e-4",
+        **optimizer_record(recipe),
         "loss": "MSE(standardised mean) + Gaussian NLL(log-variance | detached mean error)",
         "noise_range": list(NOISE_RANGE),
         "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
         "resampling": "service.pipeline.axis.AxisMap (linear) onto the model axis",
-        "seconds_data": round(t_data, 1),
-        "seconds_train": round(t_train, 1),
+        "seconds_data": round(clock.laps["data"], 1),
+        "seconds_train": round(clock.laps["training"], 1),
         "torch": torch.__version__,
     }
-    pick = np.random.default_rng(seed).choice(len(x_scan), min(2048, len(x_scan)), replace=False)
-    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=x_scan[np.sort(pick)])
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_scan, 2048, seed))
 
 
-def model_card(result: TrainResult) -> ModelCard:
+def model_card(result: TrainResult[LoopsNet]) -> ModelCard:
     """The card stored in the ONNX file's metadata."""
     return ModelCard(
         name=NAME,
@@ -420,29 +360,9 @@ def model_card(result: TrainResult) -> ModelCard:
     )
 
 
-def export(result: TrainResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
+def export(result: TrainResult[LoopsNet], out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    _emit(progress, TrainProgress("export", 0, 1, message=f"exporting to {out_path}"))
-    diff = export_with_card(
-        result.model,
-        torch.from_numpy(result.check_inputs[:16]),
-        Path(out_path),
-        model_card(result),
-        output_names=OUTPUT_NAMES,
-        check_inputs=result.check_inputs,
-    )
-    _emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {diff:.2g})"))
-    return diff
+    return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
 
 
-def train(
-    out_path: str | PathLike[str],
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict[str, float]:
-    """Train loops-mlp, export it with its card to ``out_path`` and return the held-out metrics."""
-    result = fit(quick=quick, seed=seed, progress=progress)
-    diff = export(result, out_path, progress)
-    return {**result.metrics, "onnx_max_abs_diff": diff}
+train = trainer(NAME, fit, export)

@@ -57,6 +57,7 @@ from instrument_sim.stem import (
 )
 from models import stem_metrics
 from models.export import ProgressFn, TrainProgress, check_parity, emit, export_onnx_file, make_session
+from models.training import trainer
 from service.pipeline.atoms import PostProcess, postprocess
 from service.protocol.messages import PixelSize
 from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
@@ -641,14 +642,4 @@ def export(result: TrainResult, out_path: str | PathLike[str], progress: Progres
     return export_model(result.model, result.check_inputs, out_path, model_card(result), progress)
 
 
-def train(
-    out_path: str | PathLike[str],
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: ProgressFn | None = None,
-) -> dict[str, float]:
-    """Train stem-unet, export it with its card to ``out_path`` and return the held-out metrics."""
-    result = fit(quick=quick, seed=seed, progress=progress)
-    diff = export(result, out_path, progress)
-    return {**result.metrics, "onnx_max_abs_diff": diff}
+train = trainer(NAME, fit, export)

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-import onnx
 import pytest
 
 from instrument_sim.bepfm import CLASSES, DEFAULT_AXIS, BEPFMConfig, BEPFMSample, axis_frequencies
@@ -16,7 +10,9 @@ from models import MODEL_DIR
 from models.export import make_session, read_card
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, ModelCard
+
+from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
+from .model_checks import committed_card, quick_run
 
 MODEL_PATH = MODEL_DIR / "bepfm-mlp.onnx"
 MODEL_AXIS = Axis(size=112, offset=316.0, scale=0.6, units="kHz")
@@ -38,11 +34,7 @@ def _check_probs(probs: np.ndarray, n: int) -> None:
 
 
 def test_committed_model_loads_in_onnxruntime() -> None:
-    assert MODEL_PATH.is_file()
-    assert MODEL_PATH.stat().st_size < 1_000_000
-    proto = onnx.load(str(MODEL_PATH))
-    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
-    session = make_session(MODEL_PATH)
+    session = check_committed_file(MODEL_PATH)
     (inp,) = session.get_inputs()
     assert inp.name == "response" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [112, 2], "batch dimension is dynamic"
@@ -55,9 +47,7 @@ def test_committed_model_loads_in_onnxruntime() -> None:
 
 
 def test_committed_card_describes_the_model() -> None:
-    card = read_card(MODEL_PATH)
-    props = {p.key: p.value for p in onnx.load(str(MODEL_PATH)).metadata_props}
-    assert ModelCard.model_validate_json(props[CARD_KEY]) == card
+    card = committed_card(MODEL_PATH)
     assert (card.name, card.version, card.modality) == ("bepfm-mlp", "1", "bepfm")
     assert card.input.name == "response"
     assert card.input.axis == MODEL_AXIS
@@ -110,28 +100,12 @@ def test_committed_model_tolerates_other_axes_and_noise() -> None:
 # --------------------------------------------------------------------------- training (torch)
 
 
-@dataclass
-class _Quick:
-    result: Any
-    path: Path
-    events: list[Any]
-    seconds: float
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> _Quick:
-    pytest.importorskip("torch")
-    from models import bepfm
-
-    events: list[Any] = []
-    path = tmp_path_factory.mktemp("bepfm") / "quick.onnx"
-    t0 = time.perf_counter()
-    result = bepfm.fit(quick=True, seed=0, progress=events.append)
-    bepfm.export(result, path, progress=events.append)
-    return _Quick(result=result, path=path, events=events, seconds=time.perf_counter() - t0)
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return quick_run("bepfm", tmp_path_factory)
 
 
-def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
+def test_quick_training_exports_a_model_with_its_card(quick: QuickRun) -> None:
     assert quick.path.is_file() and quick.path.stat().st_size < 1_000_000
     card = read_card(quick.path)
     assert card.name == "bepfm-mlp" and card.input.axis == MODEL_AXIS
@@ -140,30 +114,17 @@ def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
     assert set(card.training["class_counts"]) == set(CLASSES)
     assert {"accuracy", "balanced_accuracy", "rim_accuracy", "final_train_loss"} <= set(card.metrics)
     assert card.metrics["accuracy"] > 0.9
-    stages = [e.stage for e in quick.events]
-    assert {"data", "train", "export"} <= set(stages)
-    epochs = [e for e in quick.events if e.stage == "train"]
-    assert [e.step for e in epochs] == list(range(1, card.training["epochs"] + 1))
-    assert all(e.loss is not None and np.isfinite(e.loss) for e in epochs)
+    check_progress_events(quick.events, card.training["epochs"])
 
 
-def test_quick_onnx_matches_torch_on_the_same_inputs(quick: _Quick) -> None:
-    torch = pytest.importorskip("torch")
+def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
     rng = np.random.default_rng(11)
     scan = _scan(BEPFMSample(BEPFMConfig(rows=8, seed=21)))
     odd = np.zeros((3, 112, 2), np.float32)  # all zero, huge amplitude, wrapped-looking phase
     odd[1, :, 0] = 1e4
     odd[2, :, 1] = rng.uniform(-np.pi, np.pi, 112)
     inputs = np.concatenate([scan, odd])
-    session = make_session(quick.path)
-    model = quick.result.model.eval()
-    for batch in (inputs[:1], inputs[:7], inputs):
-        with torch.no_grad():
-            ref = model(torch.from_numpy(batch)).numpy()
-        (got,) = session.run(["probabilities"], {"response": batch})
-        assert got.shape == ref.shape
-        assert np.max(np.abs(got - ref)) < 1e-4
-        _check_probs(got, len(batch))
+    check_onnx_matches_torch(quick, inputs, "response", ["probabilities"], _check_probs)
 
 
 def test_resample_equals_np_interp_per_component() -> None:

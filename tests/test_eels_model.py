@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import sys
-import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from typer.testing import CliRunner
 
 from instrument_sim.eels import DEFAULT_AXIS, PHASES, EELSConfig, EELSSample, axis_energies, simulate_spectra
 from models import MODEL_DIR
 from models.cli import app
-from models.export import ParityError, check_parity, make_session, read_card
+from models.export import ParityError, TrainProgress, check_parity, make_session, read_card
 from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, ModelCard
+
+from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
+from .model_checks import committed_card, quick_run
 
 MODEL_PATH = MODEL_DIR / "eels-mlp.onnx"
 MODEL_AXIS = Axis(size=240, offset=5.0, scale=0.5, units="eV")
@@ -42,11 +41,7 @@ def _check_outputs(probs: np.ndarray, abundance: np.ndarray, n: int) -> None:
 
 
 def test_committed_model_loads_in_onnxruntime() -> None:
-    assert MODEL_PATH.is_file()
-    assert MODEL_PATH.stat().st_size < 1_000_000
-    proto = onnx.load(str(MODEL_PATH))
-    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
-    session = make_session(MODEL_PATH)
+    session = check_committed_file(MODEL_PATH)
     assert session.get_providers() == ["CPUExecutionProvider"]
     (inp,) = session.get_inputs()
     assert inp.name == "spectra" and inp.type == "tensor(float)"
@@ -59,9 +54,7 @@ def test_committed_model_loads_in_onnxruntime() -> None:
 
 
 def test_committed_card_describes_the_model() -> None:
-    card = read_card(MODEL_PATH)
-    props = {p.key: p.value for p in onnx.load(str(MODEL_PATH)).metadata_props}
-    assert ModelCard.model_validate_json(props[CARD_KEY]) == card
+    card = committed_card(MODEL_PATH)
     assert (card.name, card.version, card.modality) == ("eels-mlp", "1", "eels")
     assert card.input.name == "spectra"
     assert card.input.axis == MODEL_AXIS
@@ -120,28 +113,12 @@ def test_parity_check_rejects_a_mismatch() -> None:
 # --------------------------------------------------------------------------- training (torch)
 
 
-@dataclass
-class _Quick:
-    result: Any
-    path: Path
-    events: list[Any]
-    seconds: float
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> _Quick:
-    pytest.importorskip("torch")
-    from models import eels
-
-    events: list[Any] = []
-    path = tmp_path_factory.mktemp("eels") / "quick.onnx"
-    t0 = time.perf_counter()
-    result = eels.fit(quick=True, seed=0, progress=events.append)
-    eels.export(result, path, progress=events.append)
-    return _Quick(result=result, path=path, events=events, seconds=time.perf_counter() - t0)
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return quick_run("eels", tmp_path_factory)
 
 
-def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
+def test_quick_training_exports_a_model_with_its_card(quick: QuickRun) -> None:
     assert quick.seconds < 30
     assert quick.path.is_file() and quick.path.stat().st_size < 1_000_000
     card = read_card(quick.path)
@@ -149,31 +126,17 @@ def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
     assert card.training["quick"] is True and card.training["n_samples"] > 10_000
     assert set(card.metrics) >= {"phase_accuracy", "abundance_rmse"}
     assert card.metrics["phase_accuracy"] > 0.9 and card.metrics["abundance_rmse"] < 0.1
-    stages = [e.stage for e in quick.events]
-    assert {"data", "train", "export"} <= set(stages)
-    epochs = [e for e in quick.events if e.stage == "train"]
-    assert [e.step for e in epochs] == list(range(1, card.training["epochs"] + 1))
-    assert all(e.loss is not None and np.isfinite(e.loss) for e in epochs)
+    check_progress_events(quick.events, card.training["epochs"])
 
 
-def test_quick_onnx_matches_torch_on_the_same_inputs(quick: _Quick) -> None:
-    torch = pytest.importorskip("torch")
+def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
     rng = np.random.default_rng(11)
     scan = EELSSample(EELSConfig(rows=8, seed=21))
     spectra = np.concatenate([_to_model_axis(scan.line(r), scan.cfg.axis) for r in range(8)])
     mix = rng.dirichlet(np.ones(3), 64)
     extreme = simulate_spectra(mix, DEFAULT_AXIS, dose=rng.uniform(1e3, 1e6, 64), read_noise=3.0, rng=rng)
     inputs = np.concatenate([spectra, _to_model_axis(extreme, DEFAULT_AXIS), np.zeros((1, 240), np.float32)])
-    session = make_session(quick.path)
-    model = quick.result.model.eval()
-    for batch in (inputs[:1], inputs[:7], inputs):
-        with torch.no_grad():
-            ref = [t.numpy() for t in model(torch.from_numpy(batch))]
-        got = session.run(["probabilities", "abundance"], {"spectra": batch})
-        for r, g in zip(ref, got):
-            assert g.shape == r.shape
-            assert np.max(np.abs(g - r)) < 1e-4
-        _check_outputs(*got, len(batch))
+    check_onnx_matches_torch(quick, inputs, "spectra", ["probabilities", "abundance"], _check_outputs)
 
 
 def test_resample_equals_np_interp() -> None:
@@ -224,22 +187,14 @@ def test_cli_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_cli_runs_training_and_prints_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    @dataclass
-    class Event:
-        stage: str
-        step: int
-        total: int
-        loss: float | None = None
-        message: str = ""
-
     calls: list[dict[str, Any]] = []
 
     def fake_train(out: Path, *, quick: bool, seed: int, progress: Any) -> dict[str, float]:
         calls.append({"out": out, "quick": quick, "seed": seed})
-        progress(Event("data", 1, 1, message="mixtures"))
+        progress(TrainProgress("data", 1, 1, message="mixtures"))
         for epoch in (1, 2):
-            progress(Event("train", epoch, 2, loss=1.0 / epoch))
-        progress(Event("export", 1, 1, message="done"))
+            progress(TrainProgress("train", epoch, 2, loss=1.0 / epoch))
+        progress(TrainProgress("export", 1, 1, message="done"))
         return {"phase_accuracy": 0.998, "abundance_rmse": 0.012}
 
     monkeypatch.setitem(sys.modules, "models.eels", types.SimpleNamespace(train=fake_train))

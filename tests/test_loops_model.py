@@ -3,13 +3,7 @@ and ONNX/torch parity."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import numpy as np
-import onnx
 import pytest
 
 from instrument_sim.loops import DEFAULT_AXIS, H_MAX, PARAM_UNITS, PARAMS, LoopsConfig, LoopsSample
@@ -17,7 +11,9 @@ from models import MODEL_DIR
 from models.export import make_session, read_card
 from service.pipeline.axis import AxisMap
 from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, ModelCard
+
+from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
+from .model_checks import committed_card, quick_run
 
 MODEL_PATH = MODEL_DIR / "loops-mlp.onnx"
 MODEL_AXIS = DEFAULT_AXIS
@@ -46,11 +42,7 @@ def _check_outputs(params: np.ndarray, sigma: np.ndarray, n: int) -> None:
 
 
 def test_committed_model_loads_in_onnxruntime() -> None:
-    assert MODEL_PATH.is_file()
-    assert MODEL_PATH.stat().st_size < 1_000_000
-    proto = onnx.load(str(MODEL_PATH))
-    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
-    session = make_session(MODEL_PATH)
+    session = check_committed_file(MODEL_PATH)
     (inp,) = session.get_inputs()
     assert inp.name == "loops" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [64, 2], "batch dimension is dynamic"
@@ -62,9 +54,7 @@ def test_committed_model_loads_in_onnxruntime() -> None:
 
 
 def test_committed_card_describes_the_model() -> None:
-    card = read_card(MODEL_PATH)
-    props = {p.key: p.value for p in onnx.load(str(MODEL_PATH)).metadata_props}
-    assert ModelCard.model_validate_json(props[CARD_KEY]) == card
+    card = committed_card(MODEL_PATH)
     assert (card.name, card.version, card.modality) == ("loops-mlp", "1", "loops")
     assert card.input.name == "loops"
     assert card.input.axis == MODEL_AXIS and card.input.axis.units == "a.u."
@@ -129,28 +119,12 @@ def test_committed_model_works_from_another_instrument_axis() -> None:
 # --------------------------------------------------------------------------- training (torch)
 
 
-@dataclass
-class _Quick:
-    result: Any
-    path: Path
-    events: list[Any]
-    seconds: float
-
-
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> _Quick:
-    pytest.importorskip("torch")
-    from models import loops
-
-    events: list[Any] = []
-    path = tmp_path_factory.mktemp("loops") / "quick.onnx"
-    t0 = time.perf_counter()
-    result = loops.fit(quick=True, seed=0, progress=events.append)
-    loops.export(result, path, progress=events.append)
-    return _Quick(result=result, path=path, events=events, seconds=time.perf_counter() - t0)
+def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    return quick_run("loops", tmp_path_factory)
 
 
-def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
+def test_quick_training_exports_a_model_with_its_card(quick: QuickRun) -> None:
     assert quick.path.is_file() and quick.path.stat().st_size < 1_000_000
     card = read_card(quick.path)
     assert card.name == "loops-mlp" and card.input.axis == MODEL_AXIS and card.input.components == ["up", "down"]
@@ -159,33 +133,19 @@ def test_quick_training_exports_a_model_with_its_card(quick: _Quick) -> None:
         assert {f"prior_r2_{name}", f"scan_r2_{name}", f"scan_within_1sigma_{name}"} <= set(card.metrics)
         assert np.isfinite(card.metrics[f"prior_r2_{name}"])
     assert card.metrics["prior_r2_J0"] > 0.3, "even a quick model learns the coupling"
-    stages = [e.stage for e in quick.events]
-    assert {"data", "train", "export"} <= set(stages)
-    epochs = [e for e in quick.events if e.stage == "train"]
-    assert [e.step for e in epochs] == list(range(1, card.training["epochs"] + 1))
-    assert all(e.loss is not None and np.isfinite(e.loss) for e in epochs)
+    check_progress_events(quick.events, card.training["epochs"])
     data = [e for e in quick.events if e.stage == "data"]
     assert data[-1].step == data[-1].total
 
 
-def test_quick_onnx_matches_torch_on_the_same_inputs(quick: _Quick) -> None:
-    torch = pytest.importorskip("torch")
+def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
     rng = np.random.default_rng(11)
     scan, _ = _scan(LoopsSample(LoopsConfig(rows=2, cols=16, seed=21)))
     odd = np.stack([
         np.zeros((64, 2)), np.ones((64, 2)), -np.ones((64, 2)), rng.uniform(-1.5, 1.5, (64, 2)),
     ]).astype(np.float32)
     inputs = np.concatenate([scan, odd])
-    session = make_session(quick.path)
-    model = quick.result.model.eval()
-    for batch in (inputs[:1], inputs[:7], inputs):
-        with torch.no_grad():
-            ref = [t.numpy() for t in model(torch.from_numpy(batch))]
-        got = session.run(["parameters", "uncertainty"], {"loops": batch})
-        for r, g in zip(ref, got):
-            assert g.shape == r.shape
-            assert np.max(np.abs(g - r)) < 1e-4
-        _check_outputs(*got, len(batch))
+    check_onnx_matches_torch(quick, inputs, "loops", ["parameters", "uncertainty"], _check_outputs)
 
 
 def test_resample_is_the_services_axis_map() -> None:

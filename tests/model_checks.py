@@ -1,0 +1,93 @@
+"""Checks the tests of the MLP recognizers (eels-mlp, bepfm-mlp, loops-mlp) share: the committed ONNX file,
+a quick training run and ONNX Runtime against torch on the same inputs. Each test file adds its model's own."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from models.export import make_session, read_card
+from service.protocol.model_card import CARD_KEY, ModelCard
+
+
+# --------------------------------------------------------------------------- the committed model (no torch)
+
+
+def check_committed_file(path: Path) -> ort.InferenceSession:
+    """One small ONNX file with no external data; returns a session on it, configured as the service's."""
+    assert path.is_file()
+    assert path.stat().st_size < 1_000_000
+    proto = onnx.load(str(path))
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+    return make_session(path)
+
+
+def committed_card(path: Path) -> ModelCard:
+    """The card ``read_card`` finds, checked to be the JSON stored under ``CARD_KEY``."""
+    card = read_card(path)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert ModelCard.model_validate_json(props[CARD_KEY]) == card
+    return card
+
+
+# --------------------------------------------------------------------------- training (torch)
+
+
+@dataclass
+class QuickRun:
+    """A quick training run: its result, the exported file, the progress events and the seconds it took."""
+
+    result: Any
+    path: Path
+    events: list[Any]
+    seconds: float
+
+
+def quick_run(module: str, tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    """``models.<module>.fit(quick=True, seed=0)`` and ``export`` to a temporary file (skipped without torch)."""
+    pytest.importorskip("torch")
+    training = importlib.import_module(f"models.{module}")
+
+    events: list[Any] = []
+    path = tmp_path_factory.mktemp(module) / "quick.onnx"
+    t0 = time.perf_counter()
+    result = training.fit(quick=True, seed=0, progress=events.append)
+    training.export(result, path, progress=events.append)
+    return QuickRun(result=result, path=path, events=events, seconds=time.perf_counter() - t0)
+
+
+def check_progress_events(events: list[Any], epochs: int) -> None:
+    """Data, train and export stages were reported, one ``train`` event per epoch with a finite loss."""
+    stages = [e.stage for e in events]
+    assert {"data", "train", "export"} <= set(stages)
+    train = [e for e in events if e.stage == "train"]
+    assert [e.step for e in train] == list(range(1, epochs + 1))
+    assert all(e.loss is not None and np.isfinite(e.loss) for e in train)
+
+
+def check_onnx_matches_torch(quick: QuickRun, inputs: np.ndarray, input_name: str, output_names: Sequence[str],
+                             check_outputs: Callable[..., None]) -> None:
+    """On batches of 1, 7 and all of ``inputs``, ONNX Runtime on the exported file gives torch's outputs (same
+    shapes, within 1e-4), and ``check_outputs(*outputs, batch_size)`` accepts them."""
+    torch = pytest.importorskip("torch")
+    session = make_session(quick.path)
+    model = quick.result.model.eval()
+    for batch in (inputs[:1], inputs[:7], inputs):
+        with torch.no_grad():
+            out = model(torch.from_numpy(batch))
+        ref = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        got = session.run(list(output_names), {input_name: batch})
+        assert len(got) == len(ref)
+        for r, g in zip(ref, got):
+            assert g.shape == r.shape
+            assert np.max(np.abs(g - r)) < 1e-4
+        check_outputs(*got, len(batch))
