@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 MIN_ZOOM, MAX_ZOOM = 0.25, 4.0
 
 
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @dataclass
 class FrameState:
     """Per scan: the rescaling, the tracker, the order frames must reach it in, the latest result."""
@@ -95,7 +103,7 @@ class FrameRecognizer(Recognizer):
         self.pixel_size = self.card.input.pixel_size
         self.multiple = int(self.card.postprocess.get("size_multiple", 16))
         self.gate_nm = float(self.card.postprocess.get("track_gate_nm", 0.5))
-        self._run_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 1) // max(self.threads, 1)))
+        self._run_slots = threading.BoundedSemaphore(max(1, _cores() // max(self.threads, 1)))
         if warm_up_batch:
             self._segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
 
@@ -149,7 +157,7 @@ class FrameRecognizer(Recognizer):
             probs = self.session.run(self._output_names, {self.card.input.name: padded[None, None]})[0]
         return probs[0, :, :h, :w]
 
-    def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+    def process(self, items: list[WorkItem]) -> list[dict[str, Any]]:
         try:
             return [self._process_one(item) for item in items]
         except BaseException:
@@ -157,7 +165,7 @@ class FrameRecognizer(Recognizer):
                 item.binding.state.forget([item.seq])
             raise
 
-    def _process_one(self, item: WorkItem) -> dict[str, np.ndarray]:
+    def _process_one(self, item: WorkItem) -> dict[str, Any]:
         state: FrameState = item.binding.state
         frame = np.asarray(item.spectra, dtype=np.float32)
         scaled = frame if abs(state.zoom - 1.0) < 1e-6 else ndimage.zoom(frame, state.zoom, order=1)
