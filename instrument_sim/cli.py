@@ -187,13 +187,18 @@ def stem(
     """Stream an atomic-resolution HAADF STEM movie of WS2 (or graphene) with diffusing, transforming defects.
 
     Z-contrast columns, vacancies, dopants and adatoms, probe blur, Poisson noise, drift and line jitter;
-    defects random-walk with a known diffusion coefficient per class and change class by a known Markov
-    chain. Frames carry their pixel size: the service rescales them to its model's.
+    defects diffuse with a known diffusion coefficient per class (vacancies and dopants hop between
+    lattice sites, adatoms walk freely) and change class by a known Markov chain. Frames carry their
+    pixel size: the service rescales them to its model's.
     """
     from .stem import STEMSource
     from .stream import stream_movie
 
-    source = STEMSource(_stem_config(size, frames, pixel_size_nm, lattice, seed, dose, defects))
+    try:
+        source = STEMSource(_stem_config(size, frames, pixel_size_nm, lattice, seed, dose, defects))
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if truth is not None:
         source.save_ground_truth(truth)
     sid = scan_id or f"haadf-{int(time.time())}"

@@ -48,3 +48,10 @@ def test_schema_check_passes_on_the_committed_schema():
 def test_status_without_a_service_is_a_clear_error():
     result = runner.invoke(app, ["status", "--control", "tcp://127.0.0.1:1", "--timeout", "0.3"])
     assert result.exit_code == 1 and "is `scanlens serve` running?" in result.output
+
+
+def test_impossible_stem_movie_is_a_clear_error():
+    # 50 defects, 3 lattice constants apart, cannot fit in a 128 px frame: refused before any socket opens
+    result = runner.invoke(app, ["sim", "stem", "--size", "128", "--defects", "50", "--quiet"])
+    assert result.exit_code == 2
+    assert "could not place 50 defects" in result.output and "Traceback" not in result.output
