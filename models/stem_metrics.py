@@ -30,7 +30,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from instrument_sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
-from service.pipeline.atoms import PostProcess, postprocess
+from service.pipeline.atoms import PostProcess
+from service.pipeline.frames import recognize_image
 
 #: Match radius of atoms and defects as a fraction of the nearest-neighbour (metal-chalcogen) spacing.
 MATCH_FRACTION = 0.3
@@ -269,20 +270,11 @@ def _open(recognizer: Recognizable) -> Any:
 
 def recognize_frame(recognizer: Recognizable, image: np.ndarray,
                     pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
-    """(atoms ``[n, 3]``, defects ``[m, 4]``) in the frame's own pixels, as ``FrameRecognizer.process``
-    computes them: zoom (order 1) to the card's pixel size, segment, post-process, scale back."""
+    """(atoms ``[n, 3]``, defects ``[m, 4]``) in the frame's own pixels, computed by the service's own
+    ``recognize_image``: zoom (order 1) to the card's pixel size, segment, post-process, scale back."""
     rec = _open(recognizer)
-    frame = np.asarray(image, dtype=np.float32)
     model_nm = float(rec.pixel_size.size) if hasattr(rec, "pixel_size") else pixel_size_nm
-    zoom = pixel_size_nm / model_nm
-    scaled = frame if abs(zoom - 1.0) < 1e-6 else ndimage.zoom(frame, zoom, order=1)
-    _, atoms, defects = postprocess(rec._segment(scaled), rec.pp)
-    sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
-    sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
-    atoms[:, 0] /= sx
-    atoms[:, 1] /= sy
-    defects[:, 0] /= sx
-    defects[:, 1] /= sy
+    _, atoms, defects = recognize_image(rec._segment, rec.pp, image, pixel_size_nm / model_nm)
     return atoms, defects
 
 

@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,29 @@ class FrameState:
                 if self.order and self.order[0] == seq:
                     self.order.popleft()
                 self.turn.notify_all()
+
+
+def recognize_image(segment: Callable[[np.ndarray], np.ndarray], pp: PostProcess, image: np.ndarray,
+                    zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame through a segmentation network, in the frame's own pixels: zoom (order 1) by ``zoom``
+    model pixels per frame pixel, ``segment`` (probabilities ``[C, h, w]``), post-process, scale back.
+
+    Returns the class map (uint8, the frame's shape, nearest model pixel), atoms ``[n, 3]`` and defects
+    ``[m, 4]`` with x, y in frame pixels. The service and the offline scoring
+    (``models.stem_metrics.recognize_frame``) both run frames through here.
+    """
+    frame = np.asarray(image, dtype=np.float32)
+    scaled = frame if abs(zoom - 1.0) < 1e-6 else ndimage.zoom(frame, zoom, order=1)
+    class_map, atoms, defects = postprocess(segment(scaled), pp)
+    sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
+    sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
+    atoms[:, 0] /= sx
+    atoms[:, 1] /= sy
+    defects[:, 0] /= sx
+    defects[:, 1] /= sy
+    rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
+    return class_map[rows][:, cols], atoms, defects
 
 
 class FrameRecognizer(Recognizer):
@@ -167,20 +191,7 @@ class FrameRecognizer(Recognizer):
 
     def _process_one(self, item: WorkItem) -> dict[str, Any]:
         state: FrameState = item.binding.state
-        frame = np.asarray(item.spectra, dtype=np.float32)
-        scaled = frame if abs(state.zoom - 1.0) < 1e-6 else ndimage.zoom(frame, state.zoom, order=1)
-        probs = self._segment(scaled)
-        class_map, atoms, defects = postprocess(probs, self.pp)
-        # back to the frame's own pixels
-        sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
-        sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
-        atoms[:, 0] /= sx
-        atoms[:, 1] /= sy
-        defects[:, 0] /= sx
-        defects[:, 1] /= sy
-        rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
-        cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
-        classes = class_map[rows][:, cols]
+        classes, atoms, defects = recognize_image(self._segment, self.pp, item.spectra, state.zoom)
         ids, tracking = state.track_in_order(item.seq, item.row, defects)
         return {"classes": classes, "atoms": atoms,
                 "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32),
