@@ -108,8 +108,9 @@ def _progress_display(console: Console, unit: str = "epoch") -> Iterator[Callabl
         yield on_progress
 
 
-def _print_metrics(console: Console, title: str, metrics: dict[str, Any], width: int = 24) -> None:
-    console.print(title)
+def _print_metrics(console: Console, title: str | None, metrics: dict[str, Any], width: int = 24) -> None:
+    if title:
+        console.print(title)
     for key, value in metrics.items():
         console.print(f"  {key:<{width}} {value:.4g}" if isinstance(value, float) else f"  {key:<{width}} {value}")
 
@@ -150,11 +151,11 @@ def stem(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
 def eels_fit(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
     fit = _load_training("models.physics_fit")
     out = out or MODEL_DIR / "eels-fit.onnx"
-    with Console().status("building the least-squares graph and checking it against numpy ..."):
+    console = Console()
+    with console.status("building the least-squares graph and checking it against numpy ..."):
         metrics = fit.build(out)
-    typer.echo(f"wrote {out}")
-    for key, value in metrics.items():
-        typer.echo(f"  {key:<24} {value:.4g}" if isinstance(value, float) else f"  {key:<24} {value}")
+    console.print(f"wrote {out}")
+    _print_metrics(console, None, metrics)
 
 
 ONE_FRAME_HELP = (
