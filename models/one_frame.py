@@ -53,6 +53,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -161,16 +162,20 @@ def validate(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float) -> tup
     return img, lab.astype(np.uint8)
 
 
+def _blobs(labels: np.ndarray, classes: Iterable[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per class in ``classes`` that has pixels: (class, its 4-connected blobs labelled 1..n, their
+    centroids ``[n, 2]`` as (row, col))."""
+    for c in classes:
+        regions, n = ndimage.label(labels == c)
+        if n:
+            yield int(c), regions, np.asarray(ndimage.center_of_mass(np.ones_like(regions), regions,
+                                                                     np.arange(1, n + 1))).reshape(n, 2)
+
+
 def column_centres(labels: np.ndarray) -> np.ndarray:
     """Atom columns of a label image: float64 ``[k, 3]`` (x, y, SEG_CLASSES index), the centroid of
     every 4-connected blob of an atom class (metal, chalcogen, dopant, adatom)."""
-    out = []
-    for c in _ATOM_SEG:
-        regions, n = ndimage.label(labels == c)
-        if n == 0:
-            continue
-        yx = np.asarray(ndimage.center_of_mass(np.ones_like(regions), regions, np.arange(1, n + 1)))
-        out.append(np.column_stack([yx[:, 1], yx[:, 0], np.full(n, c)]))
+    out = [np.column_stack([yx[:, 1], yx[:, 0], np.full(len(yx), c)]) for c, _, yx in _blobs(labels, _ATOM_SEG)]
     return np.concatenate(out) if out else np.zeros((0, 3))
 
 
@@ -189,10 +194,8 @@ def drop_outside_columns(labels: np.ndarray) -> tuple[np.ndarray, int]:
     the network learns to put a peak on every edge sliver."""
     out = labels.copy()
     dropped = 0
-    for c in _ATOM_SEG:
-        regions, n = ndimage.label(labels == c)
-        if n == 0:
-            continue
+    for _, regions, yx in _blobs(labels, _ATOM_SEG):
+        n = len(yx)
         area = np.bincount(regions.ravel(), minlength=n + 1)[1:]
         border = np.zeros(n + 1, bool)
         for edge in (regions[0], regions[-1], regions[:, 0], regions[:, -1]):
@@ -211,11 +214,7 @@ def blob_centres(labels: np.ndarray) -> np.ndarray:
     pixel belongs to; NaN on background."""
     h, w = labels.shape
     centre = np.full((2, h, w), np.nan, np.float32)
-    for c in range(1, len(SEG_CLASSES)):
-        regions, n = ndimage.label(labels == c)
-        if n == 0:
-            continue
-        yx = np.asarray(ndimage.center_of_mass(np.ones_like(regions), regions, np.arange(1, n + 1)))
+    for _, regions, yx in _blobs(labels, range(1, len(SEG_CLASSES))):
         sel = regions > 0
         centre[:, sel] = yx[regions[sel] - 1].T
     return centre
