@@ -77,17 +77,23 @@ class ScanState:
         if data.row >= rows or data.col0 + n > cols:
             raise self._reject(data, f"pixels row {data.row}, cols {data.col0}..{data.col0 + n - 1} "
                                      f"are outside the scan shape {list(self.start.shape)}")
-        if len(buffers) != 1:
-            raise self._reject(data, f"data message must carry exactly 1 buffer, got {len(buffers)}")
-        try:
-            spectra = buffer_to_array(buffers[0], data.dtype, data.shape)
-        except ValueError as exc:
-            raise self._reject(data, str(exc)) from None
-        if spectra.dtype.kind == "f" and not np.isfinite(spectra).all():
-            raise self._reject(data, "spectra contain NaN or infinite values")
-        self.received.add(data.seq)
+        spectra = self._payload(data, buffers, "data message", "spectra contain")
         self.pixels_received += n
         return spectra
+
+    def _payload(self, msg: Data | Frame, buffers: list[memoryview], kind: str, contents: str) -> np.ndarray:
+        """The one buffer of a data or frame message as a zero-copy array, finite if float; the seq counts
+        as received. ``kind`` and ``contents`` name the message and its values in rejection reasons."""
+        if len(buffers) != 1:
+            raise self._reject(msg, f"{kind} must carry exactly 1 buffer, got {len(buffers)}")
+        try:
+            values = buffer_to_array(buffers[0], msg.dtype, msg.shape)
+        except ValueError as exc:
+            raise self._reject(msg, str(exc)) from None
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise self._reject(msg, f"{contents} NaN or infinite values")
+        self.received.add(msg.seq)
+        return values
 
     def _check_seq(self, msg: Data | Frame) -> None:
         if msg.seq in self.received or msg.seq in self.rejected:
@@ -110,15 +116,7 @@ class ScanState:
             raise self._reject(msg, f"frame {msg.frame} is beyond scan_start's frames={self.start.frames}")
         if msg.frame <= self.last_frame:
             raise self._reject(msg, f"frame {msg.frame} does not follow frame {self.last_frame}")
-        if len(buffers) != 1:
-            raise self._reject(msg, f"frame message must carry exactly 1 buffer, got {len(buffers)}")
-        try:
-            image = buffer_to_array(buffers[0], msg.dtype, msg.shape)
-        except ValueError as exc:
-            raise self._reject(msg, str(exc)) from None
-        if image.dtype.kind == "f" and not np.isfinite(image).all():
-            raise self._reject(msg, "frame contains NaN or infinite values")
-        self.received.add(msg.seq)
+        image = self._payload(msg, buffers, "frame message", "frame contains")
         self.last_frame = msg.frame
         self.pixels_received += image.size
         return image
