@@ -25,10 +25,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from instrument_sim.stem import DEFECT_CLASSES, STEMConfig, STEMMovie  # noqa: E402
-from models import MODEL_DIR  # noqa: E402
-from service.pipeline.recognizer import load_model  # noqa: E402
-from service.pipeline.tracking import DefectTracker  # noqa: E402
+from scanlens.sim.stem import DEFECT_CLASSES, STEMConfig, STEMMovie  # noqa: E402
+from scanlens.model_files import MODEL_DIR  # noqa: E402
+from scanlens.pipeline.recognizer import load_model  # noqa: E402
+from scanlens.pipeline.tracking import DefectTracker  # noqa: E402
 
 
 def one_seed(cfg: STEMConfig, gate_nm: float, noise_px: float) -> tuple[list[float], list[float], float]:

@@ -12,9 +12,9 @@ import asyncio
 import json
 import sys
 
-from instrument_sim.stem import STEMConfig, STEMMovie
-from instrument_sim.stream import stream_movie
-from service.client import Instrument
+from scanlens.sim.stem import STEMConfig, STEMMovie
+from scanlens.sim.stream import stream_movie
+from scanlens.client import Instrument
 
 
 class CachedMovie:

@@ -32,12 +32,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models import MODEL_DIR  # noqa: E402
-from service.app.config import Settings  # noqa: E402
-from service.app.server import running  # noqa: E402
-from service.client import Subscriber  # noqa: E402
-from service.pipeline.recognizer import load_recognizers, open_recognizer  # noqa: E402
-from service.protocol.messages import ScanSummary  # noqa: E402
+from scanlens.model_files import MODEL_DIR  # noqa: E402
+from scanlens.app.config import Settings  # noqa: E402
+from scanlens.app.server import running  # noqa: E402
+from scanlens.client import Subscriber  # noqa: E402
+from scanlens.pipeline.recognizer import load_recognizers, open_recognizer  # noqa: E402
+from scanlens.protocol.messages import ScanSummary  # noqa: E402
 
 
 def bare_ort(path: Path, threads: int, size: int, frames: int, parallel: int = 1) -> float:

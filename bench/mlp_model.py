@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
 
 
 def write_mlp(path: Path, channels: int = 2048, hidden: tuple[int, int] = (128, 64), classes: int = 4) -> Path:

@@ -14,9 +14,9 @@ import sys
 
 import numpy as np
 
-from instrument_sim.stream import stream_scan
-from service.client import Instrument
-from service.protocol.messages import Axis
+from scanlens.sim.stream import stream_scan
+from scanlens.client import Instrument
+from scanlens.protocol.messages import Axis
 
 
 class SyntheticSource:

@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from mlp_model import write_mlp  # noqa: E402
-from service.app.config import Settings  # noqa: E402
-from service.app.server import running  # noqa: E402
-from service.client import Subscriber  # noqa: E402
-from service.protocol.messages import ScanSummary  # noqa: E402
-from service.pipeline.recognizer import Recognizer, load_recognizers  # noqa: E402
+from scanlens.app.config import Settings  # noqa: E402
+from scanlens.app.server import running  # noqa: E402
+from scanlens.client import Subscriber  # noqa: E402
+from scanlens.protocol.messages import ScanSummary  # noqa: E402
+from scanlens.pipeline.recognizer import Recognizer, load_recognizers  # noqa: E402
 
 
 def bare_ort(path: Path, threads: int, parallel: int, batch: int, spectra: int, repeats: int = 3) -> float:

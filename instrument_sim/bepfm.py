@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 CLASSES: tuple[str, ...] = ("background", "M. lysodeikticus", "P. fluorescens")
 COMPONENTS: tuple[str, ...] = ("amplitude", "phase")

@@ -12,8 +12,8 @@ import numpy as np
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from service.client import Instrument
-from service.protocol.messages import Axis
+from scanlens.client import Instrument
+from scanlens.protocol.messages import Axis
 
 from .eels import DEFAULT_AXIS, EELSConfig
 from .sources import EELSSource, ScanSource

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 PHASES: tuple[str, ...] = ("STO", "LSMO", "BFO")
 #: The phase of the optional unknown region; deliberately not in :data:`PHASES` (the reference set).

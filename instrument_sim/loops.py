@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 log = logging.getLogger(__name__)
 

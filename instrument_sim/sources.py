@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 from .eels import PHASES, EELSConfig, EELSSample
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.client import Instrument
-from service.protocol.messages import PixelSize
+from scanlens.client import Instrument
+from scanlens.protocol.messages import PixelSize
 
 from .sources import ScanSource
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from instrument_sim.bepfm import CLASSES, COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
-from models.export import ProgressFn, TrainProgress, emit, export_reporting
-from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
-from models.training import trainer
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.sim.bepfm import CLASSES, COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
+from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting
+from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from scanlens.models.training import trainer
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

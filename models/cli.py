@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from models import MODEL_DIR
+from scanlens.model_files import MODEL_DIR
 
 app = typer.Typer(
     help="Train recognizers on simulated instrument data and export them as ONNX files with model cards.",
@@ -59,7 +59,7 @@ FIT_HELP = (
 STEM_HELP = (
     'Train "stem-unet", the U-Net that segments atomic-resolution HAADF STEM frames of WS2 into background, '
     "metal and chalcogen columns, vacancies, dopants and adatoms (the service then finds sub-pixel atoms and "
-    "defects and tracks them).\n\nTrains on synthetic frames from instrument_sim.stem (random seeds, doses, "
+    "defects and tracks them).\n\nTrains on synthetic frames from scanlens.sim.stem (random seeds, doses, "
     "drift, jitter), exports one ONNX file with its model card, checks ONNX Runtime against torch and prints "
     "held-out atom F1 and defect accuracy."
 )
@@ -129,27 +129,27 @@ def _run(module: str, name: str, out: Path | None, quick: bool, seed: int) -> No
 
 @app.command("eels", help=EELS_HELP)
 def eels(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("models.eels", "eels-mlp", out, quick, seed)
+    _run("scanlens.models.eels", "eels-mlp", out, quick, seed)
 
 
 @app.command("bepfm", help=BEPFM_HELP)
 def bepfm(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("models.bepfm", "bepfm-mlp", out, quick, seed)
+    _run("scanlens.models.bepfm", "bepfm-mlp", out, quick, seed)
 
 
 @app.command("loops", help=LOOPS_HELP)
 def loops(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("models.loops", "loops-mlp", out, quick, seed)
+    _run("scanlens.models.loops", "loops-mlp", out, quick, seed)
 
 
 @app.command("stem", help=STEM_HELP)
 def stem(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("models.stem_unet", "stem-unet", out, quick, seed)
+    _run("scanlens.models.stem_unet", "stem-unet", out, quick, seed)
 
 
 @app.command("eels-fit", help=FIT_HELP)
 def eels_fit(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    fit = _load_training("models.physics_fit")
+    fit = _load_training("scanlens.models.physics_fit")
     out = out or MODEL_DIR / "eels-fit.onnx"
     console = Console()
     with console.status("building the least-squares graph and checking it against numpy ..."):
@@ -202,7 +202,7 @@ def one_frame(
 ) -> None:
     import numpy as np
 
-    training = _load_training("models.one_frame")
+    training = _load_training("scanlens.models.one_frame")
     try:
         frame = np.load(image, allow_pickle=False)
         label_image = np.load(labels, allow_pickle=False)

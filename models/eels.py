@@ -19,19 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from instrument_sim.eels import (
+from scanlens.sim.eels import (
     DEFAULT_AXIS,
     PHASES,
     EELSConfig,
     EELSSample,
     simulate_spectra,
 )
-from models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
-from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
-from models.training import trainer
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
+from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from scanlens.models.training import trainer
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from service.pipeline.recognizer import session_options
-from service.protocol.model_card import CARD_KEY, ModelCard
+from scanlens.pipeline.recognizer import session_options
+from scanlens.protocol.model_card import CARD_KEY, ModelCard
 
 if TYPE_CHECKING:
     import torch

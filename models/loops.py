@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from instrument_sim.loops import (
+from scanlens.sim.loops import (
     BLOCK,
     COMPONENTS,
     DEFAULT_AXIS,
@@ -51,12 +51,12 @@ from instrument_sim.loops import (
     process_pool,
     simulate_loops_parallel,
 )
-from models.export import ProgressFn, TrainProgress, emit, export_reporting
-from models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
-from models.training import trainer
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting
+from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
+from scanlens.models.training import trainer
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

@@ -63,10 +63,10 @@ import torch
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from instrument_sim.stem import ATOM_CLASSES, DEFECT_CLASSES, SEG_CLASSES
-from models import stem_metrics
-from models.export import ProgressFn, TrainProgress, emit
-from models.stem_unet import (
+from scanlens.sim.stem import ATOM_CLASSES, DEFECT_CLASSES, SEG_CLASSES
+from scanlens.models.scoring import stem as stem_metrics
+from scanlens.models.export import ProgressFn, TrainProgress, emit
+from scanlens.models.stem_unet import (
     CLASS_WEIGHTS as STEM_WEIGHTS,
     IGNORE,
     INPUT_NAME,
@@ -85,9 +85,9 @@ from models.stem_unet import (
     export_model,
     postprocess_spec,
 )
-from service.pipeline.atoms import postprocess
-from service.protocol.messages import PixelSize
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.pipeline.atoms import postprocess
+from scanlens.protocol.messages import PixelSize
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

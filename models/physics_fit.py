@@ -43,12 +43,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from instrument_sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
-from models.export import make_session, set_card
-from models.metrics import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
+from scanlens.models.export import make_session, set_card
+from scanlens.models.scoring.metrics import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

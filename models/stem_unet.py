@@ -46,7 +46,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from instrument_sim.stem import (
+from scanlens.sim.stem import (
     ATOM_CLASSES,
     DEFECT_CLASSES,
     LABEL_RADIUS_FRACTION,
@@ -55,12 +55,12 @@ from instrument_sim.stem import (
     STEMMovie,
     nearest_neighbour_spacing_px,
 )
-from models import stem_metrics
-from models.export import ProgressFn, TrainProgress, check_parity, emit, export_onnx_file, make_session
-from models.training import trainer
-from service.pipeline.atoms import PostProcess, postprocess
-from service.protocol.messages import PixelSize
-from service.protocol.model_card import InputSpec, ModelCard, OutputSpec
+from scanlens.models.scoring import stem as stem_metrics
+from scanlens.models.export import ProgressFn, TrainProgress, check_parity, emit, export_onnx_file, make_session
+from scanlens.models.training import trainer
+from scanlens.pipeline.atoms import PostProcess, postprocess
+from scanlens.protocol.messages import PixelSize
+from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 
 log = logging.getLogger(__name__)
 

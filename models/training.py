@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.export import ProgressFn, TrainProgress, emit
+from scanlens.models.export import ProgressFn, TrainProgress, emit
 
 _WEIGHT_DECAY_TEXT = "1e-4"  # as the cards write it
 WEIGHT_DECAY = float(_WEIGHT_DECAY_TEXT)

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
 
 LABELS = ["low", "mid", "high"]
 

@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from service.app.config import Settings
-from service.app.server import running
-from service.client import Control, Instrument, Subscriber
+from scanlens.app.config import Settings
+from scanlens.app.server import running
+from scanlens.client import Control, Instrument, Subscriber
 
 from .band_model import write_band_model
 

@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from service.protocol.messages import PixelSize
-from service.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
+from scanlens.protocol.messages import PixelSize
+from scanlens.protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
 
 LABELS = ["background", "atom", "vacancy"]
 PIXEL_NM = 0.02

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
-from service.app.config import Settings
-from service.app.server import running
-from service.client import Instrument, Subscriber
+from scanlens.app.config import Settings
+from scanlens.app.server import running
+from scanlens.client import Instrument, Subscriber
 
 
 @contextlib.asynccontextmanager

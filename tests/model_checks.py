@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models.export import make_session, read_card
-from service.protocol.model_card import CARD_KEY, ModelCard
+from scanlens.models.export import make_session, read_card
+from scanlens.protocol.model_card import CARD_KEY, ModelCard
 
 
 # --------------------------------------------------------------------------- the committed model (no torch)
@@ -55,7 +55,7 @@ class QuickRun:
 def quick_run(module: str, tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     """``models.<module>.fit(quick=True, seed=0)`` and ``export`` to a temporary file (skipped without torch)."""
     pytest.importorskip("torch")
-    training = importlib.import_module(f"models.{module}")
+    training = importlib.import_module(f"scanlens.models.{module}")
 
     events: list[Any] = []
     path = tmp_path_factory.mktemp(module) / "quick.onnx"

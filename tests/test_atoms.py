@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from service.pipeline.atoms import PostProcess, find_atoms, local_max_filter, postprocess
+from scanlens.pipeline.atoms import PostProcess, find_atoms, local_max_filter, postprocess
 
 LABELS = ["background", "metal", "chalcogen", "vacancy", "dopant"]
 PP = PostProcess(labels=LABELS, atom_classes=["metal", "chalcogen", "dopant"], defect_classes=["vacancy", "dopant"],

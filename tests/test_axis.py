@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.pipeline.axis import AxisError, AxisMap
-from service.protocol.messages import Axis, Event, ScanSummary
+from scanlens.pipeline.axis import AxisError, AxisMap
+from scanlens.protocol.messages import Axis, Event, ScanSummary
 
 from .band_model import band_axis, band_spectra
 

@@ -11,7 +11,7 @@ from .test_eels_e2e import run_cli
 
 @pytest.mark.timeout(180)
 async def test_demo_bepfm_meets_the_target(tmp_path):
-    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--modality", "bepfm", "--json",
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--modality", "bepfm", "--json",
                         "--dwell-us", "0", "--out", str(tmp_path))
     report = json.loads(out)
     assert report["recognizers"] == ["bepfm-mlp", "pca"]

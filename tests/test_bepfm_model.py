@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instrument_sim.bepfm import CLASSES, DEFAULT_AXIS, BEPFMConfig, BEPFMSample, axis_frequencies
-from models import MODEL_DIR
-from models.export import make_session, read_card
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
+from scanlens.sim.bepfm import CLASSES, DEFAULT_AXIS, BEPFMConfig, BEPFMSample, axis_frequencies
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.export import make_session, read_card
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
 
 from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
 from .model_checks import committed_card, quick_run
@@ -129,7 +129,7 @@ def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
 
 def test_resample_equals_np_interp_per_component() -> None:
     pytest.importorskip("torch")
-    from models.bepfm import TRAIN_AXES, resample
+    from scanlens.models.bepfm import TRAIN_AXES, resample
 
     rng = np.random.default_rng(0)
     dst = axis_frequencies(MODEL_AXIS)
@@ -145,7 +145,7 @@ def test_resample_equals_np_interp_per_component() -> None:
 
 def test_training_data_is_deterministic_and_labelled() -> None:
     pytest.importorskip("torch")
-    from models.bepfm import Recipe, build_dataset
+    from scanlens.models.bepfm import Recipe, build_dataset
 
     tiny = Recipe(n_scans=1, bg_keep=0.1, epochs=1)
     x1, y1, s1 = build_dataset(tiny, seed=3)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instrument_sim.bepfm import (
+from scanlens.sim.bepfm import (
     CLASSES,
     COMPONENTS,
     DEFAULT_AXIS,
@@ -21,7 +21,7 @@ from instrument_sim.bepfm import (
     segment_distance,
     sho_amplitude_phase,
 )
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 FINE_AXIS = Axis(size=4000, offset=310.0, scale=0.02, units="kHz")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from service.app.cli import app
+from scanlens.app.cli import app
 
 runner = CliRunner()
 

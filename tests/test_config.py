@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.app.config import load_settings
-from service.client import Control
+from scanlens.app.config import load_settings
+from scanlens.client import Control
 
 DEPLOY_TOML = Path(__file__).resolve().parents[1] / "deploy" / "scanlens.toml"
 
@@ -47,7 +47,7 @@ async def test_serve_process_starts_answers_and_stops(model_dir, tmp_path):
     cfg = tmp_path / "serve.toml"
     cfg.write_text('ingest = "tcp://127.0.0.1:0"\npublish = "tcp://127.0.0.1:0"\ncontrol = "tcp://127.0.0.1:0"\n')
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from service.app.cli import main; main()", "serve", "--config", str(cfg),
+        sys.executable, "-c", "from scanlens.app.cli import main; main()", "serve", "--config", str(cfg),
         "--model-dir", str(model_dir), stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(30):

@@ -9,9 +9,9 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from service.client import Control, ServiceError
-from service.protocol.codec import encode
-from service.protocol.messages import Request, ScanStart
+from scanlens.client import Control, ServiceError
+from scanlens.protocol.codec import encode
+from scanlens.protocol.messages import Request, ScanStart
 
 from .band_model import band_axis, band_spectra
 from .schema_check import check_header_bytes

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from instrument_sim.eels import load_ground_truth
-from models import MODEL_DIR
-from service.app.config import Settings
-from service.app.server import running
-from service.client import Subscriber
+from scanlens.sim.eels import load_ground_truth
+from scanlens.model_files import MODEL_DIR
+from scanlens.app.config import Settings
+from scanlens.app.server import running
+from scanlens.client import Subscriber
 
 
 async def run_cli(*args: str, timeout: float = 120) -> str:
@@ -39,7 +39,7 @@ async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
         async with Subscriber(server.endpoints["publish"], scan_id="cli-1") as sub:
             await sub.wait_ready()
             sim = asyncio.create_task(run_cli(
-                "-m", "instrument_sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id", "cli-1",
+                "-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id", "cli-1",
                 "--rows", "64", "--cols", "48", "--dwell-us", "0", "--channels", "1024", "--offset-ev", "-2",
                 "--dispersion-ev", "0.125", "--seed", "7", "--truth", str(truth_path), "--quiet"))
             result = await sub.collect_scan("cli-1", timeout=60)
@@ -60,7 +60,7 @@ async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
     async with running(settings) as server:
         async with Subscriber(server.endpoints["publish"], scan_id="narrow") as sub:
             await sub.wait_ready()
-            await run_cli("-m", "instrument_sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id",
+            await run_cli("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id",
                           "narrow", "--rows", "2", "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
             msg = await sub.recv(10)
     assert msg.header.kind == "event" and msg.header.code == "scan_rejected"
@@ -70,7 +70,7 @@ async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
 @pytest.mark.timeout(180)
 async def test_demo_defaults_meet_the_targets(tmp_path):
     """The README's demo (default scan, seed 0; streamed without pacing to save time) meets its targets."""
-    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
                         "--out", str(tmp_path))
     report = json.loads(out)
     assert report["accuracy"] >= 0.99 and report["abundance_rmse"] <= 0.05
@@ -86,7 +86,7 @@ async def test_demo_defaults_meet_the_targets(tmp_path):
 
 @pytest.mark.timeout(180)
 async def test_demo_physics_fit_finds_the_unknown_phase(tmp_path):
-    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
                         "--recognizer", "physics-fit", "--unknown-region", "--out", str(tmp_path))
     report = json.loads(out)
     assert report["recognizer"] == "eels-fit" and report["unrecognized_pixels"] == 0

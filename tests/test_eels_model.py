@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from instrument_sim.eels import DEFAULT_AXIS, PHASES, EELSConfig, EELSSample, axis_energies, simulate_spectra
-from models import MODEL_DIR
-from models.cli import app
-from models.export import ParityError, TrainProgress, check_parity, make_session, read_card
-from service.protocol.messages import Axis
+from scanlens.sim.eels import DEFAULT_AXIS, PHASES, EELSConfig, EELSSample, axis_energies, simulate_spectra
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.cli import app
+from scanlens.models.export import ParityError, TrainProgress, check_parity, make_session, read_card
+from scanlens.protocol.messages import Axis
 
 from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
 from .model_checks import committed_card, quick_run
@@ -141,7 +141,7 @@ def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
 
 def test_resample_equals_np_interp() -> None:
     pytest.importorskip("torch")
-    from models.eels import TRAIN_AXES, resample
+    from scanlens.models.eels import TRAIN_AXES, resample
 
     rng = np.random.default_rng(0)
     for axis in (*TRAIN_AXES, Axis(size=400, offset=4.1, scale=0.37, units="eV")):
@@ -151,7 +151,7 @@ def test_resample_equals_np_interp() -> None:
 
 def test_training_data_is_deterministic_and_labelled() -> None:
     pytest.importorskip("torch")
-    from models.eels import Recipe, build_dataset
+    from scanlens.models.eels import Recipe, build_dataset
 
     tiny = Recipe(n_scans=0, scan_keep=0.0, n_mixtures=600, epochs=1)
     x1, a1, _ = build_dataset(tiny, seed=3)
@@ -180,7 +180,7 @@ def test_cli_help_explains_the_command() -> None:
 
 
 def test_cli_without_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "models.eels", None)  # import fails like a missing torch
+    monkeypatch.setitem(sys.modules, "scanlens.models.eels", None)  # import fails like a missing torch
     result = CliRunner().invoke(app, ["eels", "--quick"])
     assert result.exit_code == 1
     assert ".[train]" in result.output
@@ -197,7 +197,7 @@ def test_cli_runs_training_and_prints_metrics(monkeypatch: pytest.MonkeyPatch, t
         progress(TrainProgress("export", 1, 1, message="done"))
         return {"phase_accuracy": 0.998, "abundance_rmse": 0.012}
 
-    monkeypatch.setitem(sys.modules, "models.eels", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setitem(sys.modules, "scanlens.models.eels", types.SimpleNamespace(train=fake_train))
     result = CliRunner().invoke(app, ["eels", "--quick", "--seed", "5", "--out", str(tmp_path / "m.onnx")])
     assert result.exit_code == 0, result.output
     assert calls == [{"out": tmp_path / "m.onnx", "quick": True, "seed": 5}]

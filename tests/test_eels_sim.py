@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from instrument_sim.eels import (
+from scanlens.sim.eels import (
     ALL_PHASES,
     DEFAULT_AXIS,
     PHASES,
@@ -22,7 +22,7 @@ from instrument_sim.eels import (
     reference_spectrum,
     simulate_spectra,
 )
-from service.protocol.messages import Axis
+from scanlens.protocol.messages import Axis
 
 E_FINE = np.arange(3.0, 128.0, 0.01)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.protocol.messages import Data, Frame, FrameResult, PixelSize, ScanEnd, ScanStart, ScanSummary
+from scanlens.protocol.messages import Data, Frame, FrameResult, PixelSize, ScanEnd, ScanStart, ScanSummary
 
 from .band_model import band_axis
 from .frame_model import PIXEL_NM, render, write_frame_model
@@ -143,8 +143,8 @@ async def test_frame_and_data_messages_must_match_the_scan_kind(frame_settings):
 async def test_simulated_movie_streams_through_the_client(frame_settings):
     """The STEM simulator's movie, streamed by stream_movie and collected by collect_movie (plumbing;
     the test model is not trained for STEM images)."""
-    from instrument_sim.stem import STEMConfig, STEMSource
-    from instrument_sim.stream import stream_movie
+    from scanlens.sim.stem import STEMConfig, STEMSource
+    from scanlens.sim.stream import stream_movie
 
     source = STEMSource(STEMConfig(size=128, frames=4, n_defects=2, seed=3))
     async with live(frame_settings, scan_id="sim-movie") as (_, inst, sub):

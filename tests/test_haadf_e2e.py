@@ -16,7 +16,7 @@ async def test_demo_haadf_movie_meets_the_targets(tmp_path):
     # The must-show command as it stands (100 frames of 1024 x 1024, 32 defects), paced by the
     # service (--frame-ms 0): atoms, defects, their dynamics and the low-dose comparison, all scored
     # against the simulator's ground truth.
-    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--modality", "haadf", "--json",
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--modality", "haadf", "--json",
                         "--frame-ms", "0", "--out", str(tmp_path), timeout=580)
     report = json.loads(out)
     assert report["recognizers"] == ["stem-unet"] and report["frames"] == 100

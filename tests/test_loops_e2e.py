@@ -11,7 +11,7 @@ from .test_eels_e2e import run_cli
 
 @pytest.mark.timeout(300)
 async def test_demo_loops_meets_the_target(tmp_path):
-    out = await run_cli("-c", "from service.app.cli import main; main()", "demo", "--modality", "loops", "--json",
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--modality", "loops", "--json",
                         "--dwell-us", "0", "--out", str(tmp_path), timeout=280)
     report = json.loads(out)
     assert report["recognizers"] == ["loops-mlp", "pca"]

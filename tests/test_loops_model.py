@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from instrument_sim.loops import DEFAULT_AXIS, H_MAX, PARAM_UNITS, PARAMS, LoopsConfig, LoopsSample
-from models import MODEL_DIR
-from models.export import make_session, read_card
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
+from scanlens.sim.loops import DEFAULT_AXIS, H_MAX, PARAM_UNITS, PARAMS, LoopsConfig, LoopsSample
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.export import make_session, read_card
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
 
 from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
 from .model_checks import committed_card, quick_run
@@ -150,7 +150,7 @@ def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
 
 def test_resample_is_the_services_axis_map() -> None:
     pytest.importorskip("torch")
-    from models.loops import TRAIN_AXES, resample
+    from scanlens.models.loops import TRAIN_AXES, resample
 
     rng = np.random.default_rng(0)
     assert any(ax != MODEL_AXIS for ax in TRAIN_AXES)
@@ -167,7 +167,7 @@ def test_resample_is_the_services_axis_map() -> None:
 
 def test_training_data_is_deterministic_and_follows_the_prior() -> None:
     pytest.importorskip("torch")
-    from models.loops import PRIOR, Recipe, build_dataset, sample_prior
+    from scanlens.models.loops import PRIOR, Recipe, build_dataset, sample_prior
 
     tiny = Recipe(n_loops=40, n_val=8, epochs=1, heldout_shape=(2, 2), workers=1)
     x1, y1 = build_dataset(tiny, seed=3)

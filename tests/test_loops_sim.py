@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from instrument_sim.loops import (
+from scanlens.sim.loops import (
     BLOCK,
     COMPONENTS,
     DEFAULT_AXIS,
@@ -23,8 +23,8 @@ from instrument_sim.loops import (
     simulate_loops,
     simulate_loops_parallel,
 )
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
 
 H = axis_fields(DEFAULT_AXIS)
 

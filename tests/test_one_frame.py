@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from instrument_sim.stem import (
+from scanlens.sim.stem import (
     ATOM_CLASSES,
     DEFECT_CLASSES,
     SEG_CLASSES,
@@ -30,19 +30,19 @@ from instrument_sim.stem import (
     merge_sublattices,
     nearest_neighbour_spacing_px,
 )
-from instrument_sim.stream import stream_movie
-from models import MODEL_DIR
-from models.export import read_card
-from models.stem_metrics import MATCH_FRACTION, atom_scores, defect_accuracy, evaluate_frame, match_points
-from service.app.cli import app
-from service.app.config import Settings
-from service.pipeline.frames import FrameRecognizer
-from service.pipeline.recognizer import open_recognizer
+from scanlens.sim.stream import stream_movie
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.export import read_card
+from scanlens.models.scoring.stem import MATCH_FRACTION, atom_scores, defect_accuracy, evaluate_frame, match_points
+from scanlens.app.cli import app
+from scanlens.app.config import Settings
+from scanlens.pipeline.frames import FrameRecognizer
+from scanlens.pipeline.recognizer import open_recognizer
 
 from .harness import live
 from .test_eels_e2e import run_cli
 
-SCANLENS = ("-c", "from service.app.cli import main; main()")
+SCANLENS = ("-c", "from scanlens.app.cli import main; main()")
 runner = CliRunner()
 
 
@@ -59,7 +59,7 @@ def _frame(**kw: Any) -> tuple[np.ndarray, np.ndarray, STEMConfig]:
 def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A few steps on a small WS2 frame at 0.025 nm/px (not the shipped model's 0.02)."""
     pytest.importorskip("torch")
-    from models.one_frame import train_one_frame
+    from scanlens.models.one_frame import train_one_frame
 
     image, labels, cfg = _frame(size=96, pixel_size_nm=0.025, n_defects=1, seed=21)
     path = tmp_path_factory.mktemp("one-frame") / "quick.onnx"
@@ -127,7 +127,7 @@ def _bad(**change: Any) -> dict[str, Any]:
 ])
 def test_bad_inputs_are_clear_errors(tmp_path: Path, change: dict[str, Any], message: str) -> None:
     pytest.importorskip("torch")
-    from models.one_frame import train_one_frame
+    from scanlens.models.one_frame import train_one_frame
 
     args = _bad(**change)
     with pytest.raises(ValueError, match=message):
@@ -137,7 +137,7 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, change: dict[str, Any], mes
 
 def test_crops_keep_image_and_labels_aligned_and_add_fresh_noise() -> None:
     pytest.importorskip("torch")
-    from models import one_frame
+    from scanlens.models import one_frame
 
     image, labels, _ = _frame(size=160, n_defects=2, seed=5, dose=100.0)
     labels, _ = one_frame.drop_outside_columns(labels)
@@ -183,7 +183,7 @@ def test_help_explains_both_commands() -> None:
 
 def test_help_states_the_module_defaults() -> None:
     pytest.importorskip("torch")
-    from models import cli, one_frame
+    from scanlens.models import cli, one_frame
 
     assert (cli._ONE_FRAME_NAME, cli._ONE_FRAME_STEPS, cli._ONE_FRAME_QUICK) == (
         one_frame.NAME, one_frame.STEPS, one_frame.QUICK_STEPS)
@@ -251,7 +251,7 @@ async def test_trained_on_frame_0_it_recognizes_the_rest_of_a_graphene_movie(tmp
     both models: on frames 1-10 (defects moved, lattice drifted) the one-frame model finds the atoms and
     defects, the shipped one does not."""
     pytest.importorskip("torch")
-    from models.one_frame import STEPS, train_one_frame
+    from scanlens.models.one_frame import STEPS, train_one_frame
 
     cfg = STEMConfig(lattice="graphene", size=256, frames=11, n_defects=4, seed=3)
     movie = STEMMovie(cfg)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.pipeline.pca import StreamingPCA
-from service.protocol.messages import Axis, ScanStart
+from scanlens.pipeline.pca import StreamingPCA
+from scanlens.protocol.messages import Axis, ScanStart
 
 from .test_service_errors import data_frames, next_event
 
@@ -92,8 +92,8 @@ async def test_recognizer_and_scan_components_must_agree(clients):
 
 
 def test_component_order_reorders_by_name_and_refuses_missing():
-    from service.pipeline.axis import AxisError
-    from service.pipeline.processor import component_order
+    from scanlens.pipeline.axis import AxisError
+    from scanlens.pipeline.processor import component_order
 
     assert component_order(None, None, "m") is None
     assert component_order(["up", "down"], ["up", "down"], "m") is None

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from instrument_sim.eels import (
+from scanlens.sim.eels import (
     ALL_PHASES,
     DEFAULT_AXIS,
     PHASES,
@@ -19,9 +19,9 @@ from instrument_sim.eels import (
     expected_counts,
     simulate_spectra,
 )
-from models import MODEL_DIR
-from models.export import make_session, read_card
-from models.physics_fit import (
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.export import make_session, read_card
+from scanlens.models.physics_fit import (
     MODEL_AXIS,
     OUTPUT_NAMES,
     WINDOWS,
@@ -35,9 +35,9 @@ from models.physics_fit import (
     run_onnx,
     scan_spectra,
 )
-from service.pipeline.axis import AxisMap
-from service.protocol.messages import Axis
-from service.protocol.model_card import CARD_KEY, ModelCard
+from scanlens.pipeline.axis import AxisMap
+from scanlens.protocol.messages import Axis
+from scanlens.protocol.model_card import CARD_KEY, ModelCard
 
 MODEL_PATH = MODEL_DIR / "eels-fit.onnx"
 

@@ -6,10 +6,10 @@ import msgpack
 import numpy as np
 import pytest
 
-from service.protocol.codec import Limits, ProtocolError, arrays_from, array_spec, decode, encode
-from service.protocol.messages import (Axis, Data, Event, Maps, RecognizerSummary, Rejection, Reply, Request,
+from scanlens.protocol.codec import Limits, ProtocolError, arrays_from, array_spec, decode, encode
+from scanlens.protocol.messages import (Axis, Data, Event, Maps, RecognizerSummary, Rejection, Reply, Request,
                                        ScanEnd, ScanStart, ScanStarted, ScanSummary, Status)
-from service.protocol.schema import protocol_schema_text
+from scanlens.protocol.schema import protocol_schema_text
 
 from .schema_check import SCHEMA_PATH, check_header_bytes
 
@@ -47,7 +47,7 @@ def test_every_kind_round_trips(header, arrays):
     assert decoded == header
     specs = getattr(decoded, "arrays", None)
     if isinstance(decoded, Data):
-        from service.protocol.codec import buffer_to_array
+        from scanlens.protocol.codec import buffer_to_array
         np.testing.assert_array_equal(buffer_to_array(buffers[0], decoded.dtype, decoded.shape), arrays[0])
     elif specs:
         got = arrays_from(specs, buffers)

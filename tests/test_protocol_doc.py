@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models import MODEL_DIR
-from service.app.server import running
+from scanlens.model_files import MODEL_DIR
+from scanlens.app.server import running
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 

@@ -8,8 +8,8 @@ import asyncio
 import numpy as np
 import zmq
 
-from service.client import Control, Instrument, Subscriber
-from service.protocol.messages import Data, ScanEnd, ScanStart
+from scanlens.client import Control, Instrument, Subscriber
+from scanlens.protocol.messages import Data, ScanEnd, ScanStart
 
 from .band_model import band_axis, band_spectra, send_band_scan
 from .harness import live

@@ -8,7 +8,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from service.protocol.messages import Data, Event, ScanEnd, ScanStart, ScanSummary
+from scanlens.protocol.messages import Data, Event, ScanEnd, ScanStart, ScanSummary
 
 from .band_model import band_axis, band_spectra, send_band_scan
 from .harness import live

@@ -17,7 +17,7 @@ from scipy.ndimage import maximum_filter
 from scipy.optimize import least_squares, minimize_scalar
 from scipy.spatial import cKDTree
 
-from instrument_sim.stem import (
+from scanlens.sim.stem import (
     ATOM_CLASSES,
     DEFECT_CLASSES,
     LATTICE_SPECS,

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from instrument_sim.stem import (
+from scanlens.sim.stem import (
     ATOM_CLASSES,
     DEFECT_CLASSES,
     SEG_CLASSES,
@@ -19,9 +19,9 @@ from instrument_sim.stem import (
     STEMMovie,
     nearest_neighbour_spacing_px,
 )
-from models import MODEL_DIR
-from models.export import make_session, read_card
-from models.stem_metrics import (
+from scanlens.model_files import MODEL_DIR
+from scanlens.models.export import make_session, read_card
+from scanlens.models.scoring.stem import (
     MATCH_FRACTION,
     atom_f1,
     atom_scores,
@@ -34,9 +34,9 @@ from models.stem_metrics import (
     pooled,
     recognize_frame,
 )
-from service.pipeline.atoms import PostProcess
-from service.pipeline.frames import FrameRecognizer
-from service.pipeline.recognizer import open_recognizer
+from scanlens.pipeline.atoms import PostProcess
+from scanlens.pipeline.frames import FrameRecognizer
+from scanlens.pipeline.recognizer import open_recognizer
 
 MODEL_PATH = MODEL_DIR / "stem-unet.onnx"
 NN_PX = nearest_neighbour_spacing_px(STEMConfig())  # 9.12 px at 0.02 nm/px
@@ -93,7 +93,7 @@ def test_committed_card_describes_the_model(recognizer: FrameRecognizer) -> None
     assert pp["atom_classes"] == list(ATOM_CLASSES) and pp["defect_classes"] == list(DEFECT_CLASSES)
     assert 0.5 * NN_PX <= pp["min_distance_px"] <= 0.7 * NN_PX
     assert 0.2 <= pp["threshold"] <= 0.8 and 1 <= pp["min_region_px"] <= 30
-    from models.stem_unet import postprocess_spec
+    from scanlens.models.stem_unet import postprocess_spec
 
     # the gate covers several lattice-constant hops of a site-bound defect in one frame
     assert pp["size_multiple"] == 16 and pp["track_gate_nm"] == postprocess_spec()["track_gate_nm"]
@@ -137,8 +137,8 @@ def test_frames_at_another_pixel_size_are_rescaled(recognizer: FrameRecognizer) 
 
 
 def test_evaluation_sees_exactly_what_the_service_publishes(recognizer: FrameRecognizer) -> None:
-    from service.pipeline.processor import WorkItem
-    from service.protocol.messages import PixelSize, ScanStart
+    from scanlens.pipeline.processor import WorkItem
+    from scanlens.protocol.messages import PixelSize, ScanStart
 
     image, _, cfg = _frame(TEST_SEEDS[0], size=300, n_defects=4, pixel_size_nm=0.015)
     start = ScanStart(scan_id="stem-1", modality="haadf", shape=(300, 300),
@@ -177,7 +177,7 @@ class _Quick:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> _Quick:
     pytest.importorskip("torch")
-    from models import stem_unet
+    from scanlens.models import stem_unet
 
     events: list[Any] = []
     path = tmp_path_factory.mktemp("stem") / "quick.onnx"
@@ -222,7 +222,7 @@ def test_quick_onnx_matches_torch_on_any_frame_size(quick: _Quick) -> None:
 
 def test_training_labels_and_crops() -> None:
     pytest.importorskip("torch")
-    from models.stem_unet import Recipe, build_pool, paint_labels, sample_crop, truth_points
+    from scanlens.models.stem_unet import Recipe, build_pool, paint_labels, sample_crop, truth_points
 
     _, truth, cfg = _frame(3, size=256, n_defects=4)
     labels = paint_labels(truth_points(truth), (256, 256))

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from instrument_sim.stream import MonotonicClock, stream_scan
-from service.protocol.messages import Axis
+from scanlens.sim.stream import MonotonicClock, stream_scan
+from scanlens.protocol.messages import Axis
 
 from .band_model import band_axis, band_spectra
 

@@ -78,7 +78,7 @@ def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="print the full model cards as JSON")] = False,
 ) -> None:
     """List the recognizers in a model directory with their model cards (no server needed)."""
-    from models import MODEL_DIR
+    from ..model_files import MODEL_DIR
 
     from ..pipeline.recognizer import ModelError, load_recognizers
 

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from models import MODEL_DIR
+from ..model_files import MODEL_DIR
 
 
 class Settings(BaseSettings):

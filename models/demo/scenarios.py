@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from models.metrics import detection_score, roc_auc
-from service.client import ControlReply, ScanResult
+from scanlens.models.scoring.metrics import detection_score, roc_auc
+from scanlens.client import ControlReply, ScanResult
 
 from .figures import Panel
 
@@ -76,7 +76,7 @@ def class_panels(truth: np.ndarray, maps: dict[str, np.ndarray], labels: list[st
 
 
 def _eels_truth(path: Path) -> dict[str, Any]:
-    from .eels import load_ground_truth
+    from scanlens.sim.eels import load_ground_truth
 
     return load_ground_truth(path)
 
@@ -102,7 +102,7 @@ def _eels_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], r
 
 
 def _eels_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
-    from .eels import PHASES
+    from scanlens.sim.eels import PHASES
 
     maps = result.maps[rec]
     panels = class_panels(truth["phase"], maps, list(PHASES), "phase") if "class" in maps else []
@@ -127,7 +127,7 @@ def _eels_args(options: dict[str, Any]) -> list[str]:
 
 
 def _bepfm_truth(path: Path) -> dict[str, Any]:
-    from .bepfm import load_ground_truth
+    from scanlens.sim.bepfm import load_ground_truth
 
     return load_ground_truth(path)
 
@@ -139,7 +139,7 @@ def _bepfm_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], 
 
 
 def _bepfm_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
-    from .bepfm import CLASSES
+    from scanlens.sim.bepfm import CLASSES
 
     panels = class_panels(truth["label"], result.maps[rec], list(CLASSES), "class")
     params = truth.get("params", {})
@@ -153,20 +153,20 @@ def _bepfm_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any],
 
 
 def _loops_truth(path: Path) -> dict[str, Any]:
-    from .loops import load_ground_truth
+    from scanlens.sim.loops import load_ground_truth
 
     return load_ground_truth(path)
 
 
 def _loops_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
-    from .loops import PARAMS
+    from scanlens.sim.loops import PARAMS
 
     pred = result.maps[rec]["parameters"]
     return {f"r2_{p}": r2(pred[..., k], truth["params"][p]) for k, p in enumerate(PARAMS)}
 
 
 def _loops_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
-    from .loops import PARAMS
+    from scanlens.sim.loops import PARAMS
 
     pred = result.maps[rec]["parameters"]
     panels = []
@@ -185,7 +185,7 @@ def _loops_panels(result: ScanResult, snap: ControlReply, truth: dict[str, Any],
 
 
 def _haadf_truth(path: Path) -> dict[str, Any]:
-    from .stem import load_ground_truth
+    from scanlens.sim.stem import load_ground_truth
 
     return load_ground_truth(path)
 
@@ -198,7 +198,7 @@ def _frame_truth(truth: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _haadf_score(result, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
-    from models.stem_metrics import match_points
+    from scanlens.models.scoring.stem import match_points
 
     frames = result.frames[rec]
     radius = 0.3 * truth["nn_spacing_px"]
@@ -240,8 +240,8 @@ def _haadf_score(result, snap: ControlReply, truth: dict[str, Any], rec: str) ->
 def _low_dose(rec: str) -> dict[str, Any]:
     """The network against the classical baseline on the same held-out low-dose frames, measured now
     (in process, with the service's own FrameRecognizer code on the committed model)."""
-    from models import MODEL_DIR
-    from models.stem_metrics import low_dose_comparison
+    from scanlens.model_files import MODEL_DIR
+    from scanlens.models.scoring.stem import low_dose_comparison
 
     path = MODEL_DIR / f"{rec}.onnx"
     if not path.is_file():
@@ -274,7 +274,7 @@ def _haadf_dynamics(result, truth: dict[str, Any], rec: str) -> dict[str, dict[s
 
 
 def _haadf_panels(result, snap: ControlReply, truth: dict[str, Any], rec: str) -> list[Panel]:
-    from .stem import STEMMovie, SEG_CLASSES
+    from scanlens.sim.stem import STEMMovie, SEG_CLASSES
 
     frames = result.frames[rec]
     first = min(frames)

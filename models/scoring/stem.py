@@ -29,9 +29,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from instrument_sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
-from service.pipeline.atoms import PostProcess
-from service.pipeline.frames import recognize_image
+from scanlens.sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
+from scanlens.pipeline.atoms import PostProcess
+from scanlens.pipeline.frames import recognize_image
 
 #: Match radius of atoms and defects as a fraction of the nearest-neighbour (metal-chalcogen) spacing.
 MATCH_FRACTION = 0.3
@@ -257,8 +257,8 @@ Recognizable = Segmenter | ort.InferenceSession | str | PathLike[str]
 
 def _open(recognizer: Recognizable) -> Any:
     """A FrameRecognizer for a path or an ONNX Runtime session (its card read from the session's metadata)."""
-    from service.pipeline.frames import FrameRecognizer
-    from service.pipeline.recognizer import open_recognizer, read_card
+    from scanlens.pipeline.frames import FrameRecognizer
+    from scanlens.pipeline.recognizer import open_recognizer, read_card
 
     if isinstance(recognizer, (str, Path, PathLike)):
         return open_recognizer(Path(recognizer), threads=2)

@@ -20,9 +20,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from service.app.config import Settings
-from service.app.server import running
-from service.client import Control, ControlReply, MovieResult, ScanResult, ServiceError, Subscriber
+from scanlens.app.config import Settings
+from scanlens.app.server import running
+from scanlens.client import Control, ControlReply, MovieResult, ScanResult, ServiceError, Subscriber
 
 from .figures import render_panels
 from .scenarios import ALIASES, SCENARIOS, Scenario
@@ -36,7 +36,7 @@ class DemoError(RuntimeError):
 
 
 async def _run_simulator(args: list[str]) -> None:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "instrument_sim.cli", *args,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scanlens.sim.cli", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await proc.communicate()
     if proc.returncode != 0:
