@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from scanlens.sim.stem import DEFECT_CLASSES, STEMConfig, STEMMovie  # noqa: E402
 from scanlens.model_files import MODEL_DIR  # noqa: E402
-from scanlens.pipeline.recognizer import load_model  # noqa: E402
-from scanlens.pipeline.tracking import DefectTracker  # noqa: E402
+from scanlens.pipeline import OnnxModel  # noqa: E402
+from scanlens.pipeline import DefectTracker  # noqa: E402
 
 
 def one_seed(cfg: STEMConfig, gate_nm: float, noise_px: float) -> tuple[list[float], list[float], float]:
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     a = p.parse_args()
 
-    gate_nm = float(load_model(MODEL_DIR / f"{a.model}.onnx", threads=1)[1].postprocess["track_gate_nm"])
+    gate_nm = float(OnnxModel.open(MODEL_DIR / f"{a.model}.onnx", threads=1).card.postprocess["track_gate_nm"])
     rel, z, trans = [], [], []
     t0 = time.perf_counter()
     for seed in range(a.seeds):

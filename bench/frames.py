@@ -1,6 +1,6 @@
 """Frames per second through the service against bare ONNX Runtime on the same model, same run.
 
-    python bench/frames.py [--model-dir models] [--model stem-unet] [--size 512] [--frames 40] [--json]
+    python bench/frames.py [--model-dir service/model_files] [--model stem-unet] [--size 512] [--frames 40] [--json]
 
 1. bare ORT: the image model's session alone on ``size``² frames at its own pixel size -> frames/s
    (inference only: what ONNX Runtime itself can do with this model here), in three configurations:
@@ -36,7 +36,7 @@ from scanlens.model_files import MODEL_DIR  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
 from scanlens.app.server import running  # noqa: E402
 from scanlens.client import Subscriber  # noqa: E402
-from scanlens.pipeline.recognizer import load_recognizers, open_recognizer  # noqa: E402
+from scanlens.pipeline import load_recognizers, open_recognizer  # noqa: E402
 from scanlens.protocol.messages import ScanSummary  # noqa: E402
 
 
@@ -46,11 +46,11 @@ def bare_ort(path: Path, threads: int, size: int, frames: int, parallel: int = 1
     rec = open_recognizer(path, threads=threads)
     rec._run_slots = threading.BoundedSemaphore(parallel)  # as many runs at once as asked, no more
     image = np.random.default_rng(0).poisson(50.0, size=(size, size)).astype(np.float32)
-    rec._segment(image)
+    rec.segment(image)
     counts = [frames // parallel + (i < frames % parallel) for i in range(parallel)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(parallel) as pool:
-        list(pool.map(lambda n: [rec._segment(image) for _ in range(n)], counts))
+        list(pool.map(lambda n: [rec.segment(image) for _ in range(n)], counts))
     return frames / (time.perf_counter() - t0)
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
-    recs = {n: r for n, r in load_recognizers(a.model_dir, threads=a.threads).items() if r.imaging}
+    recs = {n: r for n, r in load_recognizers(a.model_dir, threads=a.threads).items() if r.takes == "frames"}
     if not recs:
         sys.exit(f"no image recognizer in {a.model_dir}")
     rec = recs[a.model] if a.model else next(iter(recs.values()))

@@ -1,4 +1,4 @@
-"""The benchmark's reference workload: an MLP ``C -> 128 -> 64 -> 4`` with random weights (GUIDE §3).
+"""The benchmark's reference workload: an MLP ``C -> 128 -> 64 -> 4`` with random weights (docs/performance.md, reference figures).
 
 Built with onnx.helper (no torch), with a model card so the service loads it like any recognizer.
 """

@@ -1,6 +1,6 @@
 """Service throughput and latency against bare ONNX Runtime, measured in the same run.
 
-    python bench/throughput.py [--channels 2048 | --model-dir models --model eels-mlp] [--line 256]
+    python bench/throughput.py [--channels 2048 | --model-dir service/model_files --model eels-mlp] [--line 256]
 
 1. bare ORT: the recognizer's session alone, batches of ``max_batch_pixels`` float32 spectra on the
    model axis, same thread settings as the service -> spectra/s.
@@ -33,12 +33,12 @@ from scanlens.app.config import Settings  # noqa: E402
 from scanlens.app.server import running  # noqa: E402
 from scanlens.client import Subscriber  # noqa: E402
 from scanlens.protocol.messages import ScanSummary  # noqa: E402
-from scanlens.pipeline.recognizer import Recognizer, load_recognizers  # noqa: E402
+from scanlens.pipeline import open_recognizer, load_recognizers  # noqa: E402
 
 
 def bare_ort(path: Path, threads: int, parallel: int, batch: int, spectra: int, repeats: int = 3) -> float:
     """Spectra/s of the session alone: ``parallel`` threads each calling ``run`` on its own batches."""
-    rec = Recognizer(path, threads=threads)
+    rec = open_recognizer(path, threads=threads)
     x = np.random.default_rng(0).poisson(200.0, size=(batch, rec.channels)).astype(np.float32)
 
     def work(n: int) -> None:
@@ -79,7 +79,7 @@ async def through_service(settings: Settings, rec_name: str, axis, rows: int, co
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None,
-                   help="directory of the recognizer to measure (default: a GUIDE-like MLP, see --channels)")
+                   help="directory of the recognizer to measure (default: the reference MLP of docs/performance.md, see --channels)")
     p.add_argument("--model", default=None, help="recognizer name in --model-dir (default: the first)")
     p.add_argument("--channels", type=int, default=2048, help="input size of the default MLP C -> 128 -> 64 -> 4")
     p.add_argument("--spectra", type=int, default=262_144, help="spectra per flat-out measurement")

@@ -64,7 +64,7 @@ STEM_HELP = (
     "held-out atom F1 and defect accuracy."
 )
 
-Out = Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: models/<name>.onnx)")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: the shipped models, service/model_files/<name>.onnx)")]
 Quick = Annotated[bool, typer.Option("--quick", help="small data set and few epochs: a smoke test of the pipeline")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of data generation, initialisation and shuffling")]
 
@@ -193,7 +193,7 @@ def one_frame(
     labels: LabelsPath,
     pixel_size_nm: PixelNm,
     out: Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: "
-                                                              "models/<name>.onnx)")] = None,
+                                                              "service/model_files/<name>.onnx)")] = None,
     name: ModelName = _ONE_FRAME_NAME,
     steps: Steps = None,
     quick: OneFrameQuick = False,

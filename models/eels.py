@@ -29,7 +29,7 @@ from scanlens.sim.eels import (
 from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
 from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
 from scanlens.models.training import trainer
-from scanlens.pipeline.axis import AxisMap
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 

@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from scanlens.pipeline.recognizer import session_options
-from scanlens.protocol.model_card import CARD_KEY, ModelCard
+from scanlens.pipeline import session_options
+from scanlens.protocol.model_card import CARD_KEY, ModelCard, card_from_metadata
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +43,7 @@ def make_session(model: str | PathLike[str] | bytes, *, threads: int = 2) -> ort
 def read_card(model: str | PathLike[str] | onnx.ModelProto) -> ModelCard:
     """The model card stored under ``CARD_KEY`` in an ONNX file's metadata."""
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    if CARD_KEY not in props:
-        raise KeyError(f"no {CARD_KEY!r} metadata in the model")
-    return ModelCard.model_validate_json(props[CARD_KEY])
+    return card_from_metadata({p.key: p.value for p in proto.metadata_props})
 
 
 def set_card(proto: onnx.ModelProto, card: ModelCard) -> None:

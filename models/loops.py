@@ -54,7 +54,7 @@ from scanlens.sim.loops import (
 from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting
 from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
 from scanlens.models.training import trainer
-from scanlens.pipeline.axis import AxisMap
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 

@@ -45,8 +45,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from scanlens.sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
 from scanlens.models.export import make_session, set_card
-from scanlens.models.scoring.metrics import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
-from scanlens.pipeline.axis import AxisMap
+from scanlens.models.scoring import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 

@@ -1,7 +1,9 @@
-"""Shared plumbing of the supervised training runs (eels-mlp, bepfm-mlp, loops-mlp; ``train`` also stem-unet).
+"""Shared plumbing of the supervised training runs (eels-mlp, bepfm-mlp, loops-mlp; the result record and the
+run's frame also stem-unet and one-frame-unet, whose step loop is ``stem_unet.train_network``; ``train`` stem-unet).
 
 Each model keeps its own network, data, loss and metrics in its module; what is the same everywhere lives
-here: the result record, the run's frame (torch threads, seed, stopwatch), the epoch loop (AdamW with a
+here: the result record (segmentation models extend it with their post-processing:
+``stem_unet.SegmentationResult``), the run's frame (torch threads, seed, stopwatch), the epoch loop (AdamW with a
 one-cycle learning rate over a seeded permutation, one ``train`` progress event per epoch), the optimizer's
 entries in the model card, the held-out inputs kept for the ONNX parity check, and the
 ``train(out_path, ...)`` entry point that ``scanlens train`` calls. The committed models' cards record

@@ -1,20 +1,34 @@
 """Shared fixtures: a real server on loopback random ports, real sockets, real ONNX models.
 
-Every test that starts a server gets it through ``server``; sockets bind to port 0 and close with
-linger=0; the server fixture fails a test that leaves asyncio tasks running.
+Every test that starts a server gets it through ``server`` (or ``scanlens.testing.live``); sockets
+bind to port 0 and close with linger=0. Every test fails that leaves ZeroMQ sockets open, contexts
+unterminated or asyncio tasks running (``leak_check``). The logic lives in ``scanlens.testing``.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from pytest_asyncio import is_async_test
 
-from scanlens.app.config import Settings
-from scanlens.app.server import running
-from scanlens.client import Control, Instrument, Subscriber
+from scanlens.testing import (check_task_leaks, connected, leak_check as zmq_leak_check, loopback_settings, serving,
+                              task_snapshot, write_band_model)
 
-from .band_model import write_band_model
+
+@pytest.fixture(autouse=True)
+def leak_check(request):
+    """Fail the test if it leaves ZeroMQ sockets or contexts open, or (async tests) asyncio tasks running."""
+    with zmq_leak_check():
+        if is_async_test(request.node):
+            request.getfixturevalue("_task_leak_check")
+        yield
+
+
+@pytest.fixture
+async def _task_leak_check():
+    """Inside the test's event loop, after every other async fixture is torn down: no tasks left running."""
+    before = task_snapshot()
+    yield
+    await check_task_leaks(before)
 
 
 @pytest.fixture
@@ -27,29 +41,17 @@ def model_dir(tmp_path):
 
 @pytest.fixture
 def settings(model_dir):
-    return Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
-                    model_dir=model_dir, inference_threads=1, status_interval_s=0.05, scan_timeout_s=30)
+    return loopback_settings(model_dir)
 
 
 @pytest.fixture
 async def server(settings):
-    before = set(asyncio.all_tasks())
-    async with running(settings) as srv:
+    async with serving(settings) as srv:
         yield srv
-    await asyncio.sleep(0)
-    leaked = [t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()]
-    assert not leaked, f"tasks leaked by the test: {leaked}"
 
 
 @pytest.fixture
 async def clients(server):
     """(instrument, subscriber to everything, control), subscriber already live."""
-    inst = Instrument(server.endpoints["ingest"], linger_s=0)
-    sub = Subscriber(server.endpoints["publish"])
-    ctl = Control(server.endpoints["control"])
-    try:
-        await sub.wait_ready()
-        yield inst, sub, ctl
-    finally:
-        for c in (inst, sub, ctl):
-            c.close()
+    async with connected(server) as trio:
+        yield trio

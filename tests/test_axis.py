@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scanlens.pipeline.axis import AxisError, AxisMap
+from scanlens.pipeline import AxisError, AxisMap
 from scanlens.protocol.messages import Axis, Event, ScanSummary
-
-from .band_model import band_axis, band_spectra
+from scanlens.testing import band_axis, band_spectra
 
 MODEL = Axis(size=60, offset=10.0, scale=1.0, units="eV")
 

@@ -8,7 +8,7 @@ import pytest
 from scanlens.sim.bepfm import CLASSES, DEFAULT_AXIS, BEPFMConfig, BEPFMSample, axis_frequencies
 from scanlens.model_files import MODEL_DIR
 from scanlens.models.export import make_session, read_card
-from scanlens.pipeline.axis import AxisMap
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 
 from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events

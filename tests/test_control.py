@@ -12,8 +12,8 @@ import zmq.asyncio
 from scanlens.client import Control, ServiceError
 from scanlens.protocol.codec import encode
 from scanlens.protocol.messages import Request, ScanStart
+from scanlens.testing import band_axis, band_spectra
 
-from .band_model import band_axis, band_spectra
 from .schema_check import check_header_bytes
 
 

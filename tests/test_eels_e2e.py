@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -14,20 +13,7 @@ from scanlens.model_files import MODEL_DIR
 from scanlens.app.config import Settings
 from scanlens.app.server import running
 from scanlens.client import Subscriber
-
-
-async def run_cli(*args: str, timeout: float = 120) -> str:
-    proc = await asyncio.create_subprocess_exec(sys.executable, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    return out.decode()
+from scanlens.testing import run_cli
 
 
 async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):

@@ -173,7 +173,7 @@ def test_training_data_is_deterministic_and_labelled() -> None:
 def test_cli_help_explains_the_command() -> None:
     result = CliRunner().invoke(app, ["eels", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for text in ("--out", "--quick", "--seed", "models/<name>.onnx", "eels-mlp", "STO", "held-out"):
+    for text in ("--out", "--quick", "--seed", "service/model_files/<name>.onnx", "eels-mlp", "STO", "held-out"):
         assert text in result.output
     top = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert top.exit_code == 0 and "eels" in top.output

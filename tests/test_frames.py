@@ -7,11 +7,7 @@ import numpy as np
 import pytest
 
 from scanlens.protocol.messages import Data, Frame, FrameResult, PixelSize, ScanEnd, ScanStart, ScanSummary
-
-from .band_model import band_axis
-from .frame_model import PIXEL_NM, render, write_frame_model
-from .harness import live
-from .test_service_errors import next_event
+from scanlens.testing import FRAME_PIXEL_NM, band_axis, live, render_frame, wait_for_event, write_frame_model
 
 
 @pytest.fixture
@@ -26,7 +22,7 @@ def lattice(shape, step=12.0, offset=8.3):
     return np.array([(x, y) for y in ys for x in xs], np.float32)
 
 
-async def send_movie(inst, scan_id, frames, pixel_nm=PIXEL_NM, policy="lossless"):
+async def send_movie(inst, scan_id, frames, pixel_nm=FRAME_PIXEL_NM, policy="lossless"):
     shape = frames[0].shape
     await inst.send(ScanStart(scan_id=scan_id, modality="haadf", shape=shape, frames=len(frames), policy=policy,
                               pixel_size=PixelSize(size=pixel_nm, units="nm")))
@@ -55,7 +51,7 @@ async def test_atoms_defects_and_tracks_per_frame(frame_settings):
     shape = (64, 80)
     atoms = lattice(shape)
     vac_path = [(30 + 2 * t, 40) for t in range(5)]  # one vacancy walking right, 2 px per frame
-    frames = [render(shape, atoms, np.array([v])) for v in vac_path]
+    frames = [render_frame(shape, atoms, np.array([v])) for v in vac_path]
     async with live(frame_settings, scan_id="movie") as (_, inst, sub):
         await send_movie(inst, "movie", frames)
         results, summary = await collect(sub, "movie")
@@ -78,9 +74,9 @@ async def test_atoms_defects_and_tracks_per_frame(frame_settings):
 async def test_frames_are_rescaled_to_the_model_pixel_size(frame_settings):
     shape = (96, 96)
     atoms = lattice(shape, step=22.0, offset=12.2)
-    img = render(shape, atoms, np.zeros((0, 2)), sigma=3.0)  # 0.01 nm/px: everything twice as large
+    img = render_frame(shape, atoms, np.zeros((0, 2)), sigma=3.0)  # 0.01 nm/px: everything twice as large
     async with live(frame_settings, scan_id="fine") as (_, inst, sub):
-        await send_movie(inst, "fine", [img], pixel_nm=PIXEL_NM / 2)
+        await send_movie(inst, "fine", [img], pixel_nm=FRAME_PIXEL_NM / 2)
         results, summary = await collect(sub, "fine")
     assert summary.state == "complete"
     found = results[0].arrays["atoms"]
@@ -95,13 +91,13 @@ async def test_frames_are_rescaled_to_the_model_pixel_size(frame_settings):
 async def test_unusable_pixel_size_is_refused(frame_settings, pixel, fragment):
     async with live(frame_settings) as (_, inst, sub):
         await inst.send(ScanStart(scan_id="odd", modality="haadf", shape=(32, 32), pixel_size=pixel))
-        ev = await next_event(sub, "scan_rejected")
+        ev = await wait_for_event(sub, "scan_rejected")
     assert ev.scan_id == "odd" and fragment in ev.reason
 
 
 async def test_newest_frame_wins_reports_every_skip(frame_settings):
     shape = (256, 256)
-    frames = [render(shape, lattice(shape), np.zeros((0, 2)))] * 30
+    frames = [render_frame(shape, lattice(shape), np.zeros((0, 2)))] * 30
     async with live(frame_settings, scan_id="live") as (srv, inst, sub):
         await send_movie(inst, "live", frames, policy="latest")
         results, summary = await collect(sub, "live")
@@ -114,7 +110,7 @@ async def test_newest_frame_wins_reports_every_skip(frame_settings):
 
 async def test_lossless_policy_recognizes_every_frame(frame_settings):
     shape = (128, 128)
-    frames = [render(shape, lattice(shape), np.zeros((0, 2)))] * 12
+    frames = [render_frame(shape, lattice(shape), np.zeros((0, 2)))] * 12
     async with live(frame_settings, scan_id="all") as (_, inst, sub):
         await send_movie(inst, "all", frames, policy="lossless")
         results, summary = await collect(sub, "all")
@@ -124,19 +120,19 @@ async def test_lossless_policy_recognizes_every_frame(frame_settings):
 async def test_frame_and_data_messages_must_match_the_scan_kind(frame_settings):
     async with live(frame_settings) as (_, inst, sub):
         await inst.send(ScanStart(scan_id="img", modality="haadf", shape=(16, 16),
-                                  pixel_size=PixelSize(size=PIXEL_NM, units="nm")))
+                                  pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
         line = np.zeros((16, 60), np.float32)
         await inst.send(Data(scan_id="img", seq=0, row=0, shape=line.shape, dtype="float32"), [line])
-        ev = await next_event(sub, "data_rejected")
+        ev = await wait_for_event(sub, "data_rejected")
         assert "imaging scan" in ev.reason
         await inst.send(Frame(scan_id="img", seq=1, frame=0, shape=(16, 8), dtype="float32"),
                         [np.zeros((16, 8), np.float32)])
-        ev = await next_event(sub, "data_rejected")
+        ev = await wait_for_event(sub, "data_rejected")
         assert "differs from scan_start" in ev.reason
         await inst.send(ScanStart(scan_id="spec", modality="eels", shape=(2, 2), axis=band_axis()))
         await inst.send(Frame(scan_id="spec", seq=0, frame=0, shape=(2, 2), dtype="float32"),
                         [np.zeros((2, 2), np.float32)])
-        ev = await next_event(sub, "data_rejected")
+        ev = await wait_for_event(sub, "data_rejected")
         assert "spectral scan" in ev.reason
 
 
@@ -164,6 +160,6 @@ async def test_simulated_movie_streams_through_the_client(frame_settings):
 async def test_spectral_recognizer_requested_for_frames_is_refused(frame_settings):
     async with live(frame_settings) as (_, inst, sub):
         await inst.send(ScanStart(scan_id="mixed", modality="haadf", shape=(16, 16), recognizers=["pca"],
-                                  pixel_size=PixelSize(size=PIXEL_NM, units="nm")))
-        ev = await next_event(sub, "scan_rejected")
+                                  pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
+        ev = await wait_for_event(sub, "scan_rejected")
     assert ev.scan_id == "mixed" and "takes spectra" in ev.reason

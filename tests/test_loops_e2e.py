@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .test_eels_e2e import run_cli
+from scanlens.testing import run_cli
 
 
 @pytest.mark.timeout(300)

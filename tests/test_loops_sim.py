@@ -23,7 +23,7 @@ from scanlens.sim.loops import (
     simulate_loops,
     simulate_loops_parallel,
 )
-from scanlens.pipeline.axis import AxisMap
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 
 H = axis_fields(DEFAULT_AXIS)

@@ -33,14 +33,13 @@ from scanlens.sim.stem import (
 from scanlens.sim.stream import stream_movie
 from scanlens.model_files import MODEL_DIR
 from scanlens.models.export import read_card
-from scanlens.models.scoring.stem import MATCH_FRACTION, atom_scores, defect_accuracy, evaluate_frame, match_points
+from scanlens.models.scoring import MATCH_FRACTION, atom_scores, defect_accuracy, evaluate_frame, match_points
 from scanlens.app.cli import app
 from scanlens.app.config import Settings
-from scanlens.pipeline.frames import FrameRecognizer
-from scanlens.pipeline.recognizer import open_recognizer
+from scanlens.pipeline import FrameRecognizer
+from scanlens.pipeline import open_recognizer
 
-from .harness import live
-from .test_eels_e2e import run_cli
+from scanlens.testing import live, run_cli
 
 SCANLENS = ("-c", "from scanlens.app.cli import main; main()")
 runner = CliRunner()
@@ -100,7 +99,7 @@ def test_quick_training_writes_a_recognizer_with_its_card(quick: dict[str, Any])
     train = [e for e in quick["events"] if e.stage == "train"]
     assert train[-1].step == train[-1].total == 3 and all(math.isfinite(e.loss) for e in train)
     # the recognizer segments a frame that is not a multiple of 16
-    probs = rec._segment(quick["image"][:90, :77])
+    probs = rec.segment(quick["image"][:90, :77])
     assert probs.shape == (len(SEG_CLASSES), 90, 77) and np.allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from scanlens.pipeline.pca import StreamingPCA
+from scanlens.pipeline import StreamingPCA
 from scanlens.protocol.messages import Axis, ScanStart
-
-from .test_service_errors import data_frames, next_event
+from scanlens.testing import data_frames, wait_for_event
 
 
 def latent_scan(rows: int, cols: int, d: int, seed: int = 0):
@@ -87,13 +86,13 @@ async def test_recognizer_and_scan_components_must_agree(clients):
     axis = Axis(size=60, offset=10.0, scale=1.0, units="eV")
     await inst.send(ScanStart(scan_id="needs-none", modality="eels", shape=(2, 2), axis=axis,
                               components=["a", "b"], recognizers=["band"]))
-    ev = await next_event(sub, "scan_rejected")
+    ev = await wait_for_event(sub, "scan_rejected")
     assert ev.scan_id == "needs-none" and "expects components none" in ev.reason
 
 
 def test_component_order_reorders_by_name_and_refuses_missing():
-    from scanlens.pipeline.axis import AxisError
-    from scanlens.pipeline.processor import component_order
+    from scanlens.pipeline import AxisError
+    from scanlens.pipeline.spectral import component_order
 
     assert component_order(None, None, "m") is None
     assert component_order(["up", "down"], ["up", "down"], "m") is None

@@ -35,7 +35,7 @@ from scanlens.models.physics_fit import (
     run_onnx,
     scan_spectra,
 )
-from scanlens.pipeline.axis import AxisMap
+from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import CARD_KEY, ModelCard
 

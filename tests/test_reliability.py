@@ -1,4 +1,4 @@
-"""GUIDE §5 situations with a tested behaviour: interleaved scans, a publisher restarting mid-scan,
+"""Reliability situations with a tested behaviour (docs/protocol.md §7): interleaved scans, a publisher restarting mid-scan,
 a subscriber that never reads, backpressure that loses nothing."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import zmq
 
 from scanlens.client import Control, Instrument, Subscriber
 from scanlens.protocol.messages import Data, ScanEnd, ScanStart
-
-from .band_model import band_axis, band_spectra, send_band_scan
-from .harness import live
+from scanlens.testing import band_axis, band_spectra, live, send_band_scan
 
 
 async def test_interleaved_scans_from_two_instruments(clients, server):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .band_model import send_band_scan
+from scanlens.testing import send_band_scan
 
 
 async def test_scan_round_trip_every_pixel_accounted(clients):

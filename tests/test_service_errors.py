@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import msgpack
 import numpy as np
 import pytest
 
-from scanlens.protocol.messages import Data, Event, ScanEnd, ScanStart, ScanSummary
-
-from .band_model import band_axis, band_spectra, send_band_scan
-from .harness import live
-
-
-async def next_event(sub, code: str, timeout: float = 10.0) -> Event:
-    async with asyncio.timeout(timeout):  # heartbeats keep arriving: bound the whole wait
-        while True:
-            msg = await sub.recv()
-            if isinstance(msg.header, Event) and msg.header.code == code:
-                return msg.header
+from scanlens.protocol.messages import Data, ScanEnd, ScanStart, ScanSummary
+from scanlens.testing import (band_axis, band_spectra, data_frames, live, send_band_scan, wait_for_event,
+                              wait_for_summary)
 
 
 async def good_scan(inst, sub, scan_id: str, rows: int = 3, cols: int = 5) -> ScanSummary:
@@ -31,13 +20,6 @@ async def good_scan(inst, sub, scan_id: str, rows: int = 3, cols: int = 5) -> Sc
     return result.summary
 
 
-def data_frames(scan_id: str, seq: int, row: int, array: np.ndarray, **override) -> list:
-    header = Data(scan_id=scan_id, seq=seq, row=row, shape=array.shape, dtype=array.dtype.name).model_dump(
-        mode="json", exclude_none=True)
-    header.update(override)
-    return [msgpack.packb(header), array.tobytes()]
-
-
 async def start(inst, scan_id: str, rows: int = 3, cols: int = 5) -> None:
     await inst.send(ScanStart(scan_id=scan_id, modality="eels", shape=(rows, cols), axis=band_axis()))
 
@@ -45,7 +27,7 @@ async def start(inst, scan_id: str, rows: int = 3, cols: int = 5) -> None:
 async def test_garbage_bytes(clients):
     inst, sub, ctl = clients
     await inst.sock.send_multipart([b"\x00\xffnot msgpack at all", b"more"])
-    ev = await next_event(sub, "bad_message")
+    ev = await wait_for_event(sub, "bad_message")
     assert ev.scan_id is None and "msgpack" in ev.reason
     await good_scan(inst, sub, "after-garbage")
     assert (await ctl.status())["counters"]["event.bad_message"] == 1
@@ -56,16 +38,15 @@ async def test_wrong_dtype(clients):
     await start(inst, "dt")
     spectra = band_spectra([0, 1, 2, 0, 1])
     await inst.sock.send_multipart(data_frames("dt", 0, 0, spectra, dtype="float16"))
-    ev = await next_event(sub, "bad_message")
+    ev = await wait_for_event(sub, "bad_message")
     assert ev.scan_id == "dt" and ev.seq == 0 and "dtype" in ev.reason
     # a dtype that is valid but contradicts the buffer's size
     await inst.sock.send_multipart(data_frames("dt", 1, 1, spectra, dtype="float64"))
-    ev = await next_event(sub, "data_rejected")
+    ev = await wait_for_event(sub, "data_rejected")
     assert ev.seq == 1 and "bytes" in ev.reason and "float64" in ev.reason
     await inst.send(ScanEnd(scan_id="dt", n_messages=2))
-    while not isinstance((msg := await sub.recv(10)).header, ScanSummary):
-        pass
-    assert [r.seq for r in msg.header.rejected] == [0, 1] and msg.header.lost == []
+    s = await wait_for_summary(sub)
+    assert [r.seq for r in s.rejected] == [0, 1] and s.lost == []
     await good_scan(inst, sub, "after-dtype")
 
 
@@ -74,21 +55,17 @@ async def test_shape_contradicting_scan_start(clients):
     await start(inst, "shape")
     wrong_channels = np.ones((5, 61), np.float32)
     await inst.sock.send_multipart(data_frames("shape", 0, 0, wrong_channels))
-    ev = await next_event(sub, "data_rejected")
+    ev = await wait_for_event(sub, "data_rejected")
     assert ev.scan_id == "shape" and "61 channels" in ev.reason and "60" in ev.reason
     too_many_pixels = band_spectra([0] * 6)
     await inst.sock.send_multipart(data_frames("shape", 1, 0, too_many_pixels))
-    ev = await next_event(sub, "data_rejected")
+    ev = await wait_for_event(sub, "data_rejected")
     assert "outside the scan shape" in ev.reason
     await inst.sock.send_multipart(data_frames("shape", 2, 7, band_spectra([0] * 5)))
-    ev = await next_event(sub, "data_rejected")
+    ev = await wait_for_event(sub, "data_rejected")
     assert "row 7" in ev.reason
     await inst.send(ScanEnd(scan_id="shape", n_messages=3))
-    while True:
-        msg = await sub.recv(10)
-        if isinstance(msg.header, ScanSummary):
-            break
-    s = msg.header
+    s = await wait_for_summary(sub)
     assert s.scan_id == "shape" and s.state == "incomplete"
     assert [r.seq for r in s.rejected] == [0, 1, 2] and s.lost == [] and s.pixels_recognized == 0
     await good_scan(inst, sub, "after-shape")
@@ -113,10 +90,10 @@ async def test_nan_is_rejected_and_other_lines_recognized(clients):
 async def test_unknown_scan(clients):
     inst, sub, _ = clients
     await inst.sock.send_multipart(data_frames("nobody", 4, 0, band_spectra([0])))
-    ev = await next_event(sub, "unknown_scan")
+    ev = await wait_for_event(sub, "unknown_scan")
     assert ev.scan_id == "nobody" and ev.seq == 4 and "not open" in ev.reason
     await inst.send(ScanEnd(scan_id="nobody", n_messages=1))
-    ev = await next_event(sub, "unknown_scan")
+    ev = await wait_for_event(sub, "unknown_scan")
     assert "scan_end" in ev.reason
     await good_scan(inst, sub, "after-unknown")
 
@@ -127,7 +104,7 @@ async def test_oversized_message(settings):
         await start(inst, "big", rows=3, cols=20)
         huge = band_spectra([0] * 20)  # 20 * 60 * 4 = 4800 bytes > 4096
         await inst.send(Data(scan_id="big", seq=0, row=0, shape=huge.shape, dtype="float32"), [huge])
-        ev = await next_event(sub, "oversized")
+        ev = await wait_for_event(sub, "oversized")
         assert ev.scan_id == "big" and ev.seq == 0 and "4800 bytes" in ev.reason and "4096" in ev.reason
         await good_scan(inst, sub, "after-oversized")
 
@@ -150,13 +127,12 @@ async def test_lost_and_late_messages_are_reported(clients):
     for seq in (0, 2):
         await inst.sock.send_multipart(data_frames("gaps", seq, seq, band_spectra([0] * 5)))
     await inst.send(ScanEnd(scan_id="gaps", n_messages=3))
-    ev = await next_event(sub, "lost")
+    ev = await wait_for_event(sub, "lost")
     assert ev.seqs == [1]
-    while not isinstance((msg := await sub.recv(10)).header, ScanSummary):
-        pass
-    assert msg.header.lost == [1] and msg.header.state == "incomplete" and msg.header.pixels_recognized == 10
+    s = await wait_for_summary(sub)
+    assert s.lost == [1] and s.state == "incomplete" and s.pixels_recognized == 10
     await inst.sock.send_multipart(data_frames("gaps", 1, 1, band_spectra([0] * 5)))
-    ev = await next_event(sub, "late")
+    ev = await wait_for_event(sub, "late")
     assert ev.scan_id == "gaps" and ev.seq == 1
     closed = {s["scan_id"]: s for s in (await ctl.scans())["closed"]}
     assert closed["gaps"]["late"] == [1]
@@ -168,11 +144,9 @@ async def test_scan_without_end_times_out(settings):
         await start(inst, "abandoned", rows=4, cols=5)
         for seq in (0, 1, 3):  # the publisher dies after seq 3; seq 2 never came
             await inst.sock.send_multipart(data_frames("abandoned", seq, seq, band_spectra([0] * 5)))
-        ev = await next_event(sub, "scan_timeout")
+        ev = await wait_for_event(sub, "scan_timeout")
         assert ev.scan_id == "abandoned"
-        while not isinstance((msg := await sub.recv(10)).header, ScanSummary):
-            pass
-        s = msg.header
+        s = await wait_for_summary(sub)
         assert s.state == "timed_out" and s.messages_sent is None and s.lost == [2]
         assert s.pixels_recognized == 15
 
@@ -185,6 +159,6 @@ async def test_scan_without_end_times_out(settings):
 async def test_invalid_or_misrouted_headers(clients, kind_header):
     inst, sub, _ = clients
     await inst.sock.send_multipart([msgpack.packb(kind_header)])
-    ev = await next_event(sub, "bad_message")
+    ev = await wait_for_event(sub, "bad_message")
     assert ev.reason
     await good_scan(inst, sub, "after-invalid")

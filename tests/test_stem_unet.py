@@ -21,7 +21,7 @@ from scanlens.sim.stem import (
 )
 from scanlens.model_files import MODEL_DIR
 from scanlens.models.export import make_session, read_card
-from scanlens.models.scoring.stem import (
+from scanlens.models.scoring import (
     MATCH_FRACTION,
     atom_f1,
     atom_scores,
@@ -34,9 +34,9 @@ from scanlens.models.scoring.stem import (
     pooled,
     recognize_frame,
 )
-from scanlens.pipeline.atoms import PostProcess
-from scanlens.pipeline.frames import FrameRecognizer
-from scanlens.pipeline.recognizer import open_recognizer
+from scanlens.pipeline import PostProcess
+from scanlens.pipeline import FrameRecognizer
+from scanlens.pipeline import open_recognizer
 
 MODEL_PATH = MODEL_DIR / "stem-unet.onnx"
 NN_PX = nearest_neighbour_spacing_px(STEMConfig())  # 9.12 px at 0.02 nm/px
@@ -137,14 +137,12 @@ def test_frames_at_another_pixel_size_are_rescaled(recognizer: FrameRecognizer) 
 
 
 def test_evaluation_sees_exactly_what_the_service_publishes(recognizer: FrameRecognizer) -> None:
-    from scanlens.pipeline.processor import WorkItem
     from scanlens.protocol.messages import PixelSize, ScanStart
 
     image, _, cfg = _frame(TEST_SEEDS[0], size=300, n_defects=4, pixel_size_nm=0.015)
     start = ScanStart(scan_id="stem-1", modality="haadf", shape=(300, 300),
                       pixel_size=PixelSize(size=cfg.pixel_size_nm, units="nm"))
-    item = WorkItem(scan=None, binding=recognizer.bind(start), seq=0, row=0, col0=0,  # type: ignore[arg-type]
-                    spectra=image, t_received=0.0)
+    item = recognizer.bind(start).work("stem-1", seq=0, row=0, col0=0, values=image, t_received=0.0)
     (published,) = recognizer.process([item])
     atoms, defects = recognize_frame(recognizer, image, cfg.pixel_size_nm)
     np.testing.assert_array_equal(published["atoms"], atoms)

@@ -9,7 +9,7 @@ import numpy as np
 from scanlens.sim.stream import MonotonicClock, stream_scan
 from scanlens.protocol.messages import Axis
 
-from .band_model import band_axis, band_spectra
+from scanlens.testing import band_axis, band_spectra
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from scanlens.pipeline.tracking import DefectTracker
+from scanlens.pipeline import DefectTracker
 
 
 def feed(tracker: DefectTracker, frames: dict[int, list[tuple[str, float, float, int]]], seed: int = 0):

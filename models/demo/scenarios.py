@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scanlens.models.scoring.metrics import detection_score, roc_auc
+from scanlens.models.scoring import detection_score, roc_auc
 from scanlens.client import ControlReply, ScanResult
 
 from .figures import Panel
@@ -198,7 +198,7 @@ def _frame_truth(truth: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _haadf_score(result, snap: ControlReply, truth: dict[str, Any], rec: str) -> dict[str, Any]:
-    from scanlens.models.scoring.stem import match_points
+    from scanlens.models.scoring import match_points
 
     frames = result.frames[rec]
     radius = 0.3 * truth["nn_spacing_px"]
@@ -241,7 +241,7 @@ def _low_dose(rec: str) -> dict[str, Any]:
     """The network against the classical baseline on the same held-out low-dose frames, measured now
     (in process, with the service's own FrameRecognizer code on the committed model)."""
     from scanlens.model_files import MODEL_DIR
-    from scanlens.models.scoring.stem import low_dose_comparison
+    from scanlens.models.scoring import low_dose_comparison
 
     path = MODEL_DIR / f"{rec}.onnx"
     if not path.is_file():

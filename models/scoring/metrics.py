@@ -1,4 +1,4 @@
-"""Scores shared by training, the tests and the demo (numpy only: usable without the train extra)."""
+"""Scores of an unknown-phase detector: the per-pixel chi-squared detection score and the ROC AUC (numpy only)."""
 
 from __future__ import annotations
 

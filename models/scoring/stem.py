@@ -30,8 +30,8 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from scanlens.sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
-from scanlens.pipeline.atoms import PostProcess
-from scanlens.pipeline.frames import recognize_image
+from scanlens.pipeline import FrameRecognizer, OnnxModel, PostProcess, open_recognizer, recognize_image, zoom_factor
+from scanlens.protocol.messages import PixelSize
 
 #: Match radius of atoms and defects as a fraction of the nearest-neighbour (metal-chalcogen) spacing.
 MATCH_FRACTION = 0.3
@@ -50,7 +50,7 @@ class Segmenter(Protocol):
 
     pp: PostProcess
 
-    def _segment(self, image: np.ndarray) -> np.ndarray: ...
+    def segment(self, image: np.ndarray) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------- matching
@@ -257,24 +257,22 @@ Recognizable = Segmenter | ort.InferenceSession | str | PathLike[str]
 
 def _open(recognizer: Recognizable) -> Any:
     """A FrameRecognizer for a path or an ONNX Runtime session (its card read from the session's metadata)."""
-    from scanlens.pipeline.frames import FrameRecognizer
-    from scanlens.pipeline.recognizer import open_recognizer, read_card
-
     if isinstance(recognizer, (str, Path, PathLike)):
         return open_recognizer(Path(recognizer), threads=2)
     if isinstance(recognizer, ort.InferenceSession):
-        where = Path("<session>")
-        return FrameRecognizer(where, loaded=(recognizer, read_card(recognizer, where)))
+        return FrameRecognizer(OnnxModel.from_session(recognizer))
     return recognizer
 
 
 def recognize_frame(recognizer: Recognizable, image: np.ndarray,
                     pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
     """(atoms ``[n, 3]``, defects ``[m, 4]``) in the frame's own pixels, computed by the service's own
-    ``recognize_image``: zoom (order 1) to the card's pixel size, segment, post-process, scale back."""
+    ``recognize_image``: zoom (``zoom_factor``, order 1) to the card's pixel size, segment, post-process,
+    scale back. A recognizer without a ``pixel_size`` sees the frame unscaled."""
     rec = _open(recognizer)
-    model_nm = float(rec.pixel_size.size) if hasattr(rec, "pixel_size") else pixel_size_nm
-    _, atoms, defects = recognize_image(rec._segment, rec.pp, image, pixel_size_nm / model_nm)
+    model_px = getattr(rec, "pixel_size", None)
+    zoom = 1.0 if model_px is None else zoom_factor(PixelSize(size=pixel_size_nm, units="nm"), model_px)
+    _, atoms, defects = recognize_image(rec.segment, rec.pp, image, zoom)
     return atoms, defects
 
 
@@ -282,8 +280,8 @@ def evaluate_frame(recognizer: Recognizable, image: np.ndarray,
                    truth: Mapping[str, np.ndarray], cfg: STEMConfig) -> dict[str, float]:
     """Run the recognizer on one simulated frame (at ``cfg.pixel_size_nm``) as the service does and score it.
 
-    ``recognizer``: a ``FrameRecognizer`` (``service.pipeline.recognizer.open_recognizer``), any object
-    with its ``_segment``, ``pp`` (and ``pixel_size``), an ONNX Runtime session of an image model, or
+    ``recognizer``: a ``FrameRecognizer`` (``scanlens.pipeline.open_recognizer``), any object
+    with its ``segment``, ``pp`` (and ``pixel_size``), an ONNX Runtime session of an image model, or
     the path of an ONNX file (opened anew on every call). Atoms and defects
     match within 0.3 x the nearest-neighbour spacing. Keys: ``atom_f1``, ``atom_precision``,
     ``atom_recall``, ``atom_position_error_px``, ``atom_class_accuracy``, ``defect_accuracy``,

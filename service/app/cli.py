@@ -79,8 +79,7 @@ def list_models(
 ) -> None:
     """List the recognizers in a model directory with their model cards (no server needed)."""
     from ..model_files import MODEL_DIR
-
-    from ..pipeline.recognizer import ModelError, load_recognizers
+    from ..pipeline import ModelError, load_recognizers
 
     try:
         recs = load_recognizers(model_dir or MODEL_DIR, threads=1)

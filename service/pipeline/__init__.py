@@ -1,1 +1,26 @@
-"""Recognition pipeline: axis mapping, recognizers, scan assembly and accounting, batching, inference."""
+"""Recognition pipeline: axis mapping, recognizers, scan lifecycle and accounting, batching, inference.
+
+The public face of the layer; the modules below it are private to it (``docs/architecture.md``).
+"""
+
+from .atoms import PostProcess, postprocess
+from .axis import AxisError, AxisMap, length_factor
+from .batcher import InferenceWorker, PixelQueue
+from .frames import FrameBinding, FrameRecognizer, recognize_image, rescale, zoom_factor
+from .loading import Recognizer, load_recognizers, open_recognizer, recognizer_for
+from .onnx_model import ModelError, OnnxModel, read_card, session_options
+from .pca import PCAAnalyzer, StreamingPCA
+from .processor import Binding, Processor, Publication, WorkItem, takes_of
+from .scan import ScanState
+from .scans import ScanLimits, ScanManager, WorkerOptions
+from .spectral import SpectralBinding, SpectralProcessor, SpectralRecognizer
+from .tracking import DefectTracker
+
+__all__ = [
+    "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "InferenceWorker",
+    "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "Publication",
+    "Recognizer", "ScanLimits", "ScanManager", "ScanState", "SpectralBinding", "SpectralProcessor",
+    "SpectralRecognizer", "StreamingPCA", "WorkItem", "WorkerOptions", "length_factor", "load_recognizers",
+    "open_recognizer", "postprocess", "read_card", "recognize_image", "recognizer_for", "rescale",
+    "session_options", "takes_of", "zoom_factor",
+]

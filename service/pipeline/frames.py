@@ -1,16 +1,18 @@
-"""Image recognizers: a segmentation network applied frame by frame, then atoms, defects and tracks.
+"""Frame recognizers: a segmentation network applied frame by frame, then atoms, defects and tracks.
 
 A frame is first rescaled to the pixel size the network was trained at (its card's input
 ``pixel_size``) — real microscopes do not use our simulator's pixel size — padded to a size the
 network accepts, segmented, post-processed (``atoms.py``) and mapped back to the frame's own
-pixels. Defects are linked from frame to frame by the scan's ``DefectTracker``; frames of a scan are
-processed in order by one thread, so tracks see them in order.
+pixels. Defects are linked from frame to frame by the scan's ``DefectTracker``; frames of a scan
+reach the tracker in the order they arrived.
+
+The rescaling rule (``zoom_factor``, ``rescale``) lives here only: the service, the offline scoring
+(``scanlens.models.scoring``) and the training data (``scanlens.models``) all use it.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -20,17 +22,17 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..protocol.messages import ArraySpec, RecognizerSummary, ScanStart
+from ..protocol import topics
+from ..protocol.messages import ArraySpec, FrameResult, PixelSize, RecognizerSummary, ScanStart
 from .atoms import PostProcess, postprocess
 from .axis import AxisError, length_factor
-from .processor import Binding, WorkItem
-from .recognizer import ModelError, Recognizer
+from .onnx_model import ModelError, OnnxModel
+from .processor import Binding, Processor, Publication, WorkItem
 from .stats import latency_percentiles
 from .tracking import DefectTracker
 
-log = logging.getLogger(__name__)
-
 MIN_ZOOM, MAX_ZOOM = 0.25, 4.0
+_UNIT_ZOOM = 1e-6  # |zoom - 1| below this: the frame is used as it is
 
 
 def _cores() -> int:
@@ -41,29 +43,64 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def zoom_factor(frame: PixelSize, model: PixelSize) -> float:
+    """Model pixels per frame pixel; AxisError when the units do not convert."""
+    return frame.size * length_factor(frame.units, model.units) / model.size
+
+
+def rescale(image: np.ndarray, zoom: float) -> np.ndarray:
+    """``image`` zoomed by ``zoom`` (linear interpolation, order 1); itself when ``zoom`` is 1."""
+    return image if abs(zoom - 1.0) < _UNIT_ZOOM else ndimage.zoom(image, zoom, order=1)
+
+
+def recognize_image(segment: Callable[[np.ndarray], np.ndarray], pp: PostProcess, image: np.ndarray,
+                    zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One frame through a segmentation network, in the frame's own pixels: ``rescale`` by ``zoom``
+    model pixels per frame pixel, ``segment`` (probabilities ``[C, h, w]``), post-process, scale back.
+
+    Returns the class map (uint8, the frame's shape, nearest model pixel), atoms ``[n, 3]`` and defects
+    ``[m, 4]`` with x, y in frame pixels. The service and the offline scoring both run frames through here.
+    """
+    frame = np.asarray(image, dtype=np.float32)
+    scaled = rescale(frame, zoom)
+    class_map, atoms, defects = postprocess(segment(scaled), pp)
+    sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
+    sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
+    atoms[:, 0] /= sx
+    atoms[:, 1] /= sy
+    defects[:, 0] /= sx
+    defects[:, 1] /= sy
+    rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
+    cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
+    return class_map[rows][:, cols], atoms, defects
+
+
 @dataclass
-class FrameState:
+class FrameBinding(Binding):
     """Per scan: the rescaling, the tracker, the order frames must reach it in, the latest result."""
 
-    zoom: float  # model pixels per frame pixel
-    tracker: DefectTracker
-    pixel_size_nm: float | None
+    zoom: float = 1.0  # model pixels per frame pixel
+    filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))  # [rows, cols], stays 0
+    tracker: DefectTracker | None = None
+    pixel_size_nm: float | None = None
     frames_done: int = 0
-    last: dict[str, np.ndarray] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
     last_frame: int | None = None
     order: collections.deque[int] = field(default_factory=collections.deque)  # seqs admitted, in order
     turn: threading.Condition = field(default_factory=threading.Condition)
+
+    def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
+        return WorkItem(scan_id, self, seq, row, col0, values, t_received, values.size)
 
     def admit(self, seq: int) -> None:
         with self.turn:
             self.order.append(seq)
 
-    def forget(self, seqs: list[int]) -> None:
-        """Frames that will never reach the tracker (skipped, failed): let the next ones through."""
+    def forget(self, seq: int) -> None:
+        """A frame that will never reach the tracker (skipped, failed): let the next ones through."""
         with self.turn:
-            for seq in seqs:
-                if seq in self.order:
-                    self.order.remove(seq)
+            if seq in self.order:
+                self.order.remove(seq)
             self.turn.notify_all()
 
     def track_in_order(self, seq: int, frame: int, defects: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -79,73 +116,82 @@ class FrameState:
                     self.order.popleft()
                 self.turn.notify_all()
 
+    def recognized(self, item: WorkItem) -> tuple[str, int]:
+        return "frames_recognized", 1
 
-def recognize_image(segment: Callable[[np.ndarray], np.ndarray], pp: PostProcess, image: np.ndarray,
-                    zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One frame through a segmentation network, in the frame's own pixels: zoom (order 1) by ``zoom``
-    model pixels per frame pixel, ``segment`` (probabilities ``[C, h, w]``), post-process, scale back.
+    def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
+        self.frames_done += 1
+        self.last, self.last_frame = outputs, item.row
 
-    Returns the class map (uint8, the frame's shape, nearest model pixel), atoms ``[n, 3]`` and defects
-    ``[m, 4]`` with x, y in frame pixels. The service and the offline scoring
-    (``models.stem_metrics.recognize_frame``) both run frames through here.
-    """
-    frame = np.asarray(image, dtype=np.float32)
-    scaled = frame if abs(zoom - 1.0) < 1e-6 else ndimage.zoom(frame, zoom, order=1)
-    class_map, atoms, defects = postprocess(segment(scaled), pp)
-    sy = (scaled.shape[0] - 1) / max(frame.shape[0] - 1, 1)
-    sx = (scaled.shape[1] - 1) / max(frame.shape[1] - 1, 1)
-    atoms[:, 0] /= sx
-    atoms[:, 1] /= sy
-    defects[:, 0] /= sx
-    defects[:, 1] /= sy
-    rows = np.minimum(np.round(np.arange(frame.shape[0]) * sy).astype(np.intp), class_map.shape[0] - 1)
-    cols = np.minimum(np.round(np.arange(frame.shape[1]) * sx).astype(np.intp), class_map.shape[1] - 1)
-    return class_map[rows][:, cols], atoms, defects
+    def publication(self, item: WorkItem, outputs: dict[str, Any], latency_ms: float) -> Publication:
+        rec = self.processor
+        specs = rec.frame_specs(outputs["classes"].shape, len(outputs["atoms"]), len(outputs["defects"]))
+        return Publication(topics.scan_topic(item.scan_id, topics.FRAME), FrameResult(
+            scan_id=item.scan_id, recognizer=rec.name, seq=item.seq, frame=item.row, latency_ms=latency_ms,
+            n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs,
+            tracking=outputs.get("tracking")), [outputs[s.name] for s in specs])
+
+    def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
+        # ``filled`` as for spectral maps (frames fill no per-pixel maps, so it stays zero), then the
+        # latest frame's results
+        out = [(ArraySpec(name="filled", dtype="uint8", shape=list(self.filled.shape)), self.filled)]
+        if self.last:
+            specs = self.processor.frame_specs(self.last["classes"].shape, len(self.last["atoms"]),
+                                               len(self.last["defects"]))
+            out += [(spec, self.last[spec.name]) for spec in specs]
+        return out
 
 
-class FrameRecognizer(Recognizer):
-    """Two frames may be in flight at once — one in the network while the other is post-processed —
+class FrameRecognizer(Processor):
+    """An ONNX segmentation model whose card has an input pixel size.
+
+    Two frames may be in flight at once — one in the network while the other is post-processed —
     but they reach the tracker (and so the subscribers) in the order they arrived. At most
     ``cores // intra-op threads`` frames are in the network at once (``_run_slots``): with one thread
     per run two frames run side by side on two cores; with two threads one run gets both cores, as in
     a bare ONNX Runtime loop, instead of two runs competing for them."""
 
-    imaging = True
+    takes = "frames"
     max_parallel = 2
 
-    def _setup(self, warm_up_batch: int) -> None:
-        seg = [o for o in self.card.outputs if o.role == "segmentation"]
+    def __init__(self, model: OnnxModel, *, warm_up: bool = True):
+        self.model = model
+        card = model.card
+        if card.input.pixel_size is None:
+            raise ModelError(f"{model.path}: an image recognizer needs an input pixel_size")
+        seg = model.outputs("segmentation")
         if len(seg) != 1:
-            raise ModelError(f"{self.path}: an image recognizer needs exactly one segmentation output")
-        self.components = None
+            raise ModelError(f"{model.path}: an image recognizer needs exactly one segmentation output")
+        self.name = card.name
+        self.modality = card.modality
         self.seg_output = seg[0]
         self._output_names = [seg[0].name]
         try:
-            self.pp = PostProcess.from_card(seg[0].labels, self.card.postprocess)
+            self.pp = PostProcess.from_card(seg[0].labels, card.postprocess)
         except (KeyError, ValueError) as exc:
-            raise ModelError(f"{self.path}: invalid postprocess in the card: {exc}") from None
-        self.pixel_size = self.card.input.pixel_size
-        self.multiple = int(self.card.postprocess.get("size_multiple", 16))
-        self.gate_nm = float(self.card.postprocess.get("track_gate_nm", 0.5))
-        self._run_slots = threading.BoundedSemaphore(max(1, _cores() // max(self.threads, 1)))
-        if warm_up_batch:
-            self._segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
+            raise ModelError(f"{model.path}: invalid postprocess in the card: {exc}") from None
+        self.pixel_size = card.input.pixel_size
+        self.multiple = int(card.postprocess.get("size_multiple", 16))
+        self.gate_nm = float(card.postprocess.get("track_gate_nm", 0.5))
+        self._run_slots = threading.BoundedSemaphore(max(1, _cores() // max(model.threads, 1)))
+        if warm_up:
+            self.segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
 
     @property
-    def class_labels(self) -> list[str] | None:
-        return None
+    def path(self):
+        return self.model.path
 
-    def input_axis(self, start: ScanStart):  # pragma: no cover - frames have no signal axis
-        raise AxisError(f"{self.name} is an image recognizer")
+    @property
+    def card(self):
+        return self.model.card
 
-    def bind(self, start: ScanStart) -> Binding:
+    def bind(self, start: ScanStart) -> FrameBinding:
         if not start.imaging:
             raise AxisError(f"recognizer {self.name!r} takes image frames; scan {start.scan_id} is spectral")
         try:
-            factor = length_factor(start.pixel_size.units, self.pixel_size.units)
+            zoom = zoom_factor(start.pixel_size, self.pixel_size)
         except AxisError as exc:
             raise AxisError(f"frame pixel size: {exc}") from None
-        zoom = start.pixel_size.size * factor / self.pixel_size.size
         if not MIN_ZOOM <= zoom <= MAX_ZOOM:
             raise AxisError(
                 f"frame pixel size {start.pixel_size.size:g} {start.pixel_size.units} would need rescaling by "
@@ -158,13 +204,11 @@ class FrameRecognizer(Recognizer):
         gate_px = self.gate_nm / nm if nm else 5.0
         tracker = DefectTracker(len(self.pp.defect_classes), gate_px=gate_px, max_gap=1,
                                 class_names=self.pp.defect_classes)
-        return Binding(self, None, None, {}, np.zeros(start.shape, dtype=bool),  # type: ignore[arg-type]
-                       FrameState(zoom, tracker, nm))
-
-    def pixel_specs(self) -> list[ArraySpec]:
-        return []
+        return FrameBinding(self, zoom=zoom, filled=np.zeros(start.shape, dtype=np.uint8), tracker=tracker,
+                            pixel_size_nm=nm)
 
     def frame_specs(self, shape: tuple[int, int], n_atoms: int, n_defects: int) -> list[ArraySpec]:
+        """The arrays of a ``frame_result``: class map, atoms, defects."""
         return [ArraySpec(name="classes", dtype="uint8", shape=list(shape), labels=self.pp.labels),
                 ArraySpec(name="atoms", dtype="float32", shape=[n_atoms, 3], labels=["x", "y", "class"],
                           units=["px", "px", ",".join(self.pp.atom_classes)]),
@@ -172,48 +216,41 @@ class FrameRecognizer(Recognizer):
                           labels=["x", "y", "class", "confidence", "track"],
                           units=["px", "px", ",".join(self.pp.defect_classes), "", ""])]
 
-    def _segment(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities ``[C, h, w]`` of an image already at the model's pixel size."""
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities ``[C, h, w]`` of an image already at the model's pixel size (padded for the
+        network to a multiple of ``size_multiple``, cropped back)."""
         h, w = image.shape
         m = self.multiple
         padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
         with self._run_slots:
-            probs = self.session.run(self._output_names, {self.card.input.name: padded[None, None]})[0]
+            probs = self.model.run(self._output_names, padded[None, None])[0]
         return probs[0, :, :h, :w]
+
+    def recognize(self, image: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Class map, atoms and defects of one frame (``recognize_image`` with this network)."""
+        return recognize_image(self.segment, self.pp, image, zoom)
 
     def process(self, items: list[WorkItem]) -> list[dict[str, Any]]:
         try:
             return [self._process_one(item) for item in items]
         except BaseException:
             for item in items:  # whatever did not reach the tracker never will: do not block later frames
-                item.binding.state.forget([item.seq])
+                item.binding.forget(item.seq)
             raise
 
     def _process_one(self, item: WorkItem) -> dict[str, Any]:
-        state: FrameState = item.binding.state
-        classes, atoms, defects = recognize_image(self._segment, self.pp, item.spectra, state.zoom)
-        ids, tracking = state.track_in_order(item.seq, item.row, defects)
+        binding: FrameBinding = item.binding  # type: ignore[assignment]
+        classes, atoms, defects = self.recognize(item.values, binding.zoom)
+        ids, tracking = binding.track_in_order(item.seq, item.row, defects)
         return {"classes": classes, "atoms": atoms,
                 "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32),
                 "tracking": tracking}  # not an array: the frame_result header carries it
 
-    def store(self, binding: Binding, frame: int, outputs: dict[str, np.ndarray]) -> None:
-        state: FrameState = binding.state
-        state.frames_done += 1
-        state.last, state.last_frame = outputs, frame
-
     def summarize(self, binding: Binding) -> RecognizerSummary:
-        state: FrameState = binding.state
-        return RecognizerSummary(pixels_recognized=binding.pixels_done, frames_recognized=state.frames_done,
-                                 tracking=state.tracker.summary(pixel_size_nm=state.pixel_size_nm),
+        assert isinstance(binding, FrameBinding)
+        return RecognizerSummary(pixels_recognized=binding.pixels_done, frames_recognized=binding.frames_done,
+                                 tracking=binding.tracker.summary(pixel_size_nm=binding.pixel_size_nm),
                                  **latency_percentiles(binding.latencies_ms))
 
-    def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
-        state: FrameState = binding.state
-        if not state.last:
-            return []
-        specs = self.frame_specs(state.last["classes"].shape, len(state.last["atoms"]), len(state.last["defects"]))
-        return [(spec, state.last[spec.name]) for spec in specs]
-
     def describe(self) -> dict[str, Any]:
-        return self.card.model_dump(mode="json")
+        return self.model.describe()

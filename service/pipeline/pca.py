@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..protocol.messages import ArraySpec, Axis, RecognizerSummary, ScanStart
-from .processor import Binding, Processor, WorkItem
+from .processor import Binding, WorkItem
+from .spectral import SpectralBinding, SpectralProcessor
 from .stats import latency_percentiles
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class StreamingPCA:
         return ((x - self.mean) @ self.components.T).astype(np.float32)
 
 
-class PCAAnalyzer(Processor):
+class PCAAnalyzer(SpectralProcessor):
     """The built-in ``pca`` analyzer: score maps of the first ``k`` principal components."""
 
     max_parallel = 1  # per-scan state is updated in order by one thread
@@ -118,12 +119,13 @@ class PCAAnalyzer(Processor):
         results = []
         for item in items:
             state: StreamingPCA = item.binding.state
-            x = item.binding.prepare(item.spectra).reshape(item.n_pixels, -1)
+            x = item.binding.prepare(item.values).reshape(item.n_pixels, -1)
             state.update(x, item.row, item.col0)
             results.append({"scores": state.project(x)})
         return results
 
     def finish(self, binding: Binding) -> None:
+        assert isinstance(binding, SpectralBinding)
         state: StreamingPCA = binding.state
         state.refresh()
         if state.kept_all:
@@ -133,12 +135,13 @@ class PCAAnalyzer(Processor):
         state.kept = []
 
     def summarize(self, binding: Binding) -> RecognizerSummary:
+        assert isinstance(binding, SpectralBinding)
         state: StreamingPCA = binding.state
         return RecognizerSummary(pixels_recognized=binding.pixels_done,
                                  explained_variance_ratio=[float(v) for v in state.explained_ratio],
                                  **latency_percentiles(binding.latencies_ms))
 
-    def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
+    def extras(self, binding: SpectralBinding) -> list[tuple[ArraySpec, np.ndarray]]:
         state: StreamingPCA = binding.state
         return [(ArraySpec(name="loadings", dtype="float32", shape=[self.k, state.d],
                            labels=None), state.components),

@@ -1,154 +1,125 @@
-"""What every per-pixel processor of a scan shares: binding to a scan, work items, the processor base.
+"""What every processor of a scan shares: the processor and binding interfaces, work items, publications.
 
-A *processor* turns the pixels of a data message into per-pixel maps. Two kinds exist: ONNX
-recognizers (``recognizer.py``: stateless, shared by all scans, batched across them) and built-in
-analyzers such as streaming PCA (``pca.py``: state per scan). ``bind`` attaches a processor to a
-scan once, at ``scan_start`` — axis mapping, component order, per-scan state and the maps it fills —
-and refuses the scan there if the data cannot be fed to it.
+A *processor* turns the data of a message (a line of spectra, or a frame) into published results.
+Three kinds exist: spectral recognizers and analyzers (``spectral.py``, ``pca.py``: per-pixel maps)
+and frame recognizers (``frames.py``: class maps, atoms, defects, tracks). ``bind`` attaches a
+processor to one scan at ``scan_start`` and returns a ``Binding``: its per-scan state, how a message's
+values become a ``WorkItem``, where results are stored and what is published for them. The scan
+(``scan.py``) and the scan manager (``scans.py``) only talk to these two interfaces, so they never
+ask which kind of processor they hold.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
-from ..protocol.messages import ArraySpec, Axis, RecognizerSummary, ScanStart
-from .axis import AxisError, AxisMap
-from .stats import latency_percentiles
+from ..protocol.messages import ArraySpec, RecognizerSummary, ScanStart
 
-if TYPE_CHECKING:
-    from .scan import ScanState
+#: What a processor takes: lines of spectra (``data`` messages) or whole images (``frame`` messages).
+Takes = Literal["spectra", "frames"]
 
 
-@dataclass
-class Binding:
-    """A processor attached to one scan: how to feed it, its per-scan state and the maps it fills."""
+def takes_of(start: ScanStart) -> Takes:
+    """What a scan sends: frames when its ``scan_start`` has a pixel size, spectra otherwise."""
+    return "frames" if start.imaging else "spectra"
 
-    processor: Processor
-    axis_map: AxisMap
-    component_order: np.ndarray | None  # indices into the scan's components; None = as sent
-    maps: dict[str, np.ndarray]
-    filled: np.ndarray  # bool [rows, cols]
-    state: Any = None  # per-scan state of a stateful processor
-    pixels_done: int = 0
-    latencies_ms: list[float] = field(default_factory=list)  # receipt of a line -> its maps published
-    _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
 
-    def line_specs(self, n: int) -> list[ArraySpec]:
-        """The array specs of a maps message of ``n`` pixels (cached: lines have few distinct lengths)."""
-        specs = self._line_specs.get(n)
-        if specs is None:
-            specs = [s.model_copy(update={"shape": [n, *s.shape]}) for s in self.processor.pixel_specs()]
-            self._line_specs[n] = specs
-        return specs
+@dataclass(frozen=True)
+class Publication:
+    """One message for the PUB socket: topic, header and the arrays that follow it."""
 
-    def prepare(self, spectra: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Received pixels -> float32 on the processor's axis, components in its order."""
-        if self.component_order is not None:
-            spectra = spectra[..., self.component_order]
-        return self.axis_map.apply(spectra, out=out)
+    topic: str
+    header: BaseModel
+    arrays: Sequence[np.ndarray] = ()
 
 
 @dataclass
 class WorkItem:
-    """One accepted data message on its way to one processor."""
+    """One accepted data or frame message on its way to one processor."""
 
-    scan: ScanState
+    scan_id: str
     binding: Binding
     seq: int
-    row: int
+    row: int  # a line's row, or a frame's index
     col0: int
-    spectra: np.ndarray  # [n, channels(, components)] zero-copy view on the received frame
+    values: np.ndarray  # zero-copy view on the received buffer: [n, channels(, components)] or [h, w]
     t_received: float  # time.perf_counter()
-
-    @property
-    def n_pixels(self) -> int:
-        """Pixels this item carries (a line's spectra, or every pixel of a frame)."""
-        return self.spectra.size if self.binding.processor.imaging else self.spectra.shape[0]
+    n_pixels: int  # pixels this item carries (a line's spectra, or every pixel of a frame)
 
 
-def component_order(scan: list[str] | None, needed: list[str] | None, name: str) -> np.ndarray | None:
-    """Indices that pick ``needed`` components out of the scan's; AxisError if they are not all there."""
-    if needed is None and scan is None:
-        return None
-    if needed is None or scan is None:
-        raise AxisError(f"recognizer {name!r} expects components {needed or 'none'}; the scan sends "
-                        f"{scan or 'none'}")
-    missing = [c for c in needed if c not in scan]
-    if missing:
-        raise AxisError(f"recognizer {name!r} needs components {needed}; the scan sends {scan} "
-                        f"(missing {missing})")
-    order = np.array([scan.index(c) for c in needed], dtype=np.intp)
-    return None if list(order) == list(range(len(scan))) else order
+@dataclass
+class Binding(ABC):
+    """A processor attached to one scan."""
+
+    processor: Processor
+    pixels_done: int = field(default=0, init=False)
+    latencies_ms: list[float] = field(default_factory=list, init=False)  # receipt -> stored
+
+    @abstractmethod
+    def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
+        """The work item of one accepted message."""
+
+    def admit(self, seq: int) -> None:
+        """A message of this scan is on its way to the processor (frames keep their order)."""
+
+    def forget(self, seq: int) -> None:
+        """A message admitted before will never be processed (skipped, failed)."""
+
+    @abstractmethod
+    def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
+        """Keep one item's results in the scan's state (maps, latest frame)."""
+
+    @abstractmethod
+    def publication(self, item: WorkItem, outputs: dict[str, Any], latency_ms: float) -> Publication:
+        """What is published for one item's results."""
+
+    def map_specs(self) -> list[ArraySpec]:
+        """The per-pixel maps this binding fills, announced in ``scan_started`` (none for frames)."""
+        return []
+
+    @abstractmethod
+    def recognized(self, item: WorkItem) -> tuple[str, int]:
+        """The service counter one recognized item adds to, and by how much."""
+
+    @abstractmethod
+    def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
+        """The current state a late subscriber gets from ``snapshot`` (names without the prefix)."""
+
+    def record(self, item: WorkItem, latency_ms: float) -> None:
+        self.pixels_done += item.n_pixels
+        self.latencies_ms.append(latency_ms)
 
 
-class Processor:
-    """Base of recognizers and analyzers. Subclasses set ``name``, ``modality`` (None: any) and
-    ``max_parallel`` (None: as configured; 1 for processors with per-scan state) and implement
-    ``input_axis``, ``pixel_specs`` and ``process``."""
+class Processor(ABC):
+    """Base of recognizers and analyzers. Subclasses set ``name``, ``modality`` (None: any), ``takes``
+    and ``max_parallel`` (None: as configured; 1 for processors with per-scan state updated in order)."""
 
     name: str
     modality: str | None = None
+    takes: ClassVar[Takes]
     max_parallel: int | None = None
-    components: list[str] | None = None
-    imaging = False  # True: takes whole frames (frames.py), not spectra
 
-    # ---- binding
-
-    def input_axis(self, start: ScanStart) -> Axis:
-        raise NotImplementedError
-
-    def new_state(self, start: ScanStart) -> Any:
-        return None
-
-    def needed_components(self, start: ScanStart) -> list[str] | None:
-        """The components this processor takes from the scan, in its order (None: a scalar signal)."""
-        return self.components
-
+    @abstractmethod
     def bind(self, start: ScanStart) -> Binding:
-        if start.imaging:
-            raise AxisError(f"recognizer {self.name!r} takes spectra; scan {start.scan_id} is an imaging scan")
-        rows, cols = start.shape
-        order = component_order(start.components, self.needed_components(start), self.name)
-        axis_map = AxisMap.build(start.axis, self.input_axis(start))
-        maps = {s.name: np.zeros((rows, cols, *s.shape), dtype=s.dtype) for s in self.pixel_specs()}
-        return Binding(self, axis_map, order, maps, np.zeros((rows, cols), dtype=bool), self.new_state(start))
+        """Attach to one scan; AxisError (the scan is refused) when its data cannot be fed to this processor."""
 
-    # ---- per pixel
-
-    def pixel_specs(self) -> list[ArraySpec]:
-        """What a maps message carries per pixel, in order (shape without the leading pixel axis)."""
-        raise NotImplementedError
-
-    def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
-        """In a worker thread: per item, the arrays named by ``pixel_specs``, each ``[n_pixels, ...]``."""
-        raise NotImplementedError
-
-    # ---- end of scan
-
-    @property
-    def class_labels(self) -> list[str] | None:
-        return None
+    @abstractmethod
+    def process(self, items: list[WorkItem]) -> list[dict[str, Any]]:
+        """In a worker thread: the results of each item, keyed by output name."""
 
     def finish(self, binding: Binding) -> None:
         """Called once when the scan closes (e.g. to recompute maps with final state)."""
 
+    @abstractmethod
     def summarize(self, binding: Binding) -> RecognizerSummary:
-        fractions = None
-        labels = self.class_labels
-        if labels is not None and "class" in binding.maps:
-            counts = np.bincount(binding.maps["class"][binding.filled], minlength=len(labels))[: len(labels)]
-            total = max(int(counts.sum()), 1)
-            fractions = {label: float(c) / total for label, c in zip(labels, counts)}
-        return RecognizerSummary(pixels_recognized=binding.pixels_done, class_fractions=fractions,
-                                 **latency_percentiles(binding.latencies_ms))
+        """This processor's part of the scan summary."""
 
-    def extras(self, binding: Binding) -> list[tuple[ArraySpec, np.ndarray]]:
-        """Arrays beyond the maps that a snapshot carries (e.g. PCA loadings)."""
-        return []
-
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the ``models`` control request reports about this processor."""
-        raise NotImplementedError

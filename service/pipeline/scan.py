@@ -1,21 +1,23 @@
 """One scan: checks each data message against its ``scan_start``, accounts for every seq, holds the maps.
 
 Accounting is the heart of the reliability promise: each seq of a scan ends up *recognized*,
-*rejected* (with a reason), *lost* (never arrived) or *late* (arrived after the scan closed), and
-the summary lists them. Map state is the full-resolution map of every output of every recognizer,
-filled in as results come back; it is what a late subscriber gets from the ``snapshot`` request.
+*rejected* (with a reason), *lost* (never arrived), *skipped* (a frame the ``latest`` policy dropped)
+or *late* (arrived after the scan closed), and the summary lists them. The bindings of the scan's
+processors (``processor.py``) hold the full-resolution maps and latest frame results, filled in as
+results come back; they are what a late subscriber gets from the ``snapshot`` request.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..protocol.codec import ProtocolError, buffer_to_array
 from ..protocol.messages import ArraySpec, Data, Frame, Rejection, ScanStart, ScanSummary
-from .processor import Binding, Processor, WorkItem
+from .processor import Binding, Processor, WorkItem, takes_of
 from .stats import latency_percentiles
 
 
@@ -63,7 +65,7 @@ class ScanState:
         when it contradicts ``scan_start`` or repeats a seq."""
         self.t_last = time.perf_counter()
         self._check_seq(data)
-        if self.start.imaging:
+        if takes_of(self.start) != "spectra":
             raise self._reject(data, "this is an imaging scan (pixel_size in scan_start): send frame messages")
         rows, cols = self.start.shape
         n, channels = data.shape[:2]
@@ -80,6 +82,24 @@ class ScanState:
         spectra = self._payload(data, buffers, "data message", "spectra contain")
         self.pixels_received += n
         return spectra
+
+    def accept_frame(self, msg: Frame, buffers: list[memoryview]) -> np.ndarray:
+        """The image of a frame message as a zero-copy array; ProtocolError (and a recorded rejection)
+        when it contradicts ``scan_start``."""
+        self.t_last = time.perf_counter()
+        self._check_seq(msg)
+        if takes_of(self.start) != "frames":
+            raise self._reject(msg, "this is a spectral scan (axis in scan_start): send data messages")
+        if tuple(msg.shape) != tuple(self.start.shape):
+            raise self._reject(msg, f"frame shape {list(msg.shape)} differs from scan_start's {list(self.start.shape)}")
+        if self.start.frames is not None and msg.frame >= self.start.frames:
+            raise self._reject(msg, f"frame {msg.frame} is beyond scan_start's frames={self.start.frames}")
+        if msg.frame <= self.last_frame:
+            raise self._reject(msg, f"frame {msg.frame} does not follow frame {self.last_frame}")
+        image = self._payload(msg, buffers, "frame message", "frame contains")
+        self.last_frame = msg.frame
+        self.pixels_received += image.size
+        return image
 
     def _payload(self, msg: Data | Frame, buffers: list[memoryview], kind: str, contents: str) -> np.ndarray:
         """The one buffer of a data or frame message as a zero-copy array, finite if float; the seq counts
@@ -103,24 +123,6 @@ class ScanState:
         if self.n_messages is not None and msg.seq >= self.n_messages:
             raise self._reject(msg, f"seq {msg.seq} is beyond scan_end's n_messages={self.n_messages}")
 
-    def accept_frame(self, msg: Frame, buffers: list[memoryview]) -> np.ndarray:
-        """The image of a frame message as a zero-copy array; ProtocolError (and a recorded rejection)
-        when it contradicts ``scan_start``."""
-        self.t_last = time.perf_counter()
-        self._check_seq(msg)
-        if not self.start.imaging:
-            raise self._reject(msg, "this is a spectral scan (axis in scan_start): send data messages")
-        if tuple(msg.shape) != tuple(self.start.shape):
-            raise self._reject(msg, f"frame shape {list(msg.shape)} differs from scan_start's {list(self.start.shape)}")
-        if self.start.frames is not None and msg.frame >= self.start.frames:
-            raise self._reject(msg, f"frame {msg.frame} is beyond scan_start's frames={self.start.frames}")
-        if msg.frame <= self.last_frame:
-            raise self._reject(msg, f"frame {msg.frame} does not follow frame {self.last_frame}")
-        image = self._payload(msg, buffers, "frame message", "frame contains")
-        self.last_frame = msg.frame
-        self.pixels_received += image.size
-        return image
-
     def record_skipped(self, seq: int) -> None:
         """A frame dropped by the newest-frame-wins policy before it was recognized."""
         self.skipped.append(seq)
@@ -128,24 +130,18 @@ class ScanState:
     def record_late(self, seq: int) -> None:
         self.late.append(seq)
 
+    def record_unreadable(self, seq: int, reason: str) -> None:
+        """A data message that failed before the scan saw it (undecodable, oversized): rejected, not lost."""
+        if seq not in self.received:
+            self.rejected.setdefault(seq, reason)
+
     # ------------------------------------------------------------------ result side
 
-    def store(self, item: WorkItem, outputs: dict[str, np.ndarray]) -> float:
-        """Write one recognizer's results into the maps; returns the latency in ms."""
-        b = item.binding
-        if getattr(b.processor, "imaging", False):
-            b.processor.store(b, item.row, outputs)
-            b.pixels_done += item.spectra.size
-            latency = (time.perf_counter() - item.t_received) * 1e3
-            b.latencies_ms.append(latency)
-            return latency
-        sl = (item.row, slice(item.col0, item.col0 + item.n_pixels))
-        for name, values in outputs.items():
-            b.maps[name][sl] = values
-        b.filled[sl] = True
-        b.pixels_done += item.n_pixels
+    def store(self, item: WorkItem, outputs: dict[str, Any]) -> float:
+        """Write one processor's results into its binding; returns the latency in ms."""
+        item.binding.store(item, outputs)
         latency = (time.perf_counter() - item.t_received) * 1e3
-        b.latencies_ms.append(latency)
+        item.binding.record(item, latency)
         return latency
 
     # ------------------------------------------------------------------ closing
@@ -158,7 +154,7 @@ class ScanState:
             top = max(self.received | set(self.rejected), default=-1)
             expected_seqs = range(top + 1)
         lost = [s for s in expected_seqs if s not in self.received and s not in self.rejected]
-        if self.start.imaging:  # pixels of an imaging scan: frames x frame pixels
+        if takes_of(self.start) == "frames":  # pixels of an imaging scan: frames x frame pixels
             rows, cols = (self.n_messages if self.n_messages is not None else len(expected_seqs)), rows * cols
         recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
         summaries = {}
@@ -185,18 +181,11 @@ class ScanState:
         return self.summary
 
     def snapshot(self) -> tuple[list[ArraySpec], list[np.ndarray]]:
-        """Full current maps of every recognizer, named ``<recognizer>/<output>`` plus ``/filled``."""
+        """Current state of every processor, named ``<processor>/<array>`` (maps, ``filled``, extras)."""
         specs: list[ArraySpec] = []
         arrays: list[np.ndarray] = []
         for name, b in self.bindings.items():
-            pixel_specs = {s.name: s for s in b.processor.pixel_specs()}
-            for out, values in b.maps.items():
-                specs.append(pixel_specs[out].model_copy(update={"name": f"{name}/{out}", "shape": list(values.shape)}))
-                arrays.append(values)
-            filled = b.filled.view(np.uint8)
-            specs.append(ArraySpec(name=f"{name}/filled", dtype="uint8", shape=list(filled.shape)))
-            arrays.append(filled)
-            for spec, values in b.processor.extras(b):
+            for spec, values in b.snapshot_arrays():
                 specs.append(spec.model_copy(update={"name": f"{name}/{spec.name}"}))
                 arrays.append(values)
         return specs, arrays

@@ -8,15 +8,17 @@ receiving side wraps them with ``numpy.frombuffer`` without copying.
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgpack
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from .messages import MESSAGE_ADAPTER, ArraySpec, Message
+from .messages import MESSAGE_ADAPTER, ArraySpec, Event, Message, ScanSummary
 
 #: Buffers type accepted by encode/decode: bytes, memoryview, zmq.Frame (buffer protocol) ...
 Buffer = Any
@@ -31,6 +33,14 @@ class ProtocolError(ValueError):
         self.reason = reason
         self.scan_id = scan_id
         self.seq = seq
+
+
+class UnknownKindError(ProtocolError):
+    """A header whose ``kind`` this version does not know (code ``bad_message``); tolerant readers skip it."""
+
+    def __init__(self, kind: object, *, scan_id: str | None = None, seq: int | None = None):
+        super().__init__("bad_message", f"unknown message kind {kind!r}", scan_id=scan_id, seq=seq)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -110,32 +120,155 @@ def _brief(exc: ValidationError) -> str:
     return "invalid header: " + "; ".join(parts)
 
 
-def validate_header(obj: dict[str, Any]) -> Message:
-    """dict -> the one message model its ``kind`` names; ProtocolError naming the bad fields."""
+def validate_header(obj: dict[str, Any], *, tolerant: bool = False) -> Message:
+    """dict -> the one message model its ``kind`` names; ProtocolError naming the bad fields.
+
+    ``tolerant`` reads what a newer service may publish (see ``validate_tolerant``); an unknown
+    ``kind`` is then an ``UnknownKindError``. Strict (the default) is for everything received."""
     scan_id = obj.get("scan_id") if isinstance(obj.get("scan_id"), str) else None
     seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
     if obj.get("v") != 1:
         raise ProtocolError("bad_message", f"unsupported protocol version {obj.get('v')!r} (this is v1)",
                             scan_id=scan_id, seq=seq)
     try:
-        return MESSAGE_ADAPTER.validate_python(obj)
+        kind = obj.get("kind")
+        if not tolerant or not isinstance(kind, str):  # no kind, or not a string: refused either way
+            return MESSAGE_ADAPTER.validate_python(obj)
+        if kind not in MODELS_BY_KIND:
+            raise UnknownKindError(kind, scan_id=scan_id, seq=seq)
+        return _validate_tolerant(MODELS_BY_KIND[kind], obj)  # type: ignore[return-value]
     except ValidationError as exc:
         raise ProtocolError("bad_message", _brief(exc), scan_id=scan_id, seq=seq) from None
 
 
-def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS) -> tuple[Message, list[memoryview]]:
-    """Frames -> (validated header, buffers as memoryviews over the received frames)."""
+# --------------------------------------------------------------------------- tolerant reading (clients)
+
+#: kind -> model, for reading one message kind without the tagged union.
+MODELS_BY_KIND: dict[str, type[BaseModel]] = {
+    m.model_fields["kind"].default: m for m in get_args(get_args(Message)[0])}
+
+#: Literal fields whose vocabulary grows additively within v1 (new event codes, levels, summary states):
+#: a tolerant reader keeps an unknown string value instead of refusing the message. Every other Literal
+#: (``v``, ``kind``, ``dtype``, ...) stays closed: a reader cannot use a value it does not know there.
+OPEN_VOCABULARIES: dict[type[BaseModel], tuple[str, ...]] = {Event: ("code", "level"), ScanSummary: ("state",)}
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_tolerant(model: type[M], obj: Any) -> M:
+    """``obj`` as ``model``, read the way a client reads what the service publishes (pydantic
+    ValidationError otherwise).
+
+    Keys that ``model`` (or a model nested in it) does not define are dropped, and an unknown string
+    in one of ``OPEN_VOCABULARIES`` is kept; everything the model does define is validated as usual."""
+    return _validate_tolerant(model, obj)
+
+
+def _validate_tolerant(model: type[M], obj: Any) -> M:
+    try:  # what this version publishes validates as it is, at the strict cost (pruning costs 5x more)
+        return model.model_validate(obj)
+    except ValidationError:
+        if not isinstance(obj, dict):
+            raise
+    data = _prune(obj, model)
+    unknown: dict[str, str] = {}
+    for name in OPEN_VOCABULARIES.get(model, ()):
+        allowed = _literal_values(model.model_fields[name].annotation)
+        value = data.get(name)
+        if isinstance(value, str) and value not in allowed:
+            unknown[name] = value
+            data[name] = allowed[0]  # validate the rest with a stand-in, then put the value back
+    validated = model.model_validate(data)
+    return validated.model_copy(update=unknown) if unknown else validated
+
+
+def _literal_values(annotation: Any) -> tuple[Any, ...]:
+    """The values of the Literal in ``annotation`` (through Annotated and ``| None``)."""
+    annotation = _unwrap(annotation)
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if values := _literal_values(arg):
+            return values
+    return ()
+
+
+def _unwrap(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _prune(value: Any, annotation: Any) -> Any:
+    """``value`` without the dict keys that the models in ``annotation`` do not define, at any depth."""
+    annotation = _unwrap(annotation)
+    origin = get_origin(annotation)
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        if not isinstance(value, dict):
+            return value
+        fields = {(f.alias or name): f for name, f in annotation.model_fields.items()}
+        return {k: _prune(v, fields[k].annotation) for k, v in value.items() if k in fields}
+    if origin in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if _fits(value, _unwrap(arg)):
+                return _prune(value, arg)
+        return value
+    if origin in (list, set, frozenset, Sequence) and isinstance(value, list):
+        (item,) = get_args(annotation) or (Any,)
+        return [_prune(v, item) for v in value]
+    if origin is tuple and isinstance(value, list):
+        args = get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return [_prune(v, args[0]) for v in value]
+        return [_prune(v, a) for v, a in zip(value, args)] + value[len(args):]
+    if origin is dict and isinstance(value, dict):
+        _, item = get_args(annotation) or (Any, Any)
+        return {k: _prune(v, item) for k, v in value.items()}
+    return value
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` has the container shape of ``annotation`` (which arm of a union to prune by)."""
+    origin = get_origin(annotation) or annotation
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return isinstance(value, dict)
+    if origin in (list, tuple, set, frozenset, Sequence):
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    return False
+
+
+def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, *,
+           tolerant: bool = False) -> tuple[Message, list[memoryview]]:
+    """Frames -> (validated header, buffers as memoryviews over the received frames).
+
+    Strict by default: the service decodes everything it receives this way. ``tolerant=True`` is for
+    clients reading what the service publishes (wire rule: additions within v1 are optional), see
+    ``validate_tolerant``; an unknown ``kind`` raises ``UnknownKindError`` for the reader to skip."""
     if not frames:
         raise ProtocolError("bad_message", "empty message")
     if len(frames) > limits.max_frames:
         raise ProtocolError("oversized", f"{len(frames)} frames, limit {limits.max_frames}")
-    header = validate_header(unpack_header(frames[0], limits))
+    header = validate_header(unpack_header(frames[0], limits), tolerant=tolerant)
     buffers = [memoryview(f) for f in frames[1:]]
     total = sum(b.nbytes for b in buffers)
     if total > limits.max_payload_bytes:
         raise ProtocolError("oversized", f"payload is {total} bytes, limit {limits.max_payload_bytes}",
                             scan_id=getattr(header, "scan_id", None), seq=getattr(header, "seq", None))
     return header, buffers
+
+
+def split_envelope(frames: Sequence[Buffer], *, hops: int = 1) -> tuple[list[Buffer], list[Buffer]]:
+    """A control message as received -> (envelope, body), the one rule for both ends of the control socket.
+
+    The envelope runs up to and including the first empty frame (the delimiter a REQ socket, and
+    scanlens' client, put before the header). Without one it is the first ``hops`` frames: 1 for the
+    routing id a ROUTER prepends (a DEALER peer may omit the delimiter), 0 at a DEALER."""
+    frames = list(frames)
+    empty = next((i for i, f in enumerate(frames) if memoryview(f).nbytes == 0), None)
+    split = empty + 1 if empty is not None else hops
+    return frames[:split], frames[split:]
 
 
 def buffer_to_array(buffer: Buffer, dtype: str, shape: Sequence[int]) -> np.ndarray:

@@ -206,6 +206,14 @@ class Maps(_Header):
     arrays: list[ArraySpec]
 
 
+def line_slice(row: int, col0: int, n_pixels: int) -> tuple[int, slice]:
+    """Where a line of ``n_pixels`` starting at ``(row, col0)`` sits in a ``[rows, cols, ...]`` map.
+
+    The one placement rule for a ``data`` line and the ``maps`` message it gives: the service writes
+    its maps with it and clients assemble published maps with it (``maps[line_slice(...)] = values``)."""
+    return row, slice(col0, col0 + n_pixels)
+
+
 class FrameResult(_Header):
     """Results for one frame from one recognizer; buffers follow in the order of ``arrays``:
     ``classes`` (uint8 ``[height, width]``, the segmentation at the frame's own pixel size), ``atoms``

@@ -7,6 +7,8 @@ and parameter names come from here, and the ``models`` control request returns t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -73,3 +75,14 @@ class ModelCard(_Card):
     postprocess: dict[str, Any] = Field(
         default_factory=dict, description="image models: which segmentation classes are atoms and defects, "
                                           "peak-finding parameters")
+
+
+def card_from_metadata(metadata: Mapping[str, str]) -> ModelCard:
+    """The card stored under ``CARD_KEY`` in an ONNX model's metadata (the one reader of cards).
+
+    KeyError when the model has none; ValueError (pydantic's ValidationError is one) when it is invalid.
+    """
+    raw = metadata.get(CARD_KEY)
+    if raw is None:
+        raise KeyError(f"no model card (metadata key {CARD_KEY!r})")
+    return ModelCard.model_validate(json.loads(raw))

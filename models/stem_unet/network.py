@@ -1,0 +1,95 @@
+"""stem-unet's network and loss: the U-Net (Anscombe + per-image standardisation inside the graph, softmax
+over SEG_CLASSES) and the class-weighted cross-entropy against soft, centre-peaked targets."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from scanlens.sim.stem import SEG_CLASSES
+
+from .config import BASE_CHANNELS, IGNORE, LEVELS, SEG_OF_ATOM, TARGET_SIGMA_PX
+
+
+def soft_targets(labels: torch.Tensor, distance: torch.Tensor, sigma_px: float = TARGET_SIGMA_PX) -> torch.Tensor:
+    """Per-pixel target distributions ``[b, C, h, w]``: an atom column's class gets ``exp(-d^2 / 2 s^2)``
+    (``s`` = ``sigma_px``, default :data:`TARGET_SIGMA_PX`; ``d`` the distance from its centre) and
+    background the rest, so the network's atom probability peaks at the column centre (one peak per
+    column for the service's peak finder); vacancies and background are one-hot. ``labels`` must not
+    hold :data:`IGNORE`."""
+    q = nn.functional.one_hot(labels, len(SEG_CLASSES)).permute(0, 3, 1, 2).to(torch.float32)
+    atom = torch.isin(labels, torch.as_tensor(SEG_OF_ATOM))
+    g = torch.where(atom, torch.exp(-(distance.clamp(max=1e3) ** 2) / (2.0 * sigma_px**2)), 1.0)
+    q = q * g[:, None]
+    q[:, 0] += torch.where(atom, 1.0 - g, 0.0)
+    return q
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, distance: torch.Tensor, weights: torch.Tensor,
+            sigma_px: float = TARGET_SIGMA_PX) -> torch.Tensor:
+    """Class-weighted cross-entropy against :func:`soft_targets` of width ``sigma_px`` (weight of each
+    pixel's label class; :data:`IGNORE` pixels weigh nothing)."""
+    keep = labels != IGNORE
+    labels = torch.where(keep, labels, 0)
+    q = soft_targets(labels, distance, sigma_px)
+    w = weights[labels] * keep
+    per_pixel = -(q * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    return (per_pixel * w).sum() / w.sum()
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+    )
+
+
+class STEMUNet(nn.Module):
+    """Anscombe + per-image standardisation, a U-Net, softmax over :data:`SEG_CLASSES` per pixel."""
+
+    def __init__(self, base: int = BASE_CHANNELS, levels: int = LEVELS, n_classes: int = len(SEG_CLASSES)):
+        super().__init__()
+        ch = [base * 2**i for i in range(levels + 1)]
+        self.levels = levels
+        self.enc = nn.ModuleList([_block(1, ch[0])] + [_block(ch[i], ch[i + 1]) for i in range(levels)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(ch[i + 1], ch[i], 2, stride=2) for i in range(levels)])
+        self.dec = nn.ModuleList([_block(2 * ch[i], ch[i]) for i in range(levels)])
+        self.head = nn.Conv2d(ch[0], n_classes, 1)
+        self.pool = nn.MaxPool2d(2)
+
+    @staticmethod
+    def normalize(image: torch.Tensor) -> torch.Tensor:
+        """Anscombe transform, then per-image standardisation. The mean and variance are reduced in
+        float64: ONNX Runtime's float32 ReduceMean over a 512 x 512 frame is off by ~1e-4, which the
+        network would amplify past the parity limit."""
+        z = 2.0 * torch.sqrt(torch.clamp(image, min=0.0) + 0.375)
+        z64 = z.to(torch.float64)
+        mean = z64.mean(dim=(2, 3), keepdim=True)
+        var = ((z64 - mean) ** 2).mean(dim=(2, 3), keepdim=True)
+        return (z - mean.to(torch.float32)) / torch.sqrt(var + 0.01).to(torch.float32)
+
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(image)
+        skips = []
+        for i, enc in enumerate(self.enc):
+            x = enc(x if i == 0 else self.pool(x))
+            skips.append(x)
+        x = skips.pop()
+        for i in reversed(range(self.levels)):
+            x = self.dec[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+        return self.head(x)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Softmax over the class axis, written out: ONNX Runtime's Softmax on axis 1 of NCHW
+        transposes the tensor twice and costs ~10 % of a frame."""
+        logits = self.logits(image)
+        e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
+        return e / e.sum(dim=1, keepdim=True)
+
+
+def architecture() -> str:
+    """The card's ``architecture``: the network described in words."""
+    ch = "-".join(str(BASE_CHANNELS * 2**i) for i in range(LEVELS + 1))
+    return (f"U-Net, {LEVELS} levels ({ch} channels; 2 x (3x3 conv, batch norm, ReLU) per block, 2x2 max-pool, "
+            f"2x2 transposed-conv up-sampling, skip connections), 1x1 head, softmax over {len(SEG_CLASSES)} "
+            "classes; Anscombe + per-image standardisation in the graph")

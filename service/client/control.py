@@ -1,0 +1,70 @@
+"""The control side: a DEALER connection to the control socket (status, models, scans, snapshot)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from ..protocol.codec import UnknownKindError, arrays_from, decode, encode, split_envelope
+from ..protocol.messages import Reply, Request
+from ..transport.sockets import connect
+from .base import _Client
+
+
+class ServiceError(RuntimeError):
+    """The service answered a control request with ``ok: false``."""
+
+
+@dataclass
+class ControlReply:
+    reply: Reply
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return self.reply.result or {}
+
+
+class Control(_Client):
+    """A DEALER connection to the control socket; one request at a time per client.
+
+    Replies are decoded tolerantly (a newer service may add keys); messages of unknown kinds are skipped."""
+
+    def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None):
+        super().__init__(ctx)
+        self.sock = connect(self.ctx, zmq.DEALER, endpoint)
+        self._ids = itertools.count()
+
+    async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0) -> ControlReply:
+        req = Request(id=next(self._ids), op=op, scan_id=scan_id)
+        await self.sock.send_multipart([b"", *encode(req)])
+        async with asyncio.timeout(timeout):
+            while True:
+                _, body = split_envelope(await self.sock.recv_multipart(copy=False), hops=0)
+                try:
+                    header, buffers = decode(body, tolerant=True)
+                except UnknownKindError:
+                    continue
+                if isinstance(header, Reply) and header.id == req.id:
+                    break  # replies to earlier, timed-out requests are skipped
+        if not header.ok:
+            raise ServiceError(f"{op} failed: {header.error}")
+        return ControlReply(header, arrays_from(header.arrays, buffers) if header.arrays else {})
+
+    async def status(self) -> dict[str, Any]:
+        return (await self.request("status")).result
+
+    async def models(self) -> dict[str, Any]:
+        return (await self.request("models")).result["models"]
+
+    async def scans(self) -> dict[str, Any]:
+        return (await self.request("scans")).result
+
+    async def snapshot(self, scan_id: str) -> ControlReply:
+        return await self.request("snapshot", scan_id)

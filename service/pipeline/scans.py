@@ -1,0 +1,334 @@
+"""The scan lifecycle: which scans are open, which processors serve them, and what to publish.
+
+``ScanManager`` takes decoded ingest messages and returns the ``Publication`` s they cause; the
+server (``scanlens.app.server``) only moves bytes. It owns the scan registry (open scans and a
+bounded history of closed ones), chooses and binds the processors of a new scan, routes accepted
+data to each processor's ``InferenceWorker``, applies the frame policy (``latest``: the newest
+frame wins over frames still queued), accounts for input that could not be read, closes scans when
+everything is back (or nothing arrived for ``scan_timeout_s``) and answers the control queries.
+Every problem becomes an ``event`` publication and a counter. It is tested without sockets.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..protocol import topics
+from ..protocol.codec import ProtocolError
+from ..protocol.messages import (INGEST_KINDS, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
+                                 ScanStarted, Status)
+from .axis import AxisError
+from .batcher import InferenceWorker, ResultHandler
+from .processor import Processor, Publication, WorkItem, takes_of
+from .scan import ScanState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScanLimits:
+    """How many scans, how big, how long: the lifecycle's limits (from the service settings)."""
+
+    max_open_scans: int = 16
+    max_scan_pixels: int = 16_777_216
+    keep_closed_scans: int = 64
+    scan_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Batching and parallelism of every processor's inference worker."""
+
+    max_batch_pixels: int = 4096
+    queue_pixels: int = 65536
+    parallel: int = 1
+
+
+class ScanManager:
+    """Scan registry and lifecycle. ``on_result`` receives each finished work item (the server publishes
+    what ``result`` returns for it); the fallback analyzer serves spectral scans no recognizer fits."""
+
+    def __init__(self, recognizers: dict[str, Processor], analyzers: dict[str, Processor], *,
+                 on_result: ResultHandler, limits: ScanLimits = ScanLimits(),
+                 workers: WorkerOptions = WorkerOptions(), fallback: str = "pca",
+                 clock: Callable[[], float] = time.perf_counter):
+        self.recognizers = recognizers
+        self.processors: dict[str, Processor] = {**recognizers, **analyzers}
+        self.fallback = fallback
+        self.limits = limits
+        self.clock = clock
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.open_scans: dict[str, ScanState] = {}
+        self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
+        self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
+                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel)
+                        for name, proc in self.processors.items()}
+        self._t0 = time.monotonic()
+        self._handlers = {"scan_start": self._on_scan_start, "data": self._on_data,
+                          "frame": self._on_frame, "scan_end": self._on_scan_end}
+
+    # ------------------------------------------------------------------ events
+
+    def event(self, code: str, reason: str, *, scan_id: str | None = None, seq: int | None = None,
+              seqs: list[int] | None = None, level: str = "error") -> Publication:
+        """An ``event`` publication, counted and logged."""
+        self.counters[f"event.{code}"] += 1
+        log.log(logging.ERROR if level == "error" else logging.WARNING,
+                "%s scan=%s seq=%s: %s", code, scan_id, seq, reason)
+        return Publication(topics.event_topic(scan_id),
+                           Event(scan_id=scan_id, level=level, code=code, reason=reason, seq=seq, seqs=seqs))
+
+    def unreadable(self, exc: ProtocolError) -> list[Publication]:
+        """A message that could not be accepted. A data message of an open scan that failed before the
+        scan saw it (undecodable, oversized) counts as rejected, not lost."""
+        scan = self.open_scans.get(exc.scan_id) if exc.scan_id else None
+        if scan is not None and exc.seq is not None and exc.code in ("bad_message", "oversized"):
+            scan.record_unreadable(exc.seq, exc.reason)
+        return [self.event(exc.code, exc.reason, scan_id=exc.scan_id, seq=exc.seq)]
+
+    def internal(self, exc: Exception) -> list[Publication]:
+        """A bug while handling a message: reported loudly, never fatal."""
+        return [self.event("internal", f"{type(exc).__name__}: {exc}")]
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(self, header: Message, buffers: list[memoryview], t_received: float) -> list[Publication]:
+        """One decoded ingest message; ProtocolError when it cannot be accepted (see ``unreadable``).
+        Awaits while a worker's queue is full: backpressure reaches the ingest socket."""
+        if header.kind not in INGEST_KINDS:
+            raise ProtocolError("bad_message", f"kind {header.kind!r} is not accepted on the ingest socket",
+                                scan_id=getattr(header, "scan_id", None))
+        return await self._handlers[header.kind](header, buffers, t_received)
+
+    async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], t_received: float) -> list[Publication]:
+        sid, lim = start.scan_id, self.limits
+        if sid in self.open_scans:
+            raise ProtocolError("duplicate_scan", f"scan {sid} is already open; the open scan continues "
+                                "(end it with scan_end first, or use a new scan_id)", scan_id=sid)
+        if buffers:
+            raise ProtocolError("scan_rejected", "scan_start carries no buffers", scan_id=sid)
+        if len(self.open_scans) >= lim.max_open_scans:
+            raise ProtocolError("scan_rejected", f"{len(self.open_scans)} scans are open, the limit is "
+                                f"{lim.max_open_scans}", scan_id=sid)
+        rows, cols = start.shape
+        if rows * cols > lim.max_scan_pixels:
+            raise ProtocolError("scan_rejected", f"scan of {rows}x{cols} pixels exceeds the limit of "
+                                f"{lim.max_scan_pixels}", scan_id=sid)
+        processors = self.choose(start)
+        try:
+            scan = ScanState.open(start, processors)
+        except AxisError as exc:
+            raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
+        self.closed_scans.pop(sid, None)
+        self.open_scans[sid] = scan
+        self.counters["scans_started"] += 1
+        log.info("scan %s started: %s %dx%d, %s, recognizers %s", sid, start.modality, rows, cols,
+                 f"{start.axis.size} channels" if start.axis else f"{start.pixel_size.size:g} {start.pixel_size.units}/px",
+                 list(scan.bindings))
+        return [Publication(topics.scan_topic(sid, topics.SCAN_STARTED), ScanStarted(
+            scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis, components=start.components,
+            pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
+            recognizers=list(scan.bindings),
+            outputs={name: b.map_specs() for name, b in scan.bindings.items()},
+            meta=start.meta))]
+
+    def choose(self, start: ScanStart) -> list[Processor]:
+        """The requested processors, or every recognizer of the modality that takes what the scan sends
+        — or, for spectra, the fallback analyzer (PCA) when there is none."""
+        sid, modality, takes = start.scan_id, start.modality, takes_of(start)
+        if start.recognizers:
+            chosen = []
+            for name in start.recognizers:
+                proc = self.processors.get(name)
+                if proc is None:
+                    raise ProtocolError("scan_rejected", f"unknown recognizer {name!r}; available: "
+                                        f"{sorted(self.processors)}", scan_id=sid)
+                if proc.modality not in (None, modality):
+                    raise ProtocolError("scan_rejected", f"recognizer {name!r} is for modality "
+                                        f"{proc.modality!r}, the scan is {modality!r}", scan_id=sid)
+                chosen.append(proc)
+            return chosen
+        chosen = [r for r in self.recognizers.values() if r.modality == modality and r.takes == takes]
+        if chosen:
+            return chosen
+        if takes == "frames":
+            have = sorted({r.modality for r in self.recognizers.values() if r.takes == "frames"})
+            raise ProtocolError("scan_rejected", f"no image recognizer for modality {modality!r}; "
+                                f"image modalities: {have}", scan_id=sid)
+        return [self.processors[self.fallback]]
+
+    def _open_scan(self, sid: str, seq: int) -> ScanState:
+        """The open scan ``sid``; ProtocolError ``late`` (recorded) or ``unknown_scan`` otherwise."""
+        scan = self.open_scans.get(sid)
+        if scan is not None:
+            return scan
+        closed = self.closed_scans.get(sid)
+        if closed is not None:
+            closed.record_late(seq)
+            raise ProtocolError("late", f"data seq {seq} arrived after scan {sid} was closed; "
+                                "it is not in the summary", scan_id=sid, seq=seq)
+        raise ProtocolError("unknown_scan", f"data for scan {sid}, which is not open (no scan_start seen)",
+                            scan_id=sid, seq=seq)
+
+    async def _on_data(self, data: Data, buffers: list[memoryview], t_received: float) -> list[Publication]:
+        scan = self._open_scan(data.scan_id, data.seq)
+        spectra = scan.accept(data, buffers)
+        self.counters["pixels_in"] += data.shape[0]
+        for binding in scan.bindings.values():
+            scan.in_flight += 1
+            await self.workers[binding.processor.name].submit(
+                binding.work(scan.scan_id, data.seq, data.row, data.col0, spectra, t_received))
+        return []
+
+    async def _on_frame(self, msg: Frame, buffers: list[memoryview], t_received: float) -> list[Publication]:
+        scan = self._open_scan(msg.scan_id, msg.seq)
+        sid = scan.scan_id
+        image = scan.accept_frame(msg, buffers)
+        self.counters["frames_in"] += 1
+        out: list[Publication] = []
+        for binding in scan.bindings.values():
+            worker = self.workers[binding.processor.name]
+            if scan.start.policy == "latest":  # newest frame wins: drop this scan's frames still waiting
+                for stale in worker.queue.discard(lambda item: item.scan_id == sid):
+                    scan.in_flight -= 1
+                    scan.record_skipped(stale.seq)
+                    binding.forget(stale.seq)
+                    self.counters["frames_skipped"] += 1
+                    out.append(self.event("skipped", f"frame {stale.row} (seq {stale.seq}) skipped: frame "
+                                          f"{msg.frame} is newer (policy latest)", scan_id=sid, seq=stale.seq,
+                                          level="info"))
+            scan.in_flight += 1
+            binding.admit(msg.seq)
+            await worker.submit(binding.work(sid, msg.seq, msg.frame, 0, image, t_received))
+        return out
+
+    async def _on_scan_end(self, end: ScanEnd, buffers: list[memoryview], t_received: float) -> list[Publication]:
+        sid = end.scan_id
+        scan = self.open_scans.get(sid)
+        if scan is None:
+            raise ProtocolError("unknown_scan", f"scan_end for scan {sid}, which is not open", scan_id=sid)
+        if scan.ended:
+            raise ProtocolError("bad_message", f"second scan_end for scan {sid}", scan_id=sid)
+        scan.n_messages = end.n_messages
+        out = []
+        beyond = sorted(s for s in scan.received if s >= end.n_messages)
+        if beyond:
+            out.append(self.event("data_rejected", f"scan_end says {end.n_messages} messages but seqs "
+                                  f"{beyond[:16]} were received", scan_id=sid, seqs=beyond, level="warning"))
+        return out + self._maybe_close(scan)
+
+    # ------------------------------------------------------------------ results
+
+    def result(self, item: WorkItem, outputs: dict[str, Any] | None, error: str | None) -> list[Publication]:
+        """What to publish for one finished work item (``outputs`` None: inference failed with ``error``).
+        Once it is published (or ``publish_failed``), ``settle`` closes the scan if it is done."""
+        scan = self.open_scans[item.scan_id]  # an item in flight keeps its scan open
+        scan.in_flight -= 1
+        out: list[Publication] = []
+        try:
+            if outputs is None:
+                scan.rejected.setdefault(item.seq, error or "inference failed")
+                out.append(self.event("internal", error or "inference failed", scan_id=scan.scan_id, seq=item.seq))
+            else:
+                latency = scan.store(item, outputs)
+                counter, n = item.binding.recognized(item)
+                self.counters[counter] += n
+                out.append(item.binding.publication(item, outputs, latency))
+        except Exception as exc:  # a result that cannot be stored or published must not stall the scan
+            log.exception("result of scan %s seq %s could not be published", scan.scan_id, item.seq)
+            scan.rejected.setdefault(item.seq, f"internal: {exc}")
+            out.append(self.event("internal", f"{type(exc).__name__}: {exc}", scan_id=scan.scan_id, seq=item.seq))
+        return out
+
+    def publish_failed(self, item: WorkItem, exc: Exception) -> list[Publication]:
+        """A result that could not be sent: the seq counts as rejected, an ``internal`` event says why."""
+        scan = self.open_scans.get(item.scan_id)
+        if scan is not None:
+            scan.rejected.setdefault(item.seq, f"internal: {exc}")
+        return [self.event("internal", f"{type(exc).__name__}: {exc}", scan_id=item.scan_id, seq=item.seq)]
+
+    def settle(self, scan_id: str) -> list[Publication]:
+        """Close the scan if it has ended and nothing of it is in flight any more: its summary."""
+        scan = self.open_scans.get(scan_id)
+        return self._maybe_close(scan) if scan is not None else []
+
+    # ------------------------------------------------------------------ closing
+
+    def _maybe_close(self, scan: ScanState, *, timed_out: bool = False) -> list[Publication]:
+        if scan.closed or scan.in_flight or not (scan.ended or timed_out):
+            return []
+        summary = scan.close(timed_out=timed_out)
+        sid = scan.scan_id
+        del self.open_scans[sid]
+        self.closed_scans[sid] = scan
+        while len(self.closed_scans) > self.limits.keep_closed_scans:
+            self.closed_scans.popitem(last=False)
+        self.counters["scans_closed"] += 1
+        out = []
+        if timed_out:
+            out.append(self.event("scan_timeout", f"no message for {self.limits.scan_timeout_s:g} s; scan closed "
+                                  "without scan_end", scan_id=sid, level="warning"))
+        if summary.lost:
+            self.counters["messages_lost"] += len(summary.lost)
+            out.append(self.event("lost", f"{len(summary.lost)} data messages never arrived", scan_id=sid,
+                                  seqs=summary.lost, level="warning"))
+        log.info("scan %s closed: %s, %d/%d pixels recognized, %d lost, %d rejected, p99 %.2f ms", sid,
+                 summary.state, summary.pixels_recognized, summary.pixels_expected, len(summary.lost),
+                 len(summary.rejected), summary.latency_ms_p99 or 0.0)
+        out.append(Publication(topics.scan_topic(sid, topics.SUMMARY), summary))
+        return out
+
+    def expire(self) -> list[Publication]:
+        """Close every open scan that has been silent for ``scan_timeout_s`` with nothing in flight."""
+        now, out = self.clock(), []
+        for scan in list(self.open_scans.values()):
+            if now - scan.t_last > self.limits.scan_timeout_s and not scan.in_flight:
+                out += self._maybe_close(scan, timed_out=True)
+        return out
+
+    # ------------------------------------------------------------------ queries (control socket)
+
+    def status(self) -> Status:
+        return Status(version=__version__, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
+                      recognizers=list(self.processors),
+                      counters={**self.counters,
+                                "backpressure_waits": sum(w.queue.waits for w in self.workers.values())},
+                      queued_pixels=sum(w.queue.pixels for w in self.workers.values()))
+
+    def query(self, request: Request) -> tuple[dict[str, Any], list, list[np.ndarray]]:
+        """A control request -> (result, array specs, arrays); ProtocolError when it cannot be answered."""
+        if request.op == "status":
+            return self.status().model_dump(mode="json"), [], []
+        if request.op == "models":
+            return {"models": {n: r.describe() for n, r in self.recognizers.items()},
+                    "analyzers": {n: p.describe() for n, p in self.processors.items()
+                                  if n not in self.recognizers}}, [], []
+        if request.op == "scans":
+            return {"open": [self._scan_row(s) for s in self.open_scans.values()],
+                    "closed": [self._scan_row(s) for s in self.closed_scans.values()]}, [], []
+        return self._snapshot(request.scan_id)  # op "snapshot" (the schema allows no other)
+
+    @staticmethod
+    def _scan_row(scan: ScanState) -> dict[str, Any]:
+        return {"scan_id": scan.scan_id, "modality": scan.start.modality, "shape": list(scan.start.shape),
+                "open": not scan.closed, "pixels_received": scan.pixels_received,
+                "recognizers": list(scan.bindings), "late": list(scan.late),
+                "summary": scan.summary.model_dump(mode="json") if scan.summary else None}
+
+    def _snapshot(self, sid: str | None) -> tuple[dict[str, Any], list, list[np.ndarray]]:
+        scan = (self.open_scans.get(sid) or self.closed_scans.get(sid)) if sid else None
+        if scan is None:
+            raise ProtocolError("unknown_scan", f"no open or recently closed scan {sid!r}")
+        specs, arrays = scan.snapshot()
+        result = {"scan_id": scan.scan_id, "open": not scan.closed, "shape": list(scan.start.shape),
+                  "pixels_received": scan.pixels_received,
+                  "summary": scan.summary.model_dump(mode="json") if scan.summary else None}
+        return result, specs, [a.copy() for a in arrays]

@@ -1,0 +1,226 @@
+"""Spectral processors: per-pixel maps from lines of spectra, and the ONNX spectral recognizer.
+
+``SpectralProcessor.bind`` maps the scan's calibrated axis onto the processor's (``axis.py``), picks
+the components it needs in its order and allocates the full-resolution maps it fills; a
+``SpectralBinding`` feeds each line through that mapping and writes the results into the maps.
+``SpectralRecognizer`` is one ``OnnxModel`` whose card has an input axis: every item of a batch is
+mapped straight into one preallocated float32 batch, the session runs once, results split by item.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..protocol import topics
+from ..protocol.messages import ArraySpec, Axis, Maps, RecognizerSummary, ScanStart, line_slice
+from .axis import AxisError, AxisMap
+from .onnx_model import ModelError, OnnxModel
+from .processor import Binding, Processor, Publication, WorkItem
+from .stats import latency_percentiles
+
+
+def component_order(scan: list[str] | None, needed: list[str] | None, name: str) -> np.ndarray | None:
+    """Indices that pick ``needed`` components out of the scan's; AxisError if they are not all there."""
+    if needed is None and scan is None:
+        return None
+    if needed is None or scan is None:
+        raise AxisError(f"recognizer {name!r} expects components {needed or 'none'}; the scan sends "
+                        f"{scan or 'none'}")
+    missing = [c for c in needed if c not in scan]
+    if missing:
+        raise AxisError(f"recognizer {name!r} needs components {needed}; the scan sends {scan} "
+                        f"(missing {missing})")
+    order = np.array([scan.index(c) for c in needed], dtype=np.intp)
+    return None if list(order) == list(range(len(scan))) else order
+
+
+@dataclass
+class SpectralBinding(Binding):
+    """A spectral processor attached to one scan: axis mapping, component order, maps, state."""
+
+    scan_id: str = ""
+    axis_map: AxisMap | None = None
+    component_order: np.ndarray | None = None  # indices into the scan's components; None = as sent
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # bool [rows, cols]
+    state: Any = None  # per-scan state of a stateful processor
+    _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
+
+    def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
+        return WorkItem(scan_id, self, seq, row, col0, values, t_received, values.shape[0])
+
+    def map_specs(self) -> list[ArraySpec]:
+        return self.processor.pixel_specs()
+
+    def recognized(self, item: WorkItem) -> tuple[str, int]:
+        return "pixels_recognized", item.n_pixels
+
+    def line_specs(self, n: int) -> list[ArraySpec]:
+        """The array specs of a maps message of ``n`` pixels (cached: lines have few distinct lengths)."""
+        specs = self._line_specs.get(n)
+        if specs is None:
+            specs = [s.model_copy(update={"shape": [n, *s.shape]}) for s in self.processor.pixel_specs()]
+            self._line_specs[n] = specs
+        return specs
+
+    def prepare(self, spectra: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Received pixels -> float32 on the processor's axis, components in its order."""
+        if self.component_order is not None:
+            spectra = spectra[..., self.component_order]
+        return self.axis_map.apply(spectra, out=out)
+
+    def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
+        sl = line_slice(item.row, item.col0, item.n_pixels)
+        for name, values in outputs.items():
+            self.maps[name][sl] = values
+        self.filled[sl] = True
+
+    def publication(self, item: WorkItem, outputs: dict[str, Any], latency_ms: float) -> Publication:
+        specs = self.line_specs(item.n_pixels)
+        return Publication(topics.scan_topic(item.scan_id, topics.MAPS), Maps(
+            scan_id=item.scan_id, recognizer=self.processor.name, seq=item.seq, row=item.row, col0=item.col0,
+            n_pixels=item.n_pixels, latency_ms=latency_ms, arrays=specs), [outputs[s.name] for s in specs])
+
+    def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
+        pixel_specs = {s.name: s for s in self.processor.pixel_specs()}
+        out = [(pixel_specs[name].model_copy(update={"shape": list(values.shape)}), values)
+               for name, values in self.maps.items()]
+        filled = self.filled.view(np.uint8)
+        out.append((ArraySpec(name="filled", dtype="uint8", shape=list(filled.shape)), filled))
+        return out + self.processor.extras(self)
+
+
+class SpectralProcessor(Processor):
+    """A processor of spectra: subclasses implement ``input_axis``, ``pixel_specs`` and ``process``."""
+
+    takes = "spectra"
+    components: list[str] | None = None
+
+    @abstractmethod
+    def input_axis(self, start: ScanStart) -> Axis:
+        """The axis this processor wants the scan's spectra on."""
+
+    def new_state(self, start: ScanStart) -> Any:
+        return None
+
+    def needed_components(self, start: ScanStart) -> list[str] | None:
+        """The components this processor takes from the scan, in its order (None: a scalar signal)."""
+        return self.components
+
+    def bind(self, start: ScanStart) -> SpectralBinding:
+        if start.imaging:
+            raise AxisError(f"recognizer {self.name!r} takes spectra; scan {start.scan_id} is an imaging scan")
+        rows, cols = start.shape
+        order = component_order(start.components, self.needed_components(start), self.name)
+        axis_map = AxisMap.build(start.axis, self.input_axis(start))
+        maps = {s.name: np.zeros((rows, cols, *s.shape), dtype=s.dtype) for s in self.pixel_specs()}
+        return SpectralBinding(self, scan_id=start.scan_id, axis_map=axis_map, component_order=order, maps=maps,
+                               filled=np.zeros((rows, cols), dtype=bool), state=self.new_state(start))
+
+    @abstractmethod
+    def pixel_specs(self) -> list[ArraySpec]:
+        """What a maps message carries per pixel, in order (shape without the leading pixel axis)."""
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        return None
+
+    def summarize(self, binding: Binding) -> RecognizerSummary:
+        assert isinstance(binding, SpectralBinding)
+        fractions = None
+        labels = self.class_labels
+        if labels is not None and "class" in binding.maps:
+            counts = np.bincount(binding.maps["class"][binding.filled], minlength=len(labels))[: len(labels)]
+            total = max(int(counts.sum()), 1)
+            fractions = {label: float(c) / total for label, c in zip(labels, counts)}
+        return RecognizerSummary(pixels_recognized=binding.pixels_done, class_fractions=fractions,
+                                 **latency_percentiles(binding.latencies_ms))
+
+    def extras(self, binding: SpectralBinding) -> list[tuple[ArraySpec, np.ndarray]]:
+        """Arrays beyond the maps that a snapshot carries (e.g. PCA loadings)."""
+        return []
+
+
+class SpectralRecognizer(SpectralProcessor):
+    """An ONNX model whose card has an input axis; ``run`` maps a float32 batch to the published arrays."""
+
+    def __init__(self, model: OnnxModel, *, warm_up_batch: int = 512):
+        self.model = model
+        card = model.card
+        if card.input.axis is None:
+            raise ModelError(f"{model.path}: a spectral recognizer needs an input axis")
+        self.name = card.name
+        self.modality = card.modality
+        self.components = card.input.components
+        self.channels = card.input.axis.size
+        self.input_shape = (self.channels,) if self.components is None else (self.channels, len(self.components))
+        self._output_names = [o.name for o in card.outputs]
+        self._pixel_specs = self._build_pixel_specs()
+        if warm_up_batch:
+            self.run(np.zeros((warm_up_batch, *self.input_shape), np.float32))
+
+    @property
+    def path(self):
+        return self.model.path
+
+    @property
+    def card(self):
+        return self.model.card
+
+    def input_axis(self, start: ScanStart) -> Axis:
+        return self.model.card.input.axis
+
+    def describe(self) -> dict[str, Any]:
+        return self.model.describe()
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        for out in self.model.outputs("class_probabilities"):
+            return out.labels
+        return None
+
+    def pixel_specs(self) -> list[ArraySpec]:
+        return list(self._pixel_specs)
+
+    def _build_pixel_specs(self) -> tuple[ArraySpec, ...]:
+        specs: list[ArraySpec] = []
+        for out in self.model.card.outputs:
+            if out.role == "class_probabilities":
+                specs.append(ArraySpec(name="class", dtype="uint8", shape=[], labels=out.labels))
+                specs.append(ArraySpec(name="confidence", dtype="float32", shape=[]))
+            else:
+                specs.append(ArraySpec(name=out.name, dtype="float32", shape=[len(out.labels)],
+                                       labels=out.labels, units=out.units))
+        return tuple(specs)
+
+    def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
+        """One session run for all items: each is mapped straight into one preallocated batch."""
+        total = sum(item.n_pixels for item in items)
+        batch = np.empty((total, *self.input_shape), dtype=np.float32)
+        offset = 0
+        for item in items:
+            item.binding.prepare(item.values, out=batch[offset: offset + item.n_pixels])
+            offset += item.n_pixels
+        outputs = self.run(batch)
+        per_item, offset = [], 0
+        for item in items:
+            end = offset + item.n_pixels
+            per_item.append({name: values[offset:end] for name, values in outputs.items()})
+            offset = end
+        return per_item
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 ``[n, channels]`` -> published arrays keyed like ``pixel_specs`` (each ``[n, ...]``)."""
+        raw = self.model.run(self._output_names, batch)
+        result: dict[str, np.ndarray] = {}
+        for out, value in zip(self.model.card.outputs, raw):
+            if out.role == "class_probabilities":
+                result["class"] = value.argmax(axis=1).astype(np.uint8)
+                result["confidence"] = value.max(axis=1).astype(np.float32, copy=False)
+            else:
+                result[out.name] = value.astype(np.float32, copy=False)
+        return result

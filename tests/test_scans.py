@@ -1,0 +1,171 @@
+"""The scan lifecycle without sockets: ``ScanManager`` fed decoded messages, real ONNX models, real workers.
+
+Messages go through the real codec (``encode`` then ``decode``), so the manager sees exactly what the
+server hands it; what it returns, and what it returns for each finished work item, is what the
+server would publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from scanlens.pipeline import PCAAnalyzer, Publication, ScanLimits, ScanManager, WorkItem, open_recognizer
+from scanlens.protocol.codec import ProtocolError, decode, encode
+from scanlens.protocol.messages import (Data, Event, Frame, Maps, PixelSize, Request, ScanEnd, ScanStart,
+                                        ScanStarted, ScanSummary)
+from scanlens.testing import (FRAME_PIXEL_NM, band_axis, band_spectra, render_frame, write_band_model,
+                              write_frame_model)
+
+
+class Clock:
+    """An injected clock for timeouts."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _wire(header, arrays=()):
+    return decode(encode(header, arrays))
+
+
+@pytest.fixture
+def recognizers(tmp_path):
+    band = open_recognizer(write_band_model(tmp_path / "band.onnx"), threads=1)
+    frame = open_recognizer(write_frame_model(tmp_path / "frame.onnx"), threads=1)
+    return {band.name: band, frame.name: frame}
+
+
+class Harness:
+    """A manager whose results are collected instead of published; workers run as tasks."""
+
+    def __init__(self, recognizers, **limits):
+        self.published: list[Publication] = []
+        self.clock = Clock()
+        self.done = asyncio.Event()
+        self.manager = ScanManager(recognizers, {"pca": PCAAnalyzer(k=2)}, on_result=self._on_result,
+                                   limits=ScanLimits(**limits), clock=self.clock)
+
+    async def _on_result(self, item: WorkItem, outputs, error) -> None:
+        self.published += self.manager.result(item, outputs, error)
+        self.published += self.manager.settle(item.scan_id)
+        if any(isinstance(p.header, ScanSummary) for p in self.published):
+            self.done.set()
+
+    async def send(self, header, arrays=()) -> list[Publication]:
+        header, buffers = _wire(header, arrays)
+        out = await self.manager.ingest(header, buffers, 0.0)
+        self.published += out
+        return out
+
+    def of(self, kind) -> list:
+        return [p.header for p in self.published if isinstance(p.header, kind)]
+
+
+async def test_a_scan_from_start_to_summary(recognizers) -> None:
+    h = Harness(recognizers)
+    truth = np.array([[0, 1, 2, 1], [2, 2, 0, 0], [1, 0, 1, 2]])
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(w.serve()) for w in h.manager.workers.values()]
+        (started,) = await h.send(ScanStart(scan_id="s1", modality="eels", shape=truth.shape, axis=band_axis()))
+        assert isinstance(started.header, ScanStarted) and started.topic == "scan/s1/started"
+        assert started.header.recognizers == ["band"] and "band" in started.header.outputs
+        for row in range(truth.shape[0]):
+            spectra = band_spectra(truth[row])
+            assert await h.send(Data(scan_id="s1", seq=row, row=row, col0=0, shape=spectra.shape,
+                                     dtype="float32"), [spectra]) == []
+        await h.send(ScanEnd(scan_id="s1", n_messages=truth.shape[0]))
+        async with asyncio.timeout(10):
+            await h.done.wait()
+        for t in tasks:
+            t.cancel()
+    maps = h.of(Maps)
+    assert sorted(m.row for m in maps) == [0, 1, 2]
+    by_row = {p.header.row: p.arrays for p in h.published if isinstance(p.header, Maps)}
+    for row in range(truth.shape[0]):
+        np.testing.assert_array_equal(by_row[row][0], truth[row])  # the first array is the class map
+    (summary,) = h.of(ScanSummary)
+    assert summary.state == "complete" and summary.pixels_recognized == truth.size and not summary.lost
+    assert h.manager.counters["pixels_recognized"] == truth.size and "s1" in h.manager.closed_scans
+    result, specs, arrays = h.manager.query(Request(id=1, op="snapshot", scan_id="s1"))
+    snap = dict(zip([s.name for s in specs], arrays))
+    np.testing.assert_array_equal(snap["band/class"], truth)
+    assert result["summary"]["state"] == "complete"
+
+
+async def test_refusals_and_accounting(recognizers) -> None:
+    h = Harness(recognizers, max_open_scans=1)
+    await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
+    assert exc.value.code == "duplicate_scan"
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(ScanStart(scan_id="b", modality="eels", shape=(2, 3), axis=band_axis()))
+    assert exc.value.code == "scan_rejected" and "limit is 1" in exc.value.reason
+    spectra = band_spectra(np.zeros(3, int))
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(Data(scan_id="zz", seq=0, row=0, col0=0, shape=spectra.shape, dtype="float32"), [spectra])
+    assert exc.value.code == "unknown_scan"
+    bad = spectra.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(Data(scan_id="a", seq=0, row=0, col0=0, shape=bad.shape, dtype="float32"), [bad])
+    assert exc.value.code == "data_rejected" and "NaN" in exc.value.reason
+    # an undecodable message that still names its scan and seq counts as rejected, with an event
+    (event,) = h.manager.unreadable(ProtocolError("bad_message", "garbage", scan_id="a", seq=1))
+    assert isinstance(event.header, Event) and event.topic == "scan/a/event" and event.header.seq == 1
+    await h.send(ScanEnd(scan_id="a", n_messages=2))  # nothing in flight: closes at once
+    (summary,) = h.of(ScanSummary)
+    assert summary.state == "incomplete" and [r.seq for r in summary.rejected] == [0, 1] and summary.lost == []
+    with pytest.raises(ProtocolError) as exc:  # after the close: late, and kept with the closed scan
+        await h.send(Data(scan_id="a", seq=1, row=1, col0=0, shape=spectra.shape, dtype="float32"), [spectra])
+    assert exc.value.code == "late" and h.manager.closed_scans["a"].late == [1]
+
+
+async def test_choice_of_processors(recognizers) -> None:
+    m = Harness(recognizers).manager
+    frames = ScanStart(scan_id="f", modality="haadf", shape=(32, 32), pixel_size=PixelSize(size=0.02, units="nm"))
+    assert [p.name for p in m.choose(frames)] == ["frame-test"]
+    spectral = ScanStart(scan_id="e", modality="eels", shape=(2, 2), axis=band_axis())
+    assert [p.name for p in m.choose(spectral)] == ["band"]
+    other = ScanStart(scan_id="o", modality="bepfm", shape=(2, 2), axis=band_axis())
+    assert [p.name for p in m.choose(other)] == ["pca"]  # no recognizer of the modality: PCA
+    with pytest.raises(ProtocolError, match="no image recognizer for modality 'stm'"):
+        m.choose(frames.model_copy(update={"modality": "stm"}))
+    with pytest.raises(ProtocolError, match="unknown recognizer 'nope'"):
+        m.choose(spectral.model_copy(update={"recognizers": ["nope"]}))
+    with pytest.raises(ProtocolError, match="is for modality 'haadf'"):
+        m.choose(spectral.model_copy(update={"recognizers": ["frame-test"]}))
+
+
+async def test_latest_policy_skips_queued_frames(recognizers) -> None:
+    """With no worker running, queued frames stay queued: each newer frame replaces the older one."""
+    h = Harness(recognizers)
+    shape = (40, 40)
+    await h.send(ScanStart(scan_id="m", modality="haadf", shape=shape, policy="latest",
+                           pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
+    image = render_frame(shape, np.array([[10.0, 10.0], [30.0, 20.0]]), np.zeros((0, 2)))
+    for i in range(3):
+        out = await h.send(Frame(scan_id="m", seq=i, frame=i, shape=shape, dtype="float32"), [image])
+        assert [e.header.seq for e in out] == ([] if i == 0 else [i - 1])
+        assert all(e.header.code == "skipped" and e.header.level == "info" for e in out)
+    worker = h.manager.workers["frame-test"]
+    assert [item.seq for item in worker.queue.discard(lambda item: True)] == [2]
+    assert h.manager.open_scans["m"].skipped == [0, 1] and h.manager.counters["frames_skipped"] == 2
+
+
+async def test_a_silent_scan_times_out(recognizers) -> None:
+    h = Harness(recognizers, scan_timeout_s=5.0)
+    await h.send(ScanStart(scan_id="t", modality="eels", shape=(2, 2), axis=band_axis()))
+    h.manager.open_scans["t"].t_last = 0.0
+    h.clock.now = 4.0
+    assert h.manager.expire() == []
+    h.clock.now = 6.0
+    out = h.manager.expire()
+    assert [p.header.code for p in out if isinstance(p.header, Event)] == ["scan_timeout"]
+    assert out[-1].header.state == "timed_out" and "t" not in h.manager.open_scans
