@@ -8,7 +8,7 @@ from scipy.optimize import least_squares
 from scanlens.sim.stem import STEMConfig
 
 
-def still(**kw: object) -> STEMConfig:
+def still_config(**kw: object) -> STEMConfig:
     """A pristine, undistorted 256 px frame (overridable)."""
     base: dict[str, object] = dict(size=256, n_defects=0, drift_px_per_frame=0.0, jitter_px=0.0, frames=4, seed=1)
     base.update(kw)

@@ -17,7 +17,7 @@ from scipy.spatial import cKDTree
 
 from scanlens.sim.stem import STEMConfig, STEMMovie
 
-from .stem_sim_checks import fit_spot, interior, still
+from .stem_sim_checks import fit_spot, interior, still_config
 
 METAL = 0  # ATOM_CLASSES index
 
@@ -27,7 +27,7 @@ METAL = 0  # ATOM_CLASSES index
 
 @pytest.mark.parametrize("fwhm", [0.08, 0.1])
 def test_probe_blur_width(fwhm: float) -> None:
-    cfg = still(blur_fwhm_nm=fwhm, seed=6)
+    cfg = still_config(blur_fwhm_nm=fwhm, seed=6)
     movie = STEMMovie(cfg)
     img = movie.expected_frame(0)
     atoms = movie.truth(0)["atoms"]
@@ -75,7 +75,7 @@ def _row_shift(row: np.ndarray, ref: np.ndarray, lo: int, hi: int) -> float:
 
 
 def test_line_jitter_shifts_each_row() -> None:
-    cfg = still(jitter_px=0.5, seed=8, size=128)
+    cfg = still_config(jitter_px=0.5, seed=8, size=128)
     jittered = STEMMovie(cfg)
     straight = STEMMovie(dataclasses.replace(cfg, jitter_px=0.0))
     i = 2
@@ -101,7 +101,7 @@ def test_line_jitter_shifts_each_row() -> None:
 
 
 def test_drift_moves_the_lattice_between_and_within_frames() -> None:
-    cfg = still(drift_px_per_frame=0.5, frames=12, seed=9)
+    cfg = still_config(drift_px_per_frame=0.5, frames=12, seed=9)
     movie = STEMMovie(cfg)
     v = movie.drift_velocity_px
     assert np.hypot(*v) == pytest.approx(0.5)

@@ -23,7 +23,7 @@ from scanlens.sim.stem import (
     nearest_neighbour_spacing_px,
 )
 
-from .stem_sim_checks import fit_spot, interior, still
+from .stem_sim_checks import fit_spot, interior, still_config
 
 METAL, CHALCOGEN, DOPANT, ADATOM = range(4)
 W_OVER_S2 = 74**1.7 / (2 * 16**1.7)  # 6.75
@@ -83,7 +83,7 @@ def test_config_json_round_trip_and_validation() -> None:
     with pytest.raises(ValueError, match="could not place"):
         STEMMovie(STEMConfig(size=128, n_defects=12))
     with pytest.raises(IndexError):
-        STEMMovie(still()).frame(4)
+        STEMMovie(still_config()).frame(4)
 
 
 # --------------------------------------------------------------------------- lattice geometry
@@ -91,7 +91,7 @@ def test_config_json_round_trip_and_validation() -> None:
 
 @pytest.mark.parametrize("lattice", LATTICES)
 def test_nearest_neighbour_spacing_and_density(lattice: str) -> None:
-    cfg = still(lattice=lattice)
+    cfg = still_config(lattice=lattice)
     a_nm = LATTICE_SPECS[lattice].a_nm
     assert nearest_neighbour_spacing_px(cfg) == pytest.approx(a_nm / math.sqrt(3) / cfg.pixel_size_nm)
     assert nearest_neighbour_spacing_px(STEMConfig()) == pytest.approx(0.316 / math.sqrt(3) / 0.02)
@@ -113,9 +113,9 @@ def test_nearest_neighbour_spacing_and_density(lattice: str) -> None:
 
 
 def test_rotation_is_random_per_seed_and_fixed_on_request() -> None:
-    angles = {round(STEMMovie(still(seed=s)).rotation_deg, 6) for s in range(6)}
+    angles = {round(STEMMovie(still_config(seed=s)).rotation_deg, 6) for s in range(6)}
     assert len(angles) == 6
-    movie = STEMMovie(still(rotation_deg=0.0))
+    movie = STEMMovie(still_config(rotation_deg=0.0))
     assert movie.rotation_deg == 0.0
     metal = movie.truth(0)["atoms"]
     metal = metal[metal[:, 2] == METAL, :2]
@@ -125,7 +125,7 @@ def test_rotation_is_random_per_seed_and_fixed_on_request() -> None:
 
 
 def test_lattice_vectors_are_published_and_keep_their_old_names() -> None:
-    movie = STEMMovie(still(rotation_deg=30.0))
+    movie = STEMMovie(still_config(rotation_deg=30.0))
     a1, a2 = movie.basis_px.T
     np.testing.assert_allclose([np.hypot(*a1), np.hypot(*a2)], movie.cfg.a_px)
     assert math.degrees(math.atan2(a1[1], a1[0])) == pytest.approx(30.0)
@@ -135,7 +135,7 @@ def test_lattice_vectors_are_published_and_keep_their_old_names() -> None:
 
 
 def test_graphene_renders_a_honeycomb_with_the_right_spacing() -> None:
-    cfg = still(lattice="graphene", dose=1000.0, seed=3)
+    cfg = still_config(lattice="graphene", dose=1000.0, seed=3)
     movie = STEMMovie(cfg)
     img = movie.expected_frame(0)
     atoms = movie.truth(0)["atoms"]
@@ -187,7 +187,7 @@ def test_z_contrast_metal_over_chalcogen_after_blur() -> None:
     assert LATTICE_SPECS["ws2"].weight("chalcogen") == pytest.approx(1 / W_OVER_S2)
     assert LATTICE_SPECS["ws2"].weight("dopant") == pytest.approx(MO_OVER_W)
     assert LATTICE_SPECS["graphene"].weight("dopant") == pytest.approx((14 / 6) ** 1.7)
-    cfg = still(seed=2)
+    cfg = still_config(seed=2)
     movie = STEMMovie(cfg)
     bg = cfg.dose * cfg.background
     img = movie.expected_frame(0)
