@@ -2,6 +2,7 @@
 positions over many seeds (no network: the statistical floor of the haadf demo's D and transitions).
 
     python bench/dynamics.py [--seeds 20] [--size 1024] [--defects 32] [--frames 100] [--json]
+    python bench/dynamics.py --seeds 2 --size 256 --defects 4 --frames 20 --json   # small run, ~2 s
 
 For each seed, the simulator's ground-truth defect positions (in image coordinates, with drift, plus
 Gaussian localisation noise of ``--noise-px``) and classes go frame by frame through the service's

@@ -1,6 +1,7 @@
 """Frames per second through the service against bare ONNX Runtime on the same model, same run.
 
     python bench/frames.py [--model-dir service/model_files] [--model stem-unet] [--size 512] [--frames 40] [--json]
+    python bench/frames.py --size 256 --frames 8 --json                            # small run, ~5 s
 
 1. bare ORT: the image model's session alone on ``size``² frames at its own pixel size -> frames/s
    (inference only: what ONNX Runtime itself can do with this model here), in three configurations:

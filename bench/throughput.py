@@ -1,6 +1,7 @@
 """Service throughput and latency against bare ONNX Runtime, measured in the same run.
 
     python bench/throughput.py [--channels 2048 | --model-dir service/model_files --model eels-mlp] [--line 256]
+    python bench/throughput.py --spectra 65536 --paced-spectra 16384 --json      # small run, ~10 s
 
 1. bare ORT: the recognizer's session alone, batches of ``max_batch_pixels`` float32 spectra on the
    model axis, same thread settings as the service -> spectra/s.
