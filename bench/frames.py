@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,7 +44,7 @@ def bare_ort(path: Path, threads: int, size: int, frames: int, parallel: int = 1
     """Frames/s of plain session.run loops (the service's session options, padding included):
     ``parallel`` Python threads share one session, ``frames`` runs in all."""
     rec = open_recognizer(path, threads=threads)
-    rec._run_slots = threading.BoundedSemaphore(parallel)  # as many runs at once as asked, no more
+    rec.limit_runs(parallel)  # as many runs at once as asked, no more
     image = np.random.default_rng(0).poisson(50.0, size=(size, size)).astype(np.float32)
     rec.segment(image)
     counts = [frames // parallel + (i < frames % parallel) for i in range(parallel)]

@@ -65,10 +65,6 @@ class STEMMovie:
         """Position of a chalcogen site relative to a metal site, ``(a1 + a2) / 3`` (px)."""
         return self._lattice.chalcogen_offset
 
-    # The names these had before they were published (kept for code that used them).
-    _basis = basis_px
-    _chalcogen_offset = chalcogen_offset_px
-
     # ------------------------------------------------------------------ frame content
 
     def _check_frame(self, i: int) -> None:

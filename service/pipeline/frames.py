@@ -147,7 +147,7 @@ class FrameRecognizer(Processor):
 
     Two frames may be in flight at once — one in the network while the other is post-processed —
     but they reach the tracker (and so the subscribers) in the order they arrived. At most
-    ``cores // intra-op threads`` frames are in the network at once (``_run_slots``): with one thread
+    ``cores // intra-op threads`` frames are in the network at once (``limit_runs``): with one thread
     per run two frames run side by side on two cores; with two threads one run gets both cores, as in
     a bare ONNX Runtime loop, instead of two runs competing for them."""
 
@@ -173,7 +173,7 @@ class FrameRecognizer(Processor):
         self.pixel_size = card.input.pixel_size
         self.multiple = int(card.postprocess.get("size_multiple", 16))
         self.gate_nm = float(card.postprocess.get("track_gate_nm", 0.5))
-        self._run_slots = threading.BoundedSemaphore(max(1, _cores() // max(model.threads, 1)))
+        self.limit_runs(_cores() // max(model.threads, 1))
         if warm_up:
             self.segment(np.zeros((4 * self.multiple, 4 * self.multiple), np.float32))
 
@@ -206,6 +206,10 @@ class FrameRecognizer(Processor):
                                 class_names=self.pp.defect_classes)
         return FrameBinding(self, zoom=zoom, filled=np.zeros(start.shape, dtype=np.uint8), tracker=tracker,
                             pixel_size_nm=nm)
+
+    def limit_runs(self, n: int) -> None:
+        """Let at most ``n`` frames be in the network at once (default: cores // intra-op threads)."""
+        self._run_slots = threading.BoundedSemaphore(max(1, n))
 
     def frame_specs(self, shape: tuple[int, int], n_atoms: int, n_defects: int) -> list[ArraySpec]:
         """The arrays of a ``frame_result``: class map, atoms, defects."""
