@@ -294,7 +294,7 @@ async def test_trained_on_frame_0_it_recognizes_the_rest_of_a_graphene_movie(tmp
     assert min(s["class_accuracy"] for s in scores["graphene-unet"]) >= 0.98, summary
     assert max(f1["stem-unet"]) <= 0.5, summary  # the shipped model: clearly worse, on the same frames
     assert np.mean(f1["graphene-unet"]) - np.mean(f1["stem-unet"]) >= 0.5, summary
-    # the shipped model scores the same offline (models.stem_metrics, as the service runs it)
+    # the shipped model scores the same offline (scanlens.models.scoring, as the service runs it)
     offline = evaluate_frame(MODEL_DIR / "stem-unet.onnx", movie.frame(1), movie.truth(1), cfg)
     assert offline["atom_f1"] == pytest.approx(f1["stem-unet"][0], abs=1e-9)
     # moved defects are found where they now are, with their class
