@@ -205,3 +205,12 @@ def test_source_and_training_pairs(tmp_path) -> None:  # type: ignore[no-untyped
     img2, lab2 = training_pair(dataclasses.replace(cfg, seed=3), 0)
     assert img2.shape == (256, 256) and lab2.dtype == np.uint8
     assert not np.array_equal(lab2, src.movie.truth(0)["labels"])
+
+
+def test_a_movie_too_crowded_to_move_in_is_a_clear_error() -> None:
+    """Defects that crowd each other out of every nearby site make the simulator refuse the movie
+    with a ValueError that says what to change (``scanlens sim stem`` turns it into exit 2)."""
+    cfg = STEMConfig(size=256, n_defects=10, frames=60, drift_px_per_frame=0.3,
+                     diffusion_nm2=(0.05, 0.06, 0.04, 0.08), seed=4)
+    with pytest.raises(ValueError, match="too many defects for the frame"):
+        STEMMovie(cfg)

@@ -137,7 +137,9 @@ class DefectWalk:
             return new, c_new
         # no room for the new class here (rare): the class change is dropped
         new = self._stay(old, c_old, c_old, scan, others)
-        assert new is not None
+        if new is None:  # the defects crowd each other out of every site near this one
+            raise ValueError(f"defect {k} has no free site to move to: too many defects for the frame "
+                             f"({cur.shape[0]} in {self.cfg.size} px); use fewer defects, a larger frame or less drift")
         return new, c_old
 
     def _redraw(
