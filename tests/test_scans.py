@@ -169,3 +169,14 @@ async def test_a_silent_scan_times_out(recognizers) -> None:
     out = h.manager.expire()
     assert [p.header.code for p in out if isinstance(p.header, Event)] == ["scan_timeout"]
     assert out[-1].header.state == "timed_out" and "t" not in h.manager.open_scans
+
+
+def test_an_event_is_always_publishable(recognizers) -> None:
+    """Whatever identifiers a caller passes, ``event`` returns a valid event (issue 10: one header must
+    not stop the service through its own error report)."""
+    m = Harness(recognizers).manager
+    pub = m.event("bad_message", "broken", scan_id="a/b", seq=-3)
+    assert pub.topic == "service/event" and pub.header.scan_id is None and pub.header.seq is None
+    assert "not publishable" in pub.header.reason and m.counters["event.bad_message"] == 1
+    ok = m.event("late", "fine", scan_id="s-1", seq=4)
+    assert ok.topic == "scan/s-1/event" and ok.header.seq == 4

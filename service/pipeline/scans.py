@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from .. import __version__
 from ..protocol import topics
@@ -83,8 +84,12 @@ class ScanManager:
         self.counters[f"event.{code}"] += 1
         log.log(logging.ERROR if level == "error" else logging.WARNING,
                 "%s scan=%s seq=%s: %s", code, scan_id, seq, reason)
-        return Publication(topics.event_topic(scan_id),
-                           Event(scan_id=scan_id, level=level, code=code, reason=reason, seq=seq, seqs=seqs))
+        try:
+            event = Event(scan_id=scan_id, level=level, code=code, reason=reason, seq=seq, seqs=seqs)
+        except ValidationError:  # identifiers no event can carry: report without them, never fail here
+            scan_id = None
+            event = Event(level=level, code=code, reason=f"{reason} (scan id or seq not publishable)")
+        return Publication(topics.event_topic(scan_id), event)
 
     def unreadable(self, exc: ProtocolError) -> list[Publication]:
         """A message that could not be accepted. A data message of an open scan that failed before the

@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgpack
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from .messages import MESSAGE_ADAPTER, ArraySpec, Event, Message, ScanSummary
+from .messages import MESSAGE_ADAPTER, ArraySpec, Event, Index, Message, ScanId, ScanSummary
 
 #: Buffers type accepted by encode/decode: bytes, memoryview, zmq.Frame (buffer protocol) ...
 Buffer = Any
@@ -120,13 +120,31 @@ def _brief(exc: ValidationError) -> str:
     return "invalid header: " + "; ".join(parts)
 
 
+_SCAN_ID = TypeAdapter(ScanId)
+_INDEX = TypeAdapter(Index)
+
+
+def _identifiers(obj: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The header's ``scan_id`` and ``seq`` where they are valid, else None: an error about a header is
+    reported under the identifiers it may carry, never under ones its own event could not publish."""
+    scan_id, seq = obj.get("scan_id"), obj.get("seq")
+    try:
+        scan_id = _SCAN_ID.validate_python(scan_id, strict=True) if scan_id is not None else None
+    except ValidationError:
+        scan_id = None
+    try:
+        seq = _INDEX.validate_python(seq, strict=True) if seq is not None else None
+    except ValidationError:
+        seq = None
+    return scan_id, seq
+
+
 def validate_header(obj: dict[str, Any], *, tolerant: bool = False) -> Message:
     """dict -> the one message model its ``kind`` names; ProtocolError naming the bad fields.
 
     ``tolerant`` reads what a newer service may publish (see ``validate_tolerant``); an unknown
     ``kind`` is then an ``UnknownKindError``. Strict (the default) is for everything received."""
-    scan_id = obj.get("scan_id") if isinstance(obj.get("scan_id"), str) else None
-    seq = obj.get("seq") if isinstance(obj.get("seq"), int) else None
+    scan_id, seq = _identifiers(obj)
     if obj.get("v") != 1:
         raise ProtocolError("bad_message", f"unsupported protocol version {obj.get('v')!r} (this is v1)",
                             scan_id=scan_id, seq=seq)

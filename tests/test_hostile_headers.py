@@ -1,0 +1,36 @@
+"""Headers whose own identifiers are invalid (issue 10): the error event must still be publishable,
+so the service reports them and goes on instead of dying on its own event's validation."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from scanlens.testing import band_spectra, send_band_scan, wait_for_event
+
+BAD_IDENTIFIERS = [
+    pytest.param({"seq": -1}, "seq", id="negative-seq"),
+    pytest.param({"seq": 2**60}, "seq", id="seq-above-2^53"),
+    pytest.param({"scan_id": "a/b"}, "scan_id", id="scan-id-with-slash"),
+    pytest.param({"scan_id": "x" * 65}, "scan_id", id="scan-id-too-long"),
+    pytest.param({"scan_id": "", "seq": -5}, "scan_id", id="empty-scan-id-and-bad-seq"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_IDENTIFIERS)
+async def test_a_header_with_invalid_identifiers_is_reported_and_the_service_goes_on(clients, override, field):
+    inst, sub, ctl = clients
+    spectra = band_spectra([0, 1, 2])
+    header = {"v": 1, "kind": "data", "scan_id": "victim", "seq": 0, "row": 0, "col0": 0,
+              "shape": list(spectra.shape), "dtype": "float32", **override}
+    await inst.sock.send_multipart([msgpack.packb(header), spectra.tobytes()])
+    ev = await wait_for_event(sub, "bad_message")
+    assert field in ev.reason
+    # the event names only what is valid: never the invalid scan id or seq it could not publish
+    assert ev.scan_id in (None, "victim") and (ev.seq is None or 0 <= ev.seq <= 2**53)
+    truth = np.array([[0, 1, 2], [2, 1, 0]])
+    await send_band_scan(inst, "after", truth)
+    result = await sub.collect_scan("after", timeout=10)
+    assert result.summary.state == "complete"
+    assert (await ctl.status())["counters"]["event.bad_message"] == 1
