@@ -34,3 +34,15 @@ async def test_a_header_with_invalid_identifiers_is_reported_and_the_service_goe
     result = await sub.collect_scan("after", timeout=10)
     assert result.summary.state == "complete"
     assert (await ctl.status())["counters"]["event.bad_message"] == 1
+
+
+@pytest.mark.parametrize("value", ["17", 1.0, True])
+async def test_an_integer_field_takes_integers_only(clients, value):
+    """``seq`` as the string "17" (or 1.0, or true) is refused, not coerced (issue 10: strict types)."""
+    inst, sub, _ = clients
+    spectra = band_spectra([0, 1, 2])
+    header = {"v": 1, "kind": "data", "scan_id": "strict", "seq": value, "row": 0, "col0": 0,
+              "shape": list(spectra.shape), "dtype": "float32"}
+    await inst.sock.send_multipart([msgpack.packb(header), spectra.tobytes()])
+    ev = await wait_for_event(sub, "bad_message")
+    assert "seq" in ev.reason and ev.seq is None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator, model_validator
 
 PROTOCOL_VERSION = 1
 
@@ -21,8 +21,12 @@ MAX_EDGE = 65_536
 
 ScanId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
-Edge = Annotated[int, Field(ge=1, le=MAX_EDGE)]
-Index = Annotated[int, Field(ge=0, le=2**53)]
+# Numbers are strict: an integer field takes a msgpack integer only (not "17", 3.0 or true), a float
+# field a msgpack float or integer; lax coercion would accept headers that no sender meant.
+Int = Annotated[int, Strict()]
+Real = Annotated[float, Strict()]
+Edge = Annotated[int, Strict(), Field(ge=1, le=MAX_EDGE)]
+Index = Annotated[int, Strict(), Field(ge=0, le=2**53)]
 
 #: Array element types on the wire; always little-endian.
 DType = Literal["uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"]
@@ -40,8 +44,8 @@ class Axis(_Strict):
     """A calibrated, uniformly sampled axis: channel ``k`` sits at ``offset + k * scale`` ``units``."""
 
     size: Edge
-    offset: float
-    scale: float = Field(gt=0)
+    offset: Real
+    scale: Real = Field(gt=0)
     units: str = Field(min_length=1, max_length=16)
 
     @field_validator("offset", "scale")
@@ -60,7 +64,7 @@ class Axis(_Strict):
 class PixelSize(_Strict):
     """Spatial calibration of an image: one pixel is ``size`` ``units`` (square pixels)."""
 
-    size: float = Field(gt=0)
+    size: Real = Field(gt=0)
     units: str = Field(min_length=1, max_length=16)
 
     @field_validator("size")
@@ -102,7 +106,7 @@ class ScanStart(_Header):
     axis: Axis | None = None
     components: list[Name] | None = Field(default=None, min_length=1, max_length=16)
     pixel_size: PixelSize | None = None
-    frames: Annotated[int, Field(ge=1, le=2**31)] | None = None
+    frames: Annotated[int, Strict(), Field(ge=1, le=2**31)] | None = None
     policy: Literal["lossless", "latest"] = Field(
         "lossless", description="frames: lossless (backpressure) or latest (newest frame wins; skips reported)")
     recognizers: list[Name] | None = Field(default=None, max_length=8)
@@ -130,9 +134,9 @@ class Data(_Header):
     seq: Index
     row: Index
     col0: Index = 0
-    shape: tuple[Edge, Edge] | tuple[Edge, Edge, Annotated[int, Field(ge=1, le=16)]]
+    shape: tuple[Edge, Edge] | tuple[Edge, Edge, Annotated[int, Strict(), Field(ge=1, le=16)]]
     dtype: DType
-    t_ns: int | None = Field(default=None, description="sender's wall clock, informative only")
+    t_ns: Int | None = Field(default=None, description="sender's wall clock, informative only")
 
 
 class Frame(_Header):
@@ -145,7 +149,7 @@ class Frame(_Header):
     frame: Index
     shape: tuple[Edge, Edge]
     dtype: DType
-    t_ns: int | None = Field(default=None, description="sender's wall clock, informative only")
+    t_ns: Int | None = Field(default=None, description="sender's wall clock, informative only")
 
 
 class ScanEnd(_Header):
@@ -304,7 +308,7 @@ ControlOp = Literal["status", "models", "scans", "snapshot"]
 
 class Request(_Header):
     kind: Literal["request"] = "request"
-    id: Annotated[int, Field(ge=0, le=2**53)] | Annotated[str, Field(max_length=64)]
+    id: Annotated[int, Strict(), Field(ge=0, le=2**53)] | Annotated[str, Field(max_length=64)]
     op: ControlOp
     scan_id: ScanId | None = None
 
