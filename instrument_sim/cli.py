@@ -38,7 +38,7 @@ Ingest = Annotated[str, typer.Option(help="ingest endpoint of the service")]
 ScanId = Annotated[Optional[str], typer.Option(help="scan id (default <modality>-<time>)")]
 Rows = Annotated[int, typer.Option(min=1, help="scan rows (one message per row)")]
 Cols = Annotated[int, typer.Option(min=1, help="pixels per row")]
-DwellUs = Annotated[float, typer.Option("--dwell-us", help="pixel dwell time in µs; 0 = as fast as the service takes")]
+DwellUs = Annotated[float, typer.Option("--dwell-us", min=0.0, help="pixel dwell time in µs; 0 = as fast as the service takes")]
 Seed = Annotated[int, typer.Option(help="sample and noise seed (same seed, same data)")]
 Recognizers = Annotated[Optional[list[str]], typer.Option(
     "--recognizer", help="recognizer to run (repeat; `pca` is built in; default: all of the modality)")]
@@ -173,7 +173,7 @@ def stem(
     scan_id: ScanId = None,
     size: FrameSize = 512,
     frames: Annotated[int, typer.Option(min=1, help="frames in the movie")] = 100,
-    frame_ms: Annotated[float, typer.Option("--frame-ms", help="frame period, ms; 0 = as fast as the service takes")] = 40.0,
+    frame_ms: Annotated[float, typer.Option("--frame-ms", min=0.0, help="frame period, ms; 0 = as fast as the service takes")] = 40.0,
     pixel_size_nm: PixelSizeNm = 0.02,
     dose: Dose = None,
     lattice: Lattice = "ws2",

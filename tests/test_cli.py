@@ -55,3 +55,31 @@ def test_impossible_stem_movie_is_a_clear_error():
     result = runner.invoke(app, ["sim", "stem", "--size", "128", "--defects", "50", "--quiet"])
     assert result.exit_code == 2
     assert "could not place 50 defects" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["serve", "--log-level", "LOUD"], "is not one of DEBUG, INFO, WARNING, ERROR"),
+    (["sim", "eels", "--dwell-us", "-5"], "greater than or equal to 0"),
+    (["sim", "stem", "--frame-ms", "-1"], "greater than or equal to 0"),
+    (["demo", "--dwell-us", "-1"], "greater than or equal to 0"),
+])
+def test_invalid_options_are_refused_before_anything_starts(argv, fragment):
+    result = runner.invoke(app, argv, terminal_width=200)
+    assert result.exit_code == 2
+    words = " ".join(result.output.replace("│", " ").split())  # rich draws the error in a box
+    assert fragment in words and "Traceback" not in result.output
+
+
+def test_status_with_a_malformed_endpoint_is_one_clear_line():
+    result = runner.invoke(app, ["status", "--control", "foo"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: cannot connect to 'foo': Invalid argument (addr='foo')"]
+
+
+def test_demo_with_a_recognizer_of_another_modality_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--modality", "bepfm", "--recognizer", "eels-mlp", "--json",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error: demo failed: scan demo-bepfm-0 rejected: recognizer 'eels-mlp' is for modality 'eels'" \
+        in result.output
+    assert "Traceback" not in result.output and "ExceptionGroup" not in result.output

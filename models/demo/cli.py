@@ -35,6 +35,12 @@ class DemoError(RuntimeError):
     pass
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    """The first exception in a (nested) exception group that is not itself a group."""
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 async def _run_simulator(args: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scanlens.sim.cli", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -123,9 +129,9 @@ def demo(
     unknown_region: Annotated[bool, typer.Option(help="eels: add a region of an unknown fourth phase")] = False,
     rows: Annotated[Optional[int], typer.Option(min=1, help="scan rows (default 128; loops 64)")] = None,
     cols: Annotated[Optional[int], typer.Option(min=1, help="scan columns (default 128; loops 64)")] = None,
-    dwell_us: Annotated[float, typer.Option("--dwell-us", help="pixel dwell time, µs (0 = as fast as possible)")] = 300.0,
+    dwell_us: Annotated[float, typer.Option("--dwell-us", min=0.0, help="pixel dwell time, µs (0 = as fast as possible)")] = 300.0,
     frames: Annotated[int, typer.Option(min=2, help="haadf: frames in the movie")] = 100,
-    frame_ms: Annotated[float, typer.Option("--frame-ms", help="haadf: frame period, ms (0 = as fast as possible)")] = 40.0,
+    frame_ms: Annotated[float, typer.Option("--frame-ms", min=0.0, help="haadf: frame period, ms (0 = as fast as possible)")] = 40.0,
     seed: Annotated[int, typer.Option(help="sample seed (the shipped models were never trained on seed 0)")] = 0,
     out: Annotated[Path, typer.Option(help="directory for the PNG, the JSON report and the ground truth")] = Path("demo-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a report")] = False,
@@ -153,6 +159,13 @@ def demo(
                                                       extra, frames=frames, show_progress=not as_json))
     except (DemoError, ServiceError, TimeoutError, OSError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    except ExceptionGroup as group:  # a task of the scan failed: report the first cause, in one line
+        expected = (DemoError, ServiceError, TimeoutError, OSError)
+        cause = _first_leaf(group)
+        if not isinstance(cause, expected):
+            raise
+        typer.echo(f"error: demo failed: {cause or type(cause).__name__}", err=True)
         raise typer.Exit(1) from None
     truth = scenario.load_truth(truth_path)
     report = report_of(result, snapshot, truth, scenario, rec)

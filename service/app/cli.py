@@ -24,7 +24,16 @@ app = typer.Typer(
          "ZeroMQ; ONNX recognizers turn them into class, confidence and parameter maps during the scan.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR")]
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in _LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(_LEVELS)}")
+    return value.upper()
+
+
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR", callback=_log_level)]
 
 
 def setup_logging(level: str) -> None:
@@ -118,8 +127,13 @@ def status(
         async with Control(control) as ctl:
             return await ctl.request("status", timeout=timeout)
 
+    import zmq
+
     try:
         reply = asyncio.run(ask())
+    except zmq.ZMQError as exc:
+        typer.echo(f"error: cannot connect to {control!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
     except TimeoutError:
         typer.echo(f"error: no answer from {control} within {timeout:g} s — is `scanlens serve` running?", err=True)
         raise typer.Exit(1) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import zmq
 import zmq.asyncio
 
+from ..transport.sockets import connect
+
 
 class _Client:
     """One ZeroMQ socket (``sock``, set by the subclass) on a context the client owns unless one is given.
@@ -15,6 +17,15 @@ class _Client:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket
+
+    def _connect(self, kind: int, endpoint: str, **options: int) -> zmq.asyncio.Socket:
+        """The client's socket, connected; an owned context is terminated again if connecting fails."""
+        try:
+            return connect(self.ctx, kind, endpoint, **options)
+        except zmq.ZMQError:
+            if self._own_ctx:
+                self.ctx.term()
+            raise
 
     def close(self) -> None:
         self._close(linger_ms=0)

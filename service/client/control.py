@@ -13,7 +13,6 @@ import zmq.asyncio
 
 from ..protocol.codec import UnknownKindError, arrays_from, decode, encode, split_envelope
 from ..protocol.messages import Reply, Request
-from ..transport.sockets import connect
 from .base import _Client
 
 
@@ -38,7 +37,7 @@ class Control(_Client):
 
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None):
         super().__init__(ctx)
-        self.sock = connect(self.ctx, zmq.DEALER, endpoint)
+        self.sock = self._connect(zmq.DEALER, endpoint)
         self._ids = itertools.count()
 
     async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0) -> ControlReply:

@@ -11,7 +11,6 @@ import zmq.asyncio
 
 from ..protocol.codec import dtype_name, encode
 from ..protocol.messages import Axis, Data, Frame, Message, PixelSize, ScanEnd, ScanStart
-from ..transport.sockets import connect
 from .base import _Client
 
 
@@ -21,7 +20,7 @@ class Instrument(_Client):
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, hwm: int = 1000,
                  linger_s: float = 10.0):
         super().__init__(ctx)
-        self.sock = connect(self.ctx, zmq.PUSH, endpoint, hwm=hwm)
+        self.sock = self._connect(zmq.PUSH, endpoint, hwm=hwm)
         self._linger_ms = int(linger_s * 1000)
 
     def close(self) -> None:

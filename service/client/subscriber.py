@@ -14,7 +14,6 @@ import zmq.asyncio
 from ..protocol import topics
 from ..protocol.codec import UnknownKindError, arrays_from, decode, validate_tolerant
 from ..protocol.messages import Event, FrameResult, Maps, Message, ScanStarted, ScanSummary
-from ..transport.sockets import connect
 from .base import _Client
 from .control import Control
 from .results import MovieResult, ScanResult, note_event, summarized
@@ -37,7 +36,7 @@ class Subscriber(_Client):
     def __init__(self, endpoint: str, *, scan_id: str | None = None, topics_: Sequence[str] | None = None,
                  ctx: zmq.asyncio.Context | None = None, hwm: int = 100_000):
         super().__init__(ctx)
-        self.sock = connect(self.ctx, zmq.SUB, endpoint, hwm=hwm)
+        self.sock = self._connect(zmq.SUB, endpoint, hwm=hwm)
         self._topics = list(topics_ if topics_ is not None else
                             ([topics.scan_prefix(scan_id), topics.SERVICE_EVENT] if scan_id else [""]))
         for t in self._topics:

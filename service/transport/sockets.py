@@ -35,6 +35,10 @@ def bind(ctx: zmq.asyncio.Context, kind: int, endpoint: str, *, hwm: int | None 
 def connect(ctx: zmq.asyncio.Context, kind: int, endpoint: str, *, hwm: int | None = None) -> zmq.asyncio.Socket:
     """A socket connected to ``endpoint`` (ZeroMQ connects lazily: the peer may come later)."""
     sock = ctx.socket(kind)
-    _prepare(sock, hwm=hwm, max_message_bytes=None)
-    sock.connect(endpoint)
+    try:
+        _prepare(sock, hwm=hwm, max_message_bytes=None)
+        sock.connect(endpoint)
+    except zmq.ZMQError:  # a malformed endpoint: nothing is left open
+        sock.close(linger=0)
+        raise
     return sock
