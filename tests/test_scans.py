@@ -180,3 +180,23 @@ def test_an_event_is_always_publishable(recognizers) -> None:
     assert "not publishable" in pub.header.reason and m.counters["event.bad_message"] == 1
     ok = m.event("late", "fine", scan_id="s-1", seq=4)
     assert ok.topic == "scan/s-1/event" and ok.header.seq == 4
+
+
+async def test_data_after_a_closed_scan_was_evicted_is_still_late(recognizers) -> None:
+    """Only ``keep_closed_scans`` records are kept, but the ids of evicted scans are remembered, so late
+    data is reported as ``late`` (as documented), not as ``unknown_scan`` (issue 10)."""
+    h = Harness(recognizers, keep_closed_scans=1)
+    for sid in ("first", "second"):
+        await h.send(ScanStart(scan_id=sid, modality="eels", shape=(1, 3), axis=band_axis()))
+        await h.send(ScanEnd(scan_id=sid, n_messages=0))
+    assert list(h.manager.closed_scans) == ["second"] and "first" in h.manager.evicted_ids
+    spectra = band_spectra(np.zeros(3, int))
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(Data(scan_id="first", seq=0, row=0, col0=0, shape=spectra.shape, dtype="float32"), [spectra])
+    assert exc.value.code == "late" and "no longer kept" in exc.value.reason
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(Data(scan_id="never", seq=0, row=0, col0=0, shape=spectra.shape, dtype="float32"), [spectra])
+    assert exc.value.code == "unknown_scan"
+    # a closed id may be reused: the new scan is open, and the old id is no longer "evicted"
+    await h.send(ScanStart(scan_id="first", modality="eels", shape=(1, 3), axis=band_axis()))
+    assert "first" in h.manager.open_scans and "first" not in h.manager.evicted_ids

@@ -41,6 +41,7 @@ class ScanLimits:
     max_open_scans: int = 16
     max_scan_pixels: int = 16_777_216
     keep_closed_scans: int = 64
+    keep_closed_ids: int = 65536  # ids (not records) of evicted closed scans, so that late data stays `late`
     scan_timeout_s: float = 60.0
 
 
@@ -69,6 +70,8 @@ class ScanManager:
         self.counters: collections.Counter[str] = collections.Counter()
         self.open_scans: dict[str, ScanState] = {}
         self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
+        #: ids of closed scans whose records were evicted (bounded): their data is still ``late``
+        self.evicted_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
                                               queue_pixels=workers.queue_pixels, parallel=workers.parallel)
                         for name, proc in self.processors.items()}
@@ -133,6 +136,7 @@ class ScanManager:
         except AxisError as exc:
             raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
         self.closed_scans.pop(sid, None)
+        self.evicted_ids.pop(sid, None)
         self.open_scans[sid] = scan
         self.counters["scans_started"] += 1
         log.info("scan %s started: %s %dx%d, %s, recognizers %s", sid, start.modality, rows, cols,
@@ -180,6 +184,9 @@ class ScanManager:
             closed.record_late(seq)
             raise ProtocolError("late", f"data seq {seq} arrived after scan {sid} was closed; "
                                 "it is not in the summary", scan_id=sid, seq=seq)
+        if sid in self.evicted_ids:
+            raise ProtocolError("late", f"data seq {seq} arrived after scan {sid} was closed (its record is "
+                                "no longer kept); it is not in the summary", scan_id=sid, seq=seq)
         raise ProtocolError("unknown_scan", f"data for scan {sid}, which is not open (no scan_start seen)",
                             scan_id=sid, seq=seq)
 
@@ -275,7 +282,10 @@ class ScanManager:
         del self.open_scans[sid]
         self.closed_scans[sid] = scan
         while len(self.closed_scans) > self.limits.keep_closed_scans:
-            self.closed_scans.popitem(last=False)
+            evicted, _ = self.closed_scans.popitem(last=False)
+            self.evicted_ids[evicted] = None
+            while len(self.evicted_ids) > self.limits.keep_closed_ids:
+                self.evicted_ids.popitem(last=False)
         self.counters["scans_closed"] += 1
         out = []
         if timed_out:
