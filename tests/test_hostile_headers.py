@@ -46,3 +46,31 @@ async def test_an_integer_field_takes_integers_only(clients, value):
     await inst.sock.send_multipart([msgpack.packb(header), spectra.tobytes()])
     ev = await wait_for_event(sub, "bad_message")
     assert "seq" in ev.reason and ev.seq is None
+
+
+def _deep(levels: int) -> dict:
+    root: dict = {}
+    node = root
+    for _ in range(levels):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+@pytest.mark.parametrize(("meta", "fragment"), [
+    pytest.param({"raw": b"\x00\x01"}, "meta.raw is bytes", id="raw-bytes"),
+    pytest.param(_deep(40), "nests deeper than 8", id="too-deep"),
+    pytest.param({"x": float("nan")}, "meta.x is not a finite number", id="nan"),
+])
+async def test_meta_that_cannot_be_echoed_is_refused_with_the_scan_id(clients, meta, fragment):
+    """``meta`` travels back in ``scan_started``: bytes, NaN or absurd nesting are refused at the edge,
+    naming the scan (before, they gave an ``internal`` event without a scan id and no answer)."""
+    inst, sub, _ = clients
+    header = {"v": 1, "kind": "scan_start", "scan_id": "meta-1", "modality": "eels", "shape": [2, 3],
+              "axis": {"size": 60, "offset": 10.0, "scale": 1.0, "units": "eV"}, "meta": meta}
+    await inst.sock.send_multipart([msgpack.packb(header, use_bin_type=True)])
+    ev = await wait_for_event(sub, "bad_message")
+    assert ev.scan_id == "meta-1" and fragment in ev.reason
+    truth = np.array([[0, 1, 2]])
+    await send_band_scan(inst, "meta-after", truth)
+    assert (await sub.collect_scan("meta-after", timeout=10)).summary.state == "complete"

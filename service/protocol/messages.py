@@ -32,6 +32,30 @@ Index = Annotated[int, Strict(), Field(ge=0, le=2**53)]
 DType = Literal["uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"]
 
 
+#: How deep ``meta`` may nest (maps and lists); deeper is certainly not instrument metadata.
+MAX_META_DEPTH = 8
+
+
+def check_meta(value: Any, depth: int = 0, where: str = "meta") -> None:
+    """ValueError unless ``value`` is JSON-like data (maps with string keys, lists, strings, numbers,
+    booleans, null) nested at most ``MAX_META_DEPTH`` deep: what ``scan_started`` can echo back."""
+    if depth > MAX_META_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_META_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a non-string key {key!r}")
+            check_meta(item, depth + 1, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_meta(item, depth + 1, f"{where}[{i}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is not a finite number")
+    elif value is not None and not isinstance(value, (str, int, bool)):
+        raise ValueError(f"{where} is {type(value).__name__}; meta holds JSON-like values only")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -111,6 +135,12 @@ class ScanStart(_Header):
         "lossless", description="frames: lossless (backpressure) or latest (newest frame wins; skips reported)")
     recognizers: list[Name] | None = Field(default=None, max_length=8)
     meta: dict[str, Any] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("meta")
+    @classmethod
+    def _json_meta(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_meta(value)
+        return value
 
     @model_validator(mode="after")
     def _spectral_or_imaging(self) -> ScanStart:
