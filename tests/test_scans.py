@@ -200,3 +200,19 @@ async def test_data_after_a_closed_scan_was_evicted_is_still_late(recognizers) -
     # a closed id may be reused: the new scan is open, and the old id is no longer "evicted"
     await h.send(ScanStart(scan_id="first", modality="eels", shape=(1, 3), axis=band_axis()))
     assert "first" in h.manager.open_scans and "first" not in h.manager.evicted_ids
+
+
+def test_frame_results_are_published_in_arrival_order(recognizers) -> None:
+    """Two frames in flight can finish in either order; publications wait for every earlier frame,
+    and a frame that will never come (skipped, failed) stops holding the others back."""
+    start = ScanStart(scan_id="o", modality="haadf", shape=(32, 32), pixel_size=PixelSize(size=0.02, units="nm"))
+    binding = recognizers["frame-test"].bind(start)
+    for seq in range(4):
+        binding.admit(seq)
+    pub = {seq: Publication(f"t{seq}", Event(code="internal", reason=str(seq))) for seq in range(4)}
+    assert binding.in_order(1, [pub[1]]) == []                 # frame 0 is still in flight
+    assert binding.in_order(0, [pub[0]]) == [pub[0], pub[1]]   # ... now both, in order
+    assert binding.in_order(3, [pub[3]]) == []                 # frame 2 is still in flight
+    binding.forget(2)                                          # ... and never comes (skipped)
+    assert binding.flush() == [pub[3]]
+    assert binding.in_order(9, [pub[0]]) == [pub[0]]           # a seq never admitted is not held

@@ -88,6 +88,10 @@ class FrameBinding(Binding):
     last_frame: int | None = None
     order: collections.deque[int] = field(default_factory=collections.deque)  # seqs admitted, in order
     turn: threading.Condition = field(default_factory=threading.Condition)
+    # results reach the event loop in the order their threads finish, which two frames in flight can
+    # swap: publications wait here until every earlier admitted frame has been published or forgotten
+    to_publish: collections.deque[int] = field(default_factory=collections.deque)
+    held: dict[int, list[Publication]] = field(default_factory=dict)
 
     def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
         return WorkItem(scan_id, self, seq, row, col0, values, t_received, values.size)
@@ -95,13 +99,33 @@ class FrameBinding(Binding):
     def admit(self, seq: int) -> None:
         with self.turn:
             self.order.append(seq)
+            self.to_publish.append(seq)
 
     def forget(self, seq: int) -> None:
         """A frame that will never reach the tracker (skipped, failed): let the next ones through."""
         with self.turn:
             if seq in self.order:
                 self.order.remove(seq)
+            if seq in self.to_publish and seq not in self.held:
+                self.to_publish.remove(seq)
             self.turn.notify_all()
+
+    def in_order(self, seq: int, publications: list[Publication]) -> list[Publication]:
+        with self.turn:
+            if seq not in self.to_publish:  # forgotten (its processing failed): nothing to wait for
+                return publications + self._ready()
+            self.held[seq] = publications
+            return self._ready()
+
+    def flush(self) -> list[Publication]:
+        with self.turn:
+            return self._ready()
+
+    def _ready(self) -> list[Publication]:
+        out: list[Publication] = []
+        while self.to_publish and self.to_publish[0] in self.held:
+            out += self.held.pop(self.to_publish.popleft())
+        return out
 
     def track_in_order(self, seq: int, frame: int, defects: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """Track ids for a frame's defects and the running tracking statistics after it; waits until

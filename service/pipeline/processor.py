@@ -71,6 +71,15 @@ class Binding(ABC):
     def forget(self, seq: int) -> None:
         """A message admitted before will never be processed (skipped, failed)."""
 
+    def in_order(self, seq: int, publications: list[Publication]) -> list[Publication]:
+        """What to publish now for the result of ``seq``: these publications, or (for bindings that
+        publish in arrival order) whatever has become publishable; see ``flush``."""
+        return publications
+
+    def flush(self) -> list[Publication]:
+        """Publications held back for order that can go out now (after a ``forget``)."""
+        return []
+
     @abstractmethod
     def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
         """Keep one item's results in the scan's state (maps, latest frame)."""

@@ -217,6 +217,7 @@ class ScanManager:
                     out.append(self.event("skipped", f"frame {stale.row} (seq {stale.seq}) skipped: frame "
                                           f"{msg.frame} is newer (policy latest)", scan_id=sid, seq=stale.seq,
                                           level="info"))
+                out += binding.flush()  # results that waited for a skipped frame
             scan.in_flight += 1
             binding.admit(msg.seq)
             await worker.submit(binding.work(sid, msg.seq, msg.frame, 0, image, t_received))
@@ -258,7 +259,7 @@ class ScanManager:
             log.exception("result of scan %s seq %s could not be published", scan.scan_id, item.seq)
             scan.rejected.setdefault(item.seq, f"internal: {exc}")
             out.append(self.event("internal", f"{type(exc).__name__}: {exc}", scan_id=scan.scan_id, seq=item.seq))
-        return out
+        return item.binding.in_order(item.seq, out)  # frames: in the order they arrived
 
     def publish_failed(self, item: WorkItem, exc: Exception) -> list[Publication]:
         """A result that could not be sent: the seq counts as rejected, an ``internal`` event says why."""
