@@ -44,7 +44,12 @@ def _first_leaf(group: BaseExceptionGroup) -> BaseException:
 async def _run_simulator(args: list[str]) -> None:
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "scanlens.sim.cli", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await proc.communicate()
+    try:
+        out, err = await proc.communicate()
+    finally:  # the scan failed or was cancelled: the simulator must not outlive the demo
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     if proc.returncode != 0:
         raise DemoError(f"simulator exited with {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
     log.info("simulator: %s", out.decode().strip())
