@@ -36,11 +36,12 @@ class ScanState:
     in_flight: int = 0  # work items submitted and not yet back
     n_messages: int | None = None  # from scan_end
     summary: ScanSummary | None = None  # set once the scan is closed
+    owner: str | None = None  # authenticated identity (CURVE public key) of the sender that started it
 
     @classmethod
-    def open(cls, start: ScanStart, processors: list[Processor]) -> ScanState:
+    def open(cls, start: ScanStart, processors: list[Processor], owner: str | None = None) -> ScanState:
         """Bind every processor; AxisError (a refused scan) when the data cannot be fed to one."""
-        return cls(start, {p.name: p.bind(start) for p in processors})
+        return cls(start, {p.name: p.bind(start) for p in processors}, owner=owner)
 
     @property
     def scan_id(self) -> str:

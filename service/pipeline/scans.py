@@ -76,8 +76,7 @@ class ScanManager:
                                               queue_pixels=workers.queue_pixels, parallel=workers.parallel)
                         for name, proc in self.processors.items()}
         self._t0 = time.monotonic()
-        self._handlers = {"scan_start": self._on_scan_start, "data": self._on_data,
-                          "frame": self._on_frame, "scan_end": self._on_scan_end}
+        self._handlers = {"data": self._on_data, "frame": self._on_frame, "scan_end": self._on_scan_end}
 
     # ------------------------------------------------------------------ events
 
@@ -94,11 +93,13 @@ class ScanManager:
             event = Event(level=level, code=code, reason=f"{reason} (scan id or seq not publishable)")
         return Publication(topics.event_topic(scan_id), event)
 
-    def unreadable(self, exc: ProtocolError) -> list[Publication]:
+    def unreadable(self, exc: ProtocolError, owner: str | None = None) -> list[Publication]:
         """A message that could not be accepted. A data message of an open scan that failed before the
-        scan saw it (undecodable, oversized) counts as rejected, not lost."""
+        scan saw it (undecodable, oversized) counts as rejected, not lost — when it came from the scan's
+        owner: another sender cannot poison a seq of someone else's scan."""
         scan = self.open_scans.get(exc.scan_id) if exc.scan_id else None
-        if scan is not None and exc.seq is not None and exc.code in ("bad_message", "oversized"):
+        if (scan is not None and exc.seq is not None and exc.code in ("bad_message", "oversized")
+                and scan.owner == owner):
             scan.record_unreadable(exc.seq, exc.reason)
         return [self.event(exc.code, exc.reason, scan_id=exc.scan_id, seq=exc.seq)]
 
@@ -108,15 +109,26 @@ class ScanManager:
 
     # ------------------------------------------------------------------ ingest
 
-    async def ingest(self, header: Message, buffers: list[memoryview], t_received: float) -> list[Publication]:
+    async def ingest(self, header: Message, buffers: list[memoryview], t_received: float,
+                     owner: str | None = None) -> list[Publication]:
         """One decoded ingest message; ProtocolError when it cannot be accepted (see ``unreadable``).
-        Awaits while a worker's queue is full: backpressure reaches the ingest socket."""
+        Awaits while a worker's queue is full: backpressure reaches the ingest socket. ``owner`` is the
+        sender's authenticated identity (its CURVE public key), None without authentication: a scan
+        belongs to the identity that started it, and only that identity may send its data and scan_end."""
         if header.kind not in INGEST_KINDS:
             raise ProtocolError("bad_message", f"kind {header.kind!r} is not accepted on the ingest socket",
                                 scan_id=getattr(header, "scan_id", None))
-        return await self._handlers[header.kind](header, buffers, t_received)
+        if header.kind == "scan_start":
+            return await self._on_scan_start(header, buffers, owner)
+        scan = self._open_scan(header.scan_id, getattr(header, "seq", None), header.kind)
+        if scan.owner != owner:
+            self.counters["foreign_messages"] += 1
+            raise ProtocolError("forbidden", f"{header.kind} for scan {scan.scan_id} from a sender that did not "
+                                "start it; refused, the scan is unchanged",
+                                scan_id=scan.scan_id, seq=getattr(header, "seq", None))
+        return await self._handlers[header.kind](scan, header, buffers, t_received)
 
-    async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], t_received: float) -> list[Publication]:
+    async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], owner: str | None) -> list[Publication]:
         sid, lim = start.scan_id, self.limits
         if sid in self.open_scans:
             raise ProtocolError("duplicate_scan", f"scan {sid} is already open; the open scan continues "
@@ -132,7 +144,7 @@ class ScanManager:
                                 f"{lim.max_scan_pixels}", scan_id=sid)
         processors = self.choose(start)
         try:
-            scan = ScanState.open(start, processors)
+            scan = ScanState.open(start, processors, owner=owner)
         except AxisError as exc:
             raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
         self.closed_scans.pop(sid, None)
@@ -174,11 +186,13 @@ class ScanManager:
                                 f"image modalities: {have}", scan_id=sid)
         return [self.processors[self.fallback]]
 
-    def _open_scan(self, sid: str, seq: int) -> ScanState:
+    def _open_scan(self, sid: str, seq: int | None, kind: str) -> ScanState:
         """The open scan ``sid``; ProtocolError ``late`` (recorded) or ``unknown_scan`` otherwise."""
         scan = self.open_scans.get(sid)
         if scan is not None:
             return scan
+        if seq is None:  # scan_end
+            raise ProtocolError("unknown_scan", f"{kind} for scan {sid}, which is not open", scan_id=sid)
         closed = self.closed_scans.get(sid)
         if closed is not None:
             closed.record_late(seq)
@@ -190,8 +204,8 @@ class ScanManager:
         raise ProtocolError("unknown_scan", f"data for scan {sid}, which is not open (no scan_start seen)",
                             scan_id=sid, seq=seq)
 
-    async def _on_data(self, data: Data, buffers: list[memoryview], t_received: float) -> list[Publication]:
-        scan = self._open_scan(data.scan_id, data.seq)
+    async def _on_data(self, scan: ScanState, data: Data, buffers: list[memoryview],
+                       t_received: float) -> list[Publication]:
         spectra = scan.accept(data, buffers)
         self.counters["pixels_in"] += data.shape[0]
         for binding in scan.bindings.values():
@@ -200,8 +214,8 @@ class ScanManager:
                 binding.work(scan.scan_id, data.seq, data.row, data.col0, spectra, t_received))
         return []
 
-    async def _on_frame(self, msg: Frame, buffers: list[memoryview], t_received: float) -> list[Publication]:
-        scan = self._open_scan(msg.scan_id, msg.seq)
+    async def _on_frame(self, scan: ScanState, msg: Frame, buffers: list[memoryview],
+                        t_received: float) -> list[Publication]:
         sid = scan.scan_id
         image = scan.accept_frame(msg, buffers)
         self.counters["frames_in"] += 1
@@ -223,11 +237,9 @@ class ScanManager:
             await worker.submit(binding.work(sid, msg.seq, msg.frame, 0, image, t_received))
         return out
 
-    async def _on_scan_end(self, end: ScanEnd, buffers: list[memoryview], t_received: float) -> list[Publication]:
+    async def _on_scan_end(self, scan: ScanState, end: ScanEnd, buffers: list[memoryview],
+                           t_received: float) -> list[Publication]:
         sid = end.scan_id
-        scan = self.open_scans.get(sid)
-        if scan is None:
-            raise ProtocolError("unknown_scan", f"scan_end for scan {sid}, which is not open", scan_id=sid)
         if scan.ended:
             raise ProtocolError("bad_message", f"second scan_end for scan {sid}", scan_id=sid)
         scan.n_messages = end.n_messages

@@ -196,6 +196,7 @@ EventCode = Literal[
     "bad_message",  # undecodable bytes or a header that fails validation
     "oversized",  # message over the configured size limits
     "unknown_scan",  # data or scan_end for a scan id that is not open
+    "forbidden",  # data or scan_end for an open scan from a sender (key) that did not start it
     "duplicate_scan",  # scan_start for a scan id that is already open
     "scan_rejected",  # scan_start refused (modality, recognizer, axis, size)
     "data_rejected",  # a data message refused (shape, dtype, position, non-finite values, duplicate seq)
