@@ -104,7 +104,7 @@ def main() -> None:
     report = {"model": rec.name, "size": a.size, "frames": a.frames, "service_threads": a.threads,
               "bare_ort_frames_per_s": bare, "bare_ort_best": best, "bare_ort_best_after_frames_per_s": bare_after,
               "baseline_frames_per_s": baseline, "service_frames_per_s": rate, "ratio": rate / baseline,
-              "lost": len(summary.lost), "skipped": len(summary.skipped), "state": summary.state,
+              "lost": summary.n_lost, "skipped": len(summary.skipped), "state": summary.state,
               "latency_ms_p50": summary.latency_ms_p50, "latency_ms_p99": summary.latency_ms_p99}
     if a.json:
         print(json.dumps(report, indent=2))

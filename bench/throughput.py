@@ -71,7 +71,7 @@ async def through_service(settings: Settings, rec_name: str, axis, rows: int, co
             out, err = await proc.communicate()
             if proc.returncode:
                 raise RuntimeError(err.decode())
-    return {"pixels": s.pixels_recognized, "lost": len(s.lost), "rejected": len(s.rejected),
+    return {"pixels": s.pixels_recognized, "lost": s.n_lost, "rejected": len(s.rejected),
             "duration_s": s.duration_s, "rate": s.pixels_recognized / s.duration_s,
             "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
             "sender": json.loads(out)}

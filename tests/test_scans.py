@@ -12,26 +12,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from scanlens.pipeline import PCAAnalyzer, Publication, ScanLimits, ScanManager, WorkItem, open_recognizer
-from scanlens.protocol.codec import ProtocolError, decode, encode
+from scanlens.pipeline import Publication, open_recognizer
+from scanlens.protocol.codec import ProtocolError
 from scanlens.protocol.messages import (Data, Event, Frame, Maps, PixelSize, Request, ScanEnd, ScanStart,
                                         ScanStarted, ScanSummary)
-from scanlens.testing import (FRAME_PIXEL_NM, band_axis, band_spectra, render_frame, write_band_model,
-                              write_frame_model)
-
-
-class Clock:
-    """An injected clock for timeouts."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _wire(header, arrays=()):
-    return decode(encode(header, arrays))
+from scanlens.testing import (FRAME_PIXEL_NM, ManagerHarness, band_axis, band_spectra, render_frame,
+                              write_band_model, write_frame_model)
 
 
 @pytest.fixture
@@ -41,34 +27,8 @@ def recognizers(tmp_path):
     return {band.name: band, frame.name: frame}
 
 
-class Harness:
-    """A manager whose results are collected instead of published; workers run as tasks."""
-
-    def __init__(self, recognizers, **limits):
-        self.published: list[Publication] = []
-        self.clock = Clock()
-        self.done = asyncio.Event()
-        self.manager = ScanManager(recognizers, {"pca": PCAAnalyzer(k=2)}, on_result=self._on_result,
-                                   limits=ScanLimits(**limits), clock=self.clock)
-
-    async def _on_result(self, item: WorkItem, outputs, error) -> None:
-        self.published += self.manager.result(item, outputs, error)
-        self.published += self.manager.settle(item.scan_id)
-        if any(isinstance(p.header, ScanSummary) for p in self.published):
-            self.done.set()
-
-    async def send(self, header, arrays=()) -> list[Publication]:
-        header, buffers = _wire(header, arrays)
-        out = await self.manager.ingest(header, buffers, 0.0)
-        self.published += out
-        return out
-
-    def of(self, kind) -> list:
-        return [p.header for p in self.published if isinstance(p.header, kind)]
-
-
 async def test_a_scan_from_start_to_summary(recognizers) -> None:
-    h = Harness(recognizers)
+    h = ManagerHarness(recognizers)
     truth = np.array([[0, 1, 2, 1], [2, 2, 0, 0], [1, 0, 1, 2]])
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(w.serve()) for w in h.manager.workers.values()]
@@ -99,7 +59,7 @@ async def test_a_scan_from_start_to_summary(recognizers) -> None:
 
 
 async def test_refusals_and_accounting(recognizers) -> None:
-    h = Harness(recognizers, max_open_scans=1)
+    h = ManagerHarness(recognizers, max_open_scans=1)
     await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
     with pytest.raises(ProtocolError) as exc:
         await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
@@ -128,7 +88,7 @@ async def test_refusals_and_accounting(recognizers) -> None:
 
 
 async def test_choice_of_processors(recognizers) -> None:
-    m = Harness(recognizers).manager
+    m = ManagerHarness(recognizers).manager
     frames = ScanStart(scan_id="f", modality="haadf", shape=(32, 32), pixel_size=PixelSize(size=0.02, units="nm"))
     assert [p.name for p in m.choose(frames)] == ["frame-test"]
     spectral = ScanStart(scan_id="e", modality="eels", shape=(2, 2), axis=band_axis())
@@ -145,7 +105,7 @@ async def test_choice_of_processors(recognizers) -> None:
 
 async def test_latest_policy_skips_queued_frames(recognizers) -> None:
     """With no worker running, queued frames stay queued: each newer frame replaces the older one."""
-    h = Harness(recognizers)
+    h = ManagerHarness(recognizers)
     shape = (40, 40)
     await h.send(ScanStart(scan_id="m", modality="haadf", shape=shape, policy="latest",
                            pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
@@ -160,9 +120,8 @@ async def test_latest_policy_skips_queued_frames(recognizers) -> None:
 
 
 async def test_a_silent_scan_times_out(recognizers) -> None:
-    h = Harness(recognizers, scan_timeout_s=5.0)
+    h = ManagerHarness(recognizers, scan_timeout_s=5.0)
     await h.send(ScanStart(scan_id="t", modality="eels", shape=(2, 2), axis=band_axis()))
-    h.manager.open_scans["t"].t_last = 0.0
     h.clock.now = 4.0
     assert h.manager.expire() == []
     h.clock.now = 6.0
@@ -174,7 +133,7 @@ async def test_a_silent_scan_times_out(recognizers) -> None:
 def test_an_event_is_always_publishable(recognizers) -> None:
     """Whatever identifiers a caller passes, ``event`` returns a valid event (issue 10: one header must
     not stop the service through its own error report)."""
-    m = Harness(recognizers).manager
+    m = ManagerHarness(recognizers).manager
     pub = m.event("bad_message", "broken", scan_id="a/b", seq=-3)
     assert pub.topic == "service/event" and pub.header.scan_id is None and pub.header.seq is None
     assert "not publishable" in pub.header.reason and m.counters["event.bad_message"] == 1
@@ -185,7 +144,7 @@ def test_an_event_is_always_publishable(recognizers) -> None:
 async def test_data_after_a_closed_scan_was_evicted_is_still_late(recognizers) -> None:
     """Only ``keep_closed_scans`` records are kept, but the ids of evicted scans are remembered, so late
     data is reported as ``late`` (as documented), not as ``unknown_scan`` (issue 10)."""
-    h = Harness(recognizers, keep_closed_scans=1)
+    h = ManagerHarness(recognizers, keep_closed_scans=1)
     for sid in ("first", "second"):
         await h.send(ScanStart(scan_id=sid, modality="eels", shape=(1, 3), axis=band_axis()))
         await h.send(ScanEnd(scan_id=sid, n_messages=0))

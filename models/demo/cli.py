@@ -105,7 +105,7 @@ def report_of(result: ScanResult | MovieResult, snapshot: ControlReply, truth: d
     report: dict[str, Any] = {
         "modality": scenario.modality, "recognizer": recognizer, "recognizers": result.started.recognizers,
         "scan_id": s.scan_id, "state": s.state, "pixels": s.pixels_expected, "recognized": s.pixels_recognized,
-        "lost": len(s.lost), "rejected": len(s.rejected), "unrecognized_pixels": s.pixels_expected - s.pixels_recognized,
+        "lost": s.n_lost, "rejected": len(s.rejected), "unrecognized_pixels": s.pixels_expected - s.pixels_recognized,
         "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
     }
     report.update(scenario.score(result, snapshot, truth, recognizer))

@@ -13,13 +13,14 @@ from .pca import PCAAnalyzer, StreamingPCA
 from .processor import Binding, Processor, Publication, WorkItem, takes_of
 from .scan import ScanState
 from .scans import ScanLimits, ScanManager, WorkerOptions
+from .seqs import SeqRanges
 from .spectral import SpectralBinding, SpectralProcessor, SpectralRecognizer
 from .tracking import DefectTracker
 
 __all__ = [
     "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "InferenceWorker",
     "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "Publication",
-    "Recognizer", "ScanLimits", "ScanManager", "ScanState", "SpectralBinding", "SpectralProcessor",
+    "Recognizer", "ScanLimits", "ScanManager", "ScanState", "SeqRanges", "SpectralBinding", "SpectralProcessor",
     "SpectralRecognizer", "StreamingPCA", "WorkItem", "WorkerOptions", "length_factor", "load_recognizers",
     "open_recognizer", "postprocess", "read_card", "recognize_image", "recognizer_for", "rescale",
     "session_options", "takes_of", "zoom_factor",

@@ -18,7 +18,13 @@ import numpy as np
 from ..protocol.codec import ProtocolError, buffer_to_array
 from ..protocol.messages import ArraySpec, Data, Frame, Rejection, ScanStart, ScanSummary
 from .processor import Binding, Processor, WorkItem, takes_of
+from .seqs import SeqRanges, count_of, first_of
 from .stats import latency_percentiles
+
+#: How many lost seqs a summary and a ``lost`` event list one by one; all of them are in ``lost_ranges``.
+LIST_LIMIT = 4096
+#: The largest seq a sender can use when nothing else bounds it (a movie without ``frames``).
+MAX_SEQ = 2**53
 
 
 @dataclass
@@ -26,8 +32,8 @@ class ScanState:
     start: ScanStart
     bindings: dict[str, Binding]
     t_start: float = field(default_factory=time.perf_counter)
-    t_last: float = field(default_factory=time.perf_counter)
-    received: set[int] = field(default_factory=set)
+    t_last: float = 0.0  # the manager's clock at the scan's last message (scan_timeout_s)
+    received: SeqRanges = field(default_factory=SeqRanges)  # accepted seqs, as ranges
     rejected: dict[int, str] = field(default_factory=dict)
     late: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
@@ -48,6 +54,16 @@ class ScanState:
         return self.start.scan_id
 
     @property
+    def max_messages(self) -> int:
+        """The most messages this scan can have: each pixel of a spectral scan comes once (a message
+        carries at least one), each frame of a movie with ``frames`` comes once; a movie without
+        ``frames`` can count its pixels (frames x frame pixels) up to 2**53."""
+        rows, cols = self.start.shape
+        if takes_of(self.start) == "spectra":
+            return rows * cols
+        return self.start.frames if self.start.frames is not None else MAX_SEQ // (rows * cols)
+
+    @property
     def ended(self) -> bool:
         return self.n_messages is not None
 
@@ -64,7 +80,6 @@ class ScanState:
     def accept(self, data: Data, buffers: list[memoryview]) -> np.ndarray:
         """The spectra of a data message as a zero-copy array; ProtocolError (and a recorded rejection)
         when it contradicts ``scan_start`` or repeats a seq."""
-        self.t_last = time.perf_counter()
         self._check_seq(data)
         if takes_of(self.start) != "spectra":
             raise self._reject(data, "this is an imaging scan (pixel_size in scan_start): send frame messages")
@@ -87,7 +102,6 @@ class ScanState:
     def accept_frame(self, msg: Frame, buffers: list[memoryview]) -> np.ndarray:
         """The image of a frame message as a zero-copy array; ProtocolError (and a recorded rejection)
         when it contradicts ``scan_start``."""
-        self.t_last = time.perf_counter()
         self._check_seq(msg)
         if takes_of(self.start) != "frames":
             raise self._reject(msg, "this is a spectral scan (axis in scan_start): send data messages")
@@ -123,6 +137,19 @@ class ScanState:
                                 scan_id=self.scan_id, seq=msg.seq)
         if self.n_messages is not None and msg.seq >= self.n_messages:
             raise self._reject(msg, f"seq {msg.seq} is beyond scan_end's n_messages={self.n_messages}")
+        if msg.seq >= self.max_messages:
+            raise self._reject(msg, f"seq {msg.seq} is beyond the {self.max_messages} messages this scan can have "
+                                    f"(seqs count from 0, one message per line or frame)")
+
+    def end(self, n_messages: int) -> list[int]:
+        """``scan_end``: seqs at or beyond ``n_messages`` that arrived before it become rejected (their
+        results are already in the maps; the summary says so); returns them."""
+        self.n_messages = n_messages
+        beyond = [seq for start, stop in self.received.discard_from(n_messages) for seq in range(start, stop)]
+        for seq in beyond:
+            self.rejected[seq] = (f"seq {seq} is beyond scan_end's n_messages={n_messages}; it arrived before "
+                                  "scan_end and its results are in the maps")
+        return beyond
 
     def record_skipped(self, seq: int) -> None:
         """A frame dropped by the newest-frame-wins policy before it was recognized."""
@@ -147,23 +174,31 @@ class ScanState:
 
     # ------------------------------------------------------------------ closing
 
+    def lost_ranges(self) -> tuple[list[tuple[int, int]], int]:
+        """Seqs expected and neither accepted nor rejected, as ``[start, stop)`` runs: everything below
+        ``n_messages``, or (timed out without scan_end) below the highest seq seen; and that expected count.
+        O(what was received), never O(n_messages)."""
+        rejected = SeqRanges()
+        for seq in sorted(self.rejected):
+            rejected.add(seq)
+        if self.n_messages is not None:
+            expected = self.n_messages
+        else:
+            expected = max(self.received.max(), rejected.max()) + 1
+        return self.received.gaps(expected, also=rejected), expected
+
     def close(self, *, timed_out: bool = False) -> ScanSummary:
         rows, cols = self.start.shape
-        if self.n_messages is not None:
-            expected_seqs = range(self.n_messages)
-        else:  # timed out without scan_end: everything below the highest seq seen is expected
-            top = max(self.received | set(self.rejected), default=-1)
-            expected_seqs = range(top + 1)
-        lost = [s for s in expected_seqs if s not in self.received and s not in self.rejected]
+        lost_runs, expected = self.lost_ranges()
         if takes_of(self.start) == "frames":  # pixels of an imaging scan: frames x frame pixels
-            rows, cols = (self.n_messages if self.n_messages is not None else len(expected_seqs)), rows * cols
+            rows, cols = expected, rows * cols
         recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
         summaries = {}
         for name, b in self.bindings.items():
             b.processor.finish(b)
             summaries[name] = b.processor.summarize(b)
-        complete = (not timed_out and not lost and not self.rejected and not self.skipped
-                    and self.pixels_received == rows * cols)
+        complete = (not timed_out and not lost_runs and not self.rejected and not self.skipped
+                    and self.pixels_received == rows * cols == recognized)
         self.summary = ScanSummary(
             scan_id=self.scan_id,
             state="timed_out" if timed_out else ("complete" if complete else "incomplete"),
@@ -172,7 +207,9 @@ class ScanState:
             pixels_recognized=recognized,
             messages_sent=self.n_messages,
             messages_received=len(self.received) + len(self.rejected),
-            lost=lost,
+            lost=first_of(lost_runs, LIST_LIMIT),
+            n_lost=count_of(lost_runs),
+            lost_ranges=[list(r) for r in lost_runs],
             rejected=[Rejection(seq=s, reason=r) for s, r in sorted(self.rejected.items())],
             skipped=sorted(self.skipped),
             **latency_percentiles([v for b in self.bindings.values() for v in b.latencies_ms]),

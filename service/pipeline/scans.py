@@ -29,7 +29,7 @@ from ..protocol.messages import (INGEST_KINDS, Data, Event, Frame, Message, Requ
 from .axis import AxisError
 from .batcher import InferenceWorker, ResultHandler
 from .processor import Processor, Publication, WorkItem, takes_of
-from .scan import ScanState
+from .scan import LIST_LIMIT, ScanState
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class ScanManager:
             raise ProtocolError("forbidden", f"{header.kind} for scan {scan.scan_id} from a sender that did not "
                                 "start it; refused, the scan is unchanged",
                                 scan_id=scan.scan_id, seq=getattr(header, "seq", None))
+        scan.t_last = self.clock()
         return await self._handlers[header.kind](scan, header, buffers, t_received)
 
     async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], owner: str | None) -> list[Publication]:
@@ -147,6 +148,7 @@ class ScanManager:
             scan = ScanState.open(start, processors, owner=owner)
         except AxisError as exc:
             raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
+        scan.t_last = self.clock()
         self.closed_scans.pop(sid, None)
         self.evicted_ids.pop(sid, None)
         self.open_scans[sid] = scan
@@ -242,12 +244,12 @@ class ScanManager:
         sid = end.scan_id
         if scan.ended:
             raise ProtocolError("bad_message", f"second scan_end for scan {sid}", scan_id=sid)
-        scan.n_messages = end.n_messages
         out = []
-        beyond = sorted(s for s in scan.received if s >= end.n_messages)
+        beyond = scan.end(end.n_messages)
         if beyond:
-            out.append(self.event("data_rejected", f"scan_end says {end.n_messages} messages but seqs "
-                                  f"{beyond[:16]} were received", scan_id=sid, seqs=beyond, level="warning"))
+            out.append(self.event("data_rejected", f"scan_end says {end.n_messages} messages but {len(beyond)} "
+                                  f"seqs at or beyond it were received, from {beyond[0]}; they count as rejected",
+                                  scan_id=sid, seqs=beyond[:LIST_LIMIT], level="warning"))
         return out + self._maybe_close(scan)
 
     # ------------------------------------------------------------------ results
@@ -304,12 +306,14 @@ class ScanManager:
         if timed_out:
             out.append(self.event("scan_timeout", f"no message for {self.limits.scan_timeout_s:g} s; scan closed "
                                   "without scan_end", scan_id=sid, level="warning"))
-        if summary.lost:
-            self.counters["messages_lost"] += len(summary.lost)
-            out.append(self.event("lost", f"{len(summary.lost)} data messages never arrived", scan_id=sid,
-                                  seqs=summary.lost, level="warning"))
+        if summary.n_lost:
+            self.counters["messages_lost"] += summary.n_lost
+            runs = ", ".join(f"{a}..{b - 1}" for a, b in summary.lost_ranges[:8])
+            more = f" and {len(summary.lost_ranges) - 8} more runs" if len(summary.lost_ranges) > 8 else ""
+            out.append(self.event("lost", f"{summary.n_lost} data messages never arrived: seqs {runs}{more}",
+                                  scan_id=sid, seqs=summary.lost, level="warning"))
         log.info("scan %s closed: %s, %d/%d pixels recognized, %d lost, %d rejected, p99 %.2f ms", sid,
-                 summary.state, summary.pixels_recognized, summary.pixels_expected, len(summary.lost),
+                 summary.state, summary.pixels_recognized, summary.pixels_expected, summary.n_lost,
                  len(summary.rejected), summary.latency_ms_p99 or 0.0)
         out.append(Publication(topics.scan_topic(sid, topics.SUMMARY), summary))
         return out

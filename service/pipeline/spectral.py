@@ -77,7 +77,12 @@ class SpectralBinding(Binding):
         sl = line_slice(item.row, item.col0, item.n_pixels)
         for name, values in outputs.items():
             self.maps[name][sl] = values
+        # distinct pixels: a line that overlaps earlier ones does not count its pixels twice
+        self.pixels_done += item.n_pixels - int(np.count_nonzero(self.filled[sl]))
         self.filled[sl] = True
+
+    def record(self, item: WorkItem, latency_ms: float) -> None:
+        self.latencies_ms.append(latency_ms)  # pixels were counted by ``store``
 
     def publication(self, item: WorkItem, outputs: dict[str, Any], latency_ms: float) -> Publication:
         specs = self.line_specs(item.n_pixels)

@@ -311,7 +311,10 @@ class ScanSummary(_Header):
     pixels_recognized: Index
     messages_sent: Index | None = Field(None, description="n_messages from scan_end; absent after a timeout")
     messages_received: Index
-    lost: list[Index]
+    lost: list[Index] = Field(description="lost seqs one by one: the first 4096 (n_lost says how many in all)")
+    n_lost: Index = Field(0, description="how many seqs were lost")
+    lost_ranges: list[tuple[Index, Index]] = Field(
+        default_factory=list, description="every lost seq, as half-open [start, stop) runs")
     rejected: list[Rejection]
     skipped: list[Index] = Field(default_factory=list, description="frame seqs dropped by policy 'latest'")
     latency_ms_p50: float | None = None  # absent when nothing was recognized

@@ -11,7 +11,7 @@ scanlens' own test suite and usable by anyone testing a client or a deployment a
         result = await sub.collect_scan("s1")          # result.maps["band"]["class"] == truth
 
 Modules: ``server`` (settings, server and clients), ``waiting`` (wait for an event or a summary),
-``wire`` (raw messages), ``processes`` (the CLI as a subprocess), ``models`` (the ``band`` and
+``wire`` (raw messages), ``manager`` (a scan manager without sockets), ``processes`` (the CLI as a subprocess), ``models`` (the ``band`` and
 ``frame-test`` models and their data), ``leaks`` (sockets, contexts and tasks left behind).
 """
 
@@ -21,14 +21,16 @@ from .leaks import (LeakError, ZmqSnapshot, check_task_leaks, check_zmq_leaks, l
                     zmq_leaks, zmq_snapshot)
 from .models import (BAND_LABELS, FRAME_LABELS, FRAME_PIXEL_NM, band_axis, band_spectra, render_frame,
                      send_band_scan, write_band_model, write_frame_model)
+from .manager import Clock, ManagerHarness, through_wire
 from .processes import run_cli
 from .server import LOOPBACK, connected, live, loopback_settings, serving
 from .waiting import wait_for, wait_for_event, wait_for_summary
 from .wire import data_frames
 
 __all__ = [
-    "BAND_LABELS", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ZmqSnapshot", "band_axis",
+    "BAND_LABELS", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
+    "ZmqSnapshot", "band_axis",
     "band_spectra", "check_task_leaks", "check_zmq_leaks", "connected", "data_frames", "leak_check", "live",
-    "loopback_settings", "render_frame", "run_cli", "send_band_scan", "serving", "task_snapshot", "wait_for",
+    "loopback_settings", "render_frame", "run_cli", "send_band_scan", "serving", "task_snapshot", "through_wire", "wait_for",
     "wait_for_event", "wait_for_summary", "write_band_model", "write_frame_model", "zmq_leaks", "zmq_snapshot",
 ]
