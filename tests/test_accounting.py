@@ -8,11 +8,12 @@ started them.
 
 from __future__ import annotations
 
+import msgpack
 import numpy as np
 import pytest
 
 from scanlens.pipeline import SeqRanges, open_recognizer
-from scanlens.protocol.codec import ProtocolError
+from scanlens.protocol.codec import ProtocolError, decode
 from scanlens.protocol.messages import Data, Event, Frame, PixelSize, ScanEnd, ScanStart
 from scanlens.testing import (FRAME_PIXEL_NM, ManagerHarness, band_axis, band_spectra, render_frame,
                               write_band_model, write_frame_model)
@@ -154,3 +155,25 @@ async def test_a_scan_belongs_to_the_sender_that_started_it(recognizers) -> None
         summary = await h.wait_summary("s")
     assert summary.state == "complete" and summary.rejected == [] and summary.pixels_recognized == truth.size
     assert h.manager.counters["foreign_messages"] == 3
+
+
+@pytest.mark.parametrize("override", [{"shape": [0, 3]}, {"meta": {"raw": b"\x00"}}, {"axis": None},
+                                      {"modality": "a b"}, {"v": 2}, {"extra": 1}])
+async def test_every_scan_start_is_answered_scan_rejected_naming_the_scan(recognizers, override) -> None:
+    """Was: an invalid scan_start with a readable id was a bad_message (or an internal event) with no
+    scan id: its sender, waiting on its scan's topic, never heard back."""
+    h = ManagerHarness(recognizers)
+    header = {"v": 1, "kind": "scan_start", "scan_id": "s", "modality": "eels", "shape": [2, 3],
+              "axis": band_axis().model_dump(), **override}
+    with pytest.raises(ProtocolError) as exc:
+        decode([msgpack.packb(header)])
+    (event,) = [p.header for p in h.manager.unreadable(exc.value)]
+    assert event.code == "scan_rejected" and event.scan_id == "s" and "scan_start refused" in event.reason
+
+
+async def test_a_second_scan_start_for_an_open_id_is_scan_rejected(recognizers) -> None:
+    h = ManagerHarness(recognizers)
+    await h.send(ScanStart(scan_id="s", modality="eels", shape=(2, 3), axis=band_axis()))
+    with pytest.raises(ProtocolError, match="already open") as exc:
+        await h.send(ScanStart(scan_id="s", modality="eels", shape=(2, 3), axis=band_axis()))
+    assert exc.value.code == "scan_rejected" and exc.value.scan_id == "s"

@@ -69,7 +69,7 @@ async def test_meta_that_cannot_be_echoed_is_refused_with_the_scan_id(clients, m
     header = {"v": 1, "kind": "scan_start", "scan_id": "meta-1", "modality": "eels", "shape": [2, 3],
               "axis": {"size": 60, "offset": 10.0, "scale": 1.0, "units": "eV"}, "meta": meta}
     await inst.sock.send_multipart([msgpack.packb(header, use_bin_type=True)])
-    ev = await wait_for_event(sub, "bad_message")
+    ev = await wait_for_event(sub, "scan_rejected")
     assert ev.scan_id == "meta-1" and fragment in ev.reason
     truth = np.array([[0, 1, 2]])
     await send_band_scan(inst, "meta-after", truth)

@@ -116,7 +116,7 @@ async def test_duplicate_scan_start_keeps_open_scan(clients):
         await start(inst, "dup", rows=9, cols=9)
         await scan.send_line(1, band_spectra([2] * 5))
     result = await sub.collect_scan("dup")
-    assert any(e.code == "duplicate_scan" and "already open" in e.reason for e in result.events)
+    assert any(e.code == "scan_rejected" and "already open" in e.reason for e in result.events)
     assert result.summary.state == "complete" and result.summary.pixels_expected == 10
     np.testing.assert_array_equal(result.maps["band"]["class"], [[1] * 5, [2] * 5])
 
@@ -151,14 +151,14 @@ async def test_scan_without_end_times_out(settings):
         assert s.pixels_recognized == 15
 
 
-@pytest.mark.parametrize("kind_header", [
-    {"v": 1, "kind": "request", "id": 1, "op": "status"},
-    {"v": 1, "kind": "scan_start", "scan_id": "x", "modality": "eels", "shape": [0, 5],
-     "axis": {"size": 60, "offset": 10, "scale": 1, "units": "eV"}},
+@pytest.mark.parametrize(("kind_header", "code"), [
+    ({"v": 1, "kind": "request", "id": 1, "op": "status"}, "bad_message"),
+    ({"v": 1, "kind": "scan_start", "scan_id": "x", "modality": "eels", "shape": [0, 5],
+      "axis": {"size": 60, "offset": 10, "scale": 1, "units": "eV"}}, "scan_rejected"),
 ])
-async def test_invalid_or_misrouted_headers(clients, kind_header):
+async def test_invalid_or_misrouted_headers(clients, kind_header, code):
     inst, sub, _ = clients
     await inst.sock.send_multipart([msgpack.packb(kind_header)])
-    ev = await wait_for_event(sub, "bad_message")
-    assert ev.reason
+    ev = await wait_for_event(sub, code)
+    assert ev.reason and ev.scan_id == kind_header.get("scan_id")
     await good_scan(inst, sub, "after-invalid")

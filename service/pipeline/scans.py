@@ -97,6 +97,9 @@ class ScanManager:
         """A message that could not be accepted. A data message of an open scan that failed before the
         scan saw it (undecodable, oversized) counts as rejected, not lost — when it came from the scan's
         owner: another sender cannot poison a seq of someone else's scan."""
+        if exc.kind == "scan_start" and exc.scan_id is not None and exc.code in ("bad_message", "oversized"):
+            # every scan_start whose scan id can be read is answered scan_rejected, naming it
+            return [self.event("scan_rejected", f"scan_start refused: {exc.reason}", scan_id=exc.scan_id)]
         scan = self.open_scans.get(exc.scan_id) if exc.scan_id else None
         if (scan is not None and exc.seq is not None and exc.code in ("bad_message", "oversized")
                 and scan.owner == owner):
@@ -132,7 +135,7 @@ class ScanManager:
     async def _on_scan_start(self, start: ScanStart, buffers: list[memoryview], owner: str | None) -> list[Publication]:
         sid, lim = start.scan_id, self.limits
         if sid in self.open_scans:
-            raise ProtocolError("duplicate_scan", f"scan {sid} is already open; the open scan continues "
+            raise ProtocolError("scan_rejected", f"scan {sid} is already open; the open scan continues "
                                 "(end it with scan_end first, or use a new scan_id)", scan_id=sid)
         if buffers:
             raise ProtocolError("scan_rejected", "scan_start carries no buffers", scan_id=sid)

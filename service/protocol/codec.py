@@ -27,12 +27,14 @@ Buffer = Any
 class ProtocolError(ValueError):
     """A message that cannot be accepted. ``code`` is an EventCode; ``scan_id``/``seq`` when known."""
 
-    def __init__(self, code: str, reason: str, *, scan_id: str | None = None, seq: int | None = None):
+    def __init__(self, code: str, reason: str, *, scan_id: str | None = None, seq: int | None = None,
+                 kind: str | None = None):
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.scan_id = scan_id
         self.seq = seq
+        self.kind = kind  # the header's kind when it could be read (a scan_start is answered scan_rejected)
 
 
 class UnknownKindError(ProtocolError):
@@ -145,9 +147,10 @@ def validate_header(obj: dict[str, Any], *, tolerant: bool = False) -> Message:
     ``tolerant`` reads what a newer service may publish (see ``validate_tolerant``); an unknown
     ``kind`` is then an ``UnknownKindError``. Strict (the default) is for everything received."""
     scan_id, seq = _identifiers(obj)
+    kind = obj.get("kind") if isinstance(obj.get("kind"), str) else None
     if obj.get("v") != 1:
         raise ProtocolError("bad_message", f"unsupported protocol version {obj.get('v')!r} (this is v1)",
-                            scan_id=scan_id, seq=seq)
+                            scan_id=scan_id, seq=seq, kind=kind)
     try:
         kind = obj.get("kind")
         if not tolerant or not isinstance(kind, str):  # no kind, or not a string: refused either way
@@ -156,7 +159,7 @@ def validate_header(obj: dict[str, Any], *, tolerant: bool = False) -> Message:
             raise UnknownKindError(kind, scan_id=scan_id, seq=seq)
         return _validate_tolerant(MODELS_BY_KIND[kind], obj)  # type: ignore[return-value]
     except ValidationError as exc:
-        raise ProtocolError("bad_message", _brief(exc), scan_id=scan_id, seq=seq) from None
+        raise ProtocolError("bad_message", _brief(exc), scan_id=scan_id, seq=seq, kind=kind) from None
 
 
 # --------------------------------------------------------------------------- tolerant reading (clients)
@@ -273,7 +276,8 @@ def decode(frames: Sequence[Buffer], limits: Limits = DEFAULT_LIMITS, *,
     total = sum(b.nbytes for b in buffers)
     if total > limits.max_payload_bytes:
         raise ProtocolError("oversized", f"payload is {total} bytes, limit {limits.max_payload_bytes}",
-                            scan_id=getattr(header, "scan_id", None), seq=getattr(header, "seq", None))
+                            scan_id=getattr(header, "scan_id", None), seq=getattr(header, "seq", None),
+                            kind=header.kind)
     return header, buffers
 
 

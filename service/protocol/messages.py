@@ -197,8 +197,8 @@ EventCode = Literal[
     "oversized",  # message over the configured size limits
     "unknown_scan",  # data or scan_end for a scan id that is not open
     "forbidden",  # data or scan_end for an open scan from a sender (key) that did not start it
-    "duplicate_scan",  # scan_start for a scan id that is already open
-    "scan_rejected",  # scan_start refused (modality, recognizer, axis, size)
+    "duplicate_scan",  # no longer sent (a scan_start for an open id is answered scan_rejected); kept for old readers
+    "scan_rejected",  # scan_start refused (invalid header, id already open, modality, recognizer, axis, size, memory)
     "data_rejected",  # a data message refused (shape, dtype, position, non-finite values, duplicate seq)
     "late",  # data for a scan that has already ended
     "skipped",  # frames dropped by the newest-frame-wins policy (never with policy lossless)
