@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from scanlens.pipeline import SeqRanges, open_recognizer
+from scanlens.pipeline import ScanState, SeqRanges, open_recognizer
 from scanlens.protocol.codec import ProtocolError, decode
 from scanlens.protocol.messages import Data, Event, Frame, PixelSize, ScanEnd, ScanStart
 from scanlens.testing import (FRAME_PIXEL_NM, ManagerHarness, band_axis, band_spectra, render_frame,
@@ -177,3 +177,83 @@ async def test_a_second_scan_start_for_an_open_id_is_scan_rejected(recognizers) 
     with pytest.raises(ProtocolError, match="already open") as exc:
         await h.send(ScanStart(scan_id="s", modality="eels", shape=(2, 3), axis=band_axis()))
     assert exc.value.code == "scan_rejected" and exc.value.scan_id == "s"
+
+
+# --------------------------------------------------------------------------- memory budget
+
+
+def _start(scan_id: str, shape=(2, 3)) -> ScanStart:
+    return ScanStart(scan_id=scan_id, modality="eels", shape=shape, axis=band_axis())
+
+
+async def test_a_scan_whose_maps_do_not_fit_the_budget_is_refused_with_the_figures(recognizers) -> None:
+    """Was: 16 scans of 4096 x 4096 (the open-scan limit) allocated their maps in full and exhausted the
+    machine. Now every scan reserves its maps in one ledger, and one that does not fit is refused."""
+    h = ManagerHarness(recognizers, memory_budget_bytes=64 * 2**20)
+    await h.send(_start("small"))
+    per_scan = h.manager.ledger.held("small")
+    assert per_scan == h.manager.open_scans["small"].footprint() > 0
+    with pytest.raises(ProtocolError, match=r"do not fit the memory budget: needs .* MiB; .* of the 64.0 MiB") as exc:
+        await h.send(_start("huge", shape=(4096, 4096)))
+    assert exc.value.code == "scan_rejected" and exc.value.scan_id == "huge"
+    assert h.manager.ledger.used == per_scan and "huge" not in h.manager.open_scans
+    assert h.manager.status().memory_bytes == per_scan
+
+
+async def test_many_big_scans_stay_within_the_budget(recognizers) -> None:
+    budget = 256 * 2**20
+    h = ManagerHarness(recognizers, memory_budget_bytes=budget, max_open_scans=16)
+    accepted = refused = 0
+    for i in range(16):
+        try:
+            await h.send(_start(f"big{i}", shape=(2048, 2048)))
+            accepted += 1
+        except ProtocolError as exc:
+            assert exc.code == "scan_rejected" and "memory budget" in exc.reason
+            refused += 1
+        assert h.manager.ledger.used <= budget
+    assert accepted >= 1 and refused >= 1 and accepted + refused == 16
+    assert h.manager.ledger.peak <= budget
+
+
+async def test_memory_comes_back_when_a_closed_scan_is_dropped(recognizers) -> None:
+    """Closed scans keep their maps for snapshot; their reservation is released when the record goes,
+    and retained closed scans give way to a new scan that needs the room."""
+    small, big = _footprint(recognizers, (1, 3)), _footprint(recognizers, (512, 1024))
+    h = ManagerHarness(recognizers, keep_closed_scans=1, memory_budget_bytes=big + small - 1)
+    async with h.serving():
+        for sid in ("a", "b"):
+            await h.send(_start(sid, shape=(1, 3)))
+            await h.send(*_line(sid, 0, 0, [0, 1, 2]))
+            await h.send(ScanEnd(scan_id=sid, n_messages=1))
+            await h.wait_summary(sid)
+    assert list(h.manager.closed_scans) == ["b"] and h.manager.ledger.held("a") == 0
+    assert h.manager.ledger.used == h.manager.ledger.held("b") == small
+    # the big scan fits only without the retained closed scan: that record gives way, it is not refused
+    await h.send(_start("room", shape=(512, 1024)))
+    assert "b" not in h.manager.closed_scans and h.manager.ledger.used == h.manager.ledger.held("room") == big
+    with pytest.raises(ProtocolError, match="no longer kept") as exc:  # still late, not unknown_scan
+        await h.send(*_line("b", 1, 0, [0, 1, 2]))
+    assert exc.value.code == "late"
+
+
+def _footprint(recognizers, shape) -> int:
+    probe = ManagerHarness(recognizers)
+    start = _start("probe", shape=shape)
+    return ScanState.open(start, probe.manager.choose(start)).footprint()
+
+
+async def test_a_scan_that_sends_nothing_gives_its_slot_back_soon(recognizers) -> None:
+    """Was: 16 scan_starts without data held every slot until scan_timeout_s (60 s)."""
+    h = ManagerHarness(recognizers, max_open_scans=2, scan_timeout_s=60.0, start_timeout_s=2.0)
+    await h.send(_start("squat1"))
+    await h.send(_start("busy"))
+    await h.send(*_line("busy", 0, 0, [0, 1, 2]))
+    with pytest.raises(ProtocolError, match="2 scans are open"):
+        await h.send(_start("real"))
+    h.clock.now = 3.0
+    out = h.manager.expire()
+    (timeout,) = [p.header for p in out if isinstance(p.header, Event) and p.header.code == "scan_timeout"]
+    assert timeout.scan_id == "squat1" and "no data within 2 s of scan_start" in timeout.reason
+    assert "busy" in h.manager.open_scans  # it sent data: the normal timeout applies
+    await h.send(_start("real"))

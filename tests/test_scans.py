@@ -63,7 +63,7 @@ async def test_refusals_and_accounting(recognizers) -> None:
     await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
     with pytest.raises(ProtocolError) as exc:
         await h.send(ScanStart(scan_id="a", modality="eels", shape=(2, 3), axis=band_axis()))
-    assert exc.value.code == "duplicate_scan"
+    assert exc.value.code == "scan_rejected"
     with pytest.raises(ProtocolError) as exc:
         await h.send(ScanStart(scan_id="b", modality="eels", shape=(2, 3), axis=band_axis()))
     assert exc.value.code == "scan_rejected" and "limit is 1" in exc.value.reason

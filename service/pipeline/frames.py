@@ -96,6 +96,11 @@ class FrameBinding(Binding):
     def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
         return WorkItem(scan_id, self, seq, row, col0, values, t_received, values.size)
 
+    def footprint(self) -> int:
+        # ``filled``, the latest frame's class map, and the class maps of results held back for order
+        # (at most the frames in flight: one per parallel inference run)
+        return self.filled.nbytes * (2 + (self.processor.max_parallel or 2))
+
     def admit(self, seq: int) -> None:
         with self.turn:
             self.order.append(seq)

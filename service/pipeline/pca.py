@@ -112,6 +112,12 @@ class PCAAnalyzer(SpectralProcessor):
         d = self.input_axis(start).size * (len(start.components) if start.components else 1)
         return StreamingPCA(d, self.k, keep_values=self.keep_values)
 
+    def state_bytes(self, binding: SpectralBinding) -> int:
+        state: StreamingPCA = binding.state
+        rows, cols = binding.filled.shape
+        kept = min(self.keep_values, rows * cols * state.d) * 4  # float32 pixels kept for the final maps
+        return kept + state.d * state.d * 8 * 2  # covariance sums and their eigendecomposition
+
     def pixel_specs(self) -> list[ArraySpec]:
         return list(self._specs)
 

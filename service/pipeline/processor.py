@@ -100,6 +100,11 @@ class Binding(ABC):
     def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
         """The current state a late subscriber gets from ``snapshot`` (names without the prefix)."""
 
+    def footprint(self) -> int:
+        """The most bytes this binding's state can hold for its scan (maps, latest results, kept data):
+        what the scan reserves in the memory budget (``memory.py``)."""
+        return sum(values.nbytes for _, values in self.snapshot_arrays())
+
     def record(self, item: WorkItem, latency_ms: float) -> None:
         self.pixels_done += item.n_pixels
         self.latencies_ms.append(latency_ms)

@@ -35,7 +35,8 @@ class ScanState:
     t_last: float = 0.0  # the manager's clock at the scan's last message (scan_timeout_s)
     received: SeqRanges = field(default_factory=SeqRanges)  # accepted seqs, as ranges
     rejected: dict[int, str] = field(default_factory=dict)
-    late: list[int] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)  # the first LIST_LIMIT late seqs
+    n_late: int = 0
     skipped: list[int] = field(default_factory=list)
     last_frame: int = -1
     pixels_received: int = 0
@@ -52,6 +53,15 @@ class ScanState:
     @property
     def scan_id(self) -> str:
         return self.start.scan_id
+
+    @property
+    def silent(self) -> bool:
+        """Nothing has arrived since scan_start (a scan squatting on a slot)."""
+        return not self.received and not self.rejected and self.n_messages is None
+
+    def footprint(self) -> int:
+        """What the scan reserves in the memory budget: every binding's most."""
+        return sum(b.footprint() for b in self.bindings.values())
 
     @property
     def max_messages(self) -> int:
@@ -156,7 +166,10 @@ class ScanState:
         self.skipped.append(seq)
 
     def record_late(self, seq: int) -> None:
-        self.late.append(seq)
+        """Data after the close: listed (the first LIST_LIMIT) and counted, never kept unbounded."""
+        self.n_late += 1
+        if len(self.late) < LIST_LIMIT:
+            self.late.append(seq)
 
     def record_unreadable(self, seq: int, reason: str) -> None:
         """A data message that failed before the scan saw it (undecodable, oversized): rejected, not lost."""

@@ -28,6 +28,7 @@ from ..protocol.messages import (INGEST_KINDS, Data, Event, Frame, Message, Requ
                                  ScanStarted, Status)
 from .axis import AxisError
 from .batcher import InferenceWorker, ResultHandler
+from .memory import MemoryLedger, mib
 from .processor import Processor, Publication, WorkItem, takes_of
 from .scan import LIST_LIMIT, ScanState
 
@@ -43,6 +44,8 @@ class ScanLimits:
     keep_closed_scans: int = 64
     keep_closed_ids: int = 65536  # ids (not records) of evicted closed scans, so that late data stays `late`
     scan_timeout_s: float = 60.0
+    start_timeout_s: float = 10.0  # a scan that sends nothing after scan_start gives its slot back this soon
+    memory_budget_bytes: int = 4 * 2**30  # maps and results of all open and retained scans (memory.py)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class ScanManager:
         self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
         #: ids of closed scans whose records were evicted (bounded): their data is still ``late``
         self.evicted_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.ledger = MemoryLedger(limits.memory_budget_bytes)
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
                                               queue_pixels=workers.queue_pixels, parallel=workers.parallel)
                         for name, proc in self.processors.items()}
@@ -152,7 +156,7 @@ class ScanManager:
         except AxisError as exc:
             raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
         scan.t_last = self.clock()
-        self.closed_scans.pop(sid, None)
+        self._reserve(scan)
         self.evicted_ids.pop(sid, None)
         self.open_scans[sid] = scan
         self.counters["scans_started"] += 1
@@ -300,15 +304,14 @@ class ScanManager:
         del self.open_scans[sid]
         self.closed_scans[sid] = scan
         while len(self.closed_scans) > self.limits.keep_closed_scans:
-            evicted, _ = self.closed_scans.popitem(last=False)
-            self.evicted_ids[evicted] = None
-            while len(self.evicted_ids) > self.limits.keep_closed_ids:
-                self.evicted_ids.popitem(last=False)
+            self._drop_oldest_closed()
         self.counters["scans_closed"] += 1
         out = []
         if timed_out:
-            out.append(self.event("scan_timeout", f"no message for {self.limits.scan_timeout_s:g} s; scan closed "
-                                  "without scan_end", scan_id=sid, level="warning"))
+            silent = (f"no data within {min(self.limits.start_timeout_s, self.limits.scan_timeout_s):g} s of "
+                      "scan_start" if scan.silent else f"no message for {self.limits.scan_timeout_s:g} s")
+            out.append(self.event("scan_timeout", f"{silent}; scan closed without scan_end", scan_id=sid,
+                                  level="warning"))
         if summary.n_lost:
             self.counters["messages_lost"] += summary.n_lost
             runs = ", ".join(f"{a}..{b - 1}" for a, b in summary.lost_ranges[:8])
@@ -322,17 +325,52 @@ class ScanManager:
         return out
 
     def expire(self) -> list[Publication]:
-        """Close every open scan that has been silent for ``scan_timeout_s`` with nothing in flight."""
+        """Close every open scan that has been silent for ``scan_timeout_s`` with nothing in flight, and
+        every scan that sent nothing at all for ``start_timeout_s`` after its scan_start (a squatter)."""
         now, out = self.clock(), []
         for scan in list(self.open_scans.values()):
-            if now - scan.t_last > self.limits.scan_timeout_s and not scan.in_flight:
+            limit = self.limits.scan_timeout_s
+            if scan.silent:
+                limit = min(limit, self.limits.start_timeout_s)
+            if now - scan.t_last > limit and not scan.in_flight:
                 out += self._maybe_close(scan, timed_out=True)
         return out
+
+    # ------------------------------------------------------------------ memory
+
+    def _reserve(self, scan: ScanState) -> None:
+        """Reserve the scan's footprint, dropping retained closed scans (oldest first) to make room;
+        ProtocolError ``scan_rejected``, with the figures, when it cannot fit."""
+        sid, need = scan.scan_id, scan.footprint()
+        if sid in self.closed_scans:  # a reused id replaces the closed record
+            self._drop_closed(sid)
+        while not self.ledger.fits(need) and self.closed_scans:
+            self._drop_oldest_closed()
+        try:
+            self.ledger.reserve(sid, need)
+        except MemoryError as exc:
+            rows, cols = scan.start.shape
+            self.counters["scans_refused_memory"] += 1
+            raise ProtocolError("scan_rejected", f"the maps of a {rows}x{cols} scan do not fit the memory budget: "
+                                f"{exc} ({len(self.open_scans)} scans open); try again when a scan has closed, or "
+                                "raise memory_budget_bytes", scan_id=sid) from None
+
+    def _drop_closed(self, sid: str) -> None:
+        """Forget a closed scan's record (its maps go back to the budget); its id is kept for ``late``."""
+        del self.closed_scans[sid]
+        self.ledger.release(sid)
+        self.evicted_ids[sid] = None
+        while len(self.evicted_ids) > self.limits.keep_closed_ids:
+            self.evicted_ids.popitem(last=False)
+
+    def _drop_oldest_closed(self) -> None:
+        self._drop_closed(next(iter(self.closed_scans)))
 
     # ------------------------------------------------------------------ queries (control socket)
 
     def status(self) -> Status:
         return Status(version=__version__, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
+                      memory_bytes=self.ledger.used, memory_budget_bytes=self.ledger.budget,
                       recognizers=list(self.processors),
                       counters={**self.counters,
                                 "backpressure_waits": sum(w.queue.waits for w in self.workers.values())},
@@ -355,7 +393,7 @@ class ScanManager:
     def _scan_row(scan: ScanState) -> dict[str, Any]:
         return {"scan_id": scan.scan_id, "modality": scan.start.modality, "shape": list(scan.start.shape),
                 "open": not scan.closed, "pixels_received": scan.pixels_received,
-                "recognizers": list(scan.bindings), "late": list(scan.late),
+                "recognizers": list(scan.bindings), "late": list(scan.late), "n_late": scan.n_late,
                 "summary": scan.summary.model_dump(mode="json") if scan.summary else None}
 
     def _snapshot(self, sid: str | None) -> tuple[dict[str, Any], list, list[np.ndarray]]:

@@ -90,6 +90,10 @@ class SpectralBinding(Binding):
             scan_id=item.scan_id, recognizer=self.processor.name, seq=item.seq, row=item.row, col0=item.col0,
             n_pixels=item.n_pixels, latency_ms=latency_ms, arrays=specs), [outputs[s.name] for s in specs])
 
+    def footprint(self) -> int:
+        maps = sum(values.nbytes for values in self.maps.values())
+        return maps + self.filled.nbytes + self.processor.state_bytes(self)
+
     def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
         pixel_specs = {s.name: s for s in self.processor.pixel_specs()}
         out = [(pixel_specs[name].model_copy(update={"shape": list(values.shape)}), values)
@@ -111,6 +115,10 @@ class SpectralProcessor(Processor):
 
     def new_state(self, start: ScanStart) -> Any:
         return None
+
+    def state_bytes(self, binding: SpectralBinding) -> int:
+        """The most bytes the per-scan state of ``new_state`` can grow to (beyond the maps)."""
+        return 0
 
     def needed_components(self, start: ScanStart) -> list[str] | None:
         """The components this processor takes from the scan, in its order (None: a scalar signal)."""

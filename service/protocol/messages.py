@@ -333,6 +333,8 @@ class Status(_Header):
     recognizers: list[Name]
     counters: dict[str, int]
     queued_pixels: Index
+    memory_bytes: Index | None = Field(None, description="bytes reserved by open and retained scans")
+    memory_budget_bytes: Index | None = Field(None, description="memory_budget_bytes of the service")
 
 
 # --------------------------------------------------------------------------- control: client <-> service
