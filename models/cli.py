@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scanlens.model_files import MODEL_DIR
+from scanlens.model_files import MODEL_DIR, user_model_dir
 
 app = typer.Typer(
     help="Train recognizers on simulated instrument data and export them as ONNX files with model cards.",
@@ -64,14 +65,86 @@ STEM_HELP = (
     "held-out atom F1 and defect accuracy."
 )
 
-Out = Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: the shipped models, service/model_files/<name>.onnx)")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: the user model "
+                                                         "directory, <user models>/<name>.onnx; see --replace-shipped)")]
+ReplaceShipped = Annotated[bool, typer.Option(
+    "--replace-shipped", help="overwrite the shipped model of this name (service/model_files/<name>.onnx) instead of "
+                              "writing to the user model directory")]
+TrainedName = Annotated[Optional[str], typer.Option(
+    "--name", help="the trained model's name, which --recognizer and the service call it (default: the shipped "
+                   "model's, which only --replace-shipped or --out may use: a user model never shadows a shipped one)")]
 Quick = Annotated[bool, typer.Option("--quick", help="small data set and few epochs: a smoke test of the pipeline")]
 Seed = Annotated[int, typer.Option("--seed", help="seed of data generation, initialisation and shuffling")]
 
 
 @app.callback()
 def _group() -> None:
-    """Train recognizers on simulated instrument data and export them as ONNX files with model cards."""
+    """Train recognizers on simulated instrument data and export them as ONNX files with model cards.
+
+    A trained model goes to the user model directory (default $SCANLENS_USER_MODEL_DIR, else
+    $XDG_DATA_HOME/scanlens/models, else ~/.local/share/scanlens/models), which `scanlens serve` loads next to
+    the shipped models; or to --out FILE. Only --replace-shipped overwrites a shipped model. A model in the user
+    directory must not have a shipped model's name (give --name): train refuses, and so does the service at
+    start-up, naming both files.
+    """
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _destination(name: str, out: Path | None, replace_shipped: bool) -> Path:
+    """Where a model called ``name`` is written: ``out``; the shipped file with ``replace_shipped``; else the
+    user model directory (created). One clear line and exit 2 when the choice would overwrite a shipped
+    model without --replace-shipped, or put a shipped model's name into the user model directory."""
+    shipped = MODEL_DIR / f"{name}.onnx"
+    users = user_model_dir()
+    fix = (f"give it another --name, write it elsewhere with --out FILE, or overwrite the shipped model with "
+           f"--replace-shipped")
+    if replace_shipped:
+        if out is not None:
+            _fail("give --out or --replace-shipped, not both")
+        if not shipped.is_file():
+            _fail(f"there is no shipped model {name!r} to replace ({MODEL_DIR} holds "
+                  f"{', '.join(sorted(p.stem for p in MODEL_DIR.glob('*.onnx')))}); without --replace-shipped the "
+                  f"model goes to the user model directory {users}")
+        return shipped
+    if out is not None:
+        where = out.expanduser().resolve().parent
+        if where == MODEL_DIR.resolve():
+            _fail(f"--out {out} is in the shipped models' directory {MODEL_DIR}: pass --replace-shipped to replace "
+                  f"a shipped model on purpose, or write elsewhere")
+        if where == users.expanduser().resolve() and shipped.is_file():
+            _fail(f"{name!r} is the name of a shipped model ({shipped}); in the user model directory it would "
+                  f"shadow it: {fix}")
+        try:  # before training, not after it
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(f"cannot write --out {out}: {exc.strerror or exc}")
+        if out.is_dir() or not os.access(out.parent, os.W_OK):
+            _fail(f"cannot write --out {out}: {'a directory' if out.is_dir() else 'no write permission'}")
+        return out
+    if shipped.is_file():
+        _fail(f"{name!r} is the name of a shipped model ({shipped}); in the user model directory {users} it would "
+              f"shadow it: {fix}")
+    try:
+        users.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"cannot create the user model directory {users}: {exc.strerror or exc} (set SCANLENS_USER_MODEL_DIR "
+              f"or give --out)")
+    return users / f"{name}.onnx"
+
+
+def _rename(path: Path, name: str) -> None:
+    """Give the model file at ``path`` the name ``name`` in its card (training writes the default name)."""
+    import onnx
+
+    from .export import read_card, set_card
+
+    proto = onnx.load(str(path))
+    set_card(proto, read_card(proto).model_copy(update={"name": name}))
+    onnx.save(proto, str(path))
 
 
 def _load_training(module: str) -> Any:
@@ -115,45 +188,58 @@ def _print_metrics(console: Console, title: str | None, metrics: dict[str, Any],
         console.print(f"  {key:<{width}} {value:.4g}" if isinstance(value, float) else f"  {key:<{width}} {value}")
 
 
-def _run(module: str, name: str, out: Path | None, quick: bool, seed: int) -> None:
-    """Run ``module.train`` with a progress display, then print where it wrote and its held-out metrics."""
+def _run(module: str, name: str, out: Path | None, quick: bool, seed: int, *, new_name: str | None = None,
+         replace_shipped: bool = False) -> None:
+    """Run ``module.train`` with a progress display, then print where it wrote and its held-out metrics.
+    ``new_name``: the model's name instead of ``name`` (the card is renamed after training)."""
+    final = new_name or name
     training = _load_training(module)
-    out = out or MODEL_DIR / f"{name}.onnx"
+    out = _destination(final, out, replace_shipped)
     console = Console()
     with _progress_display(console) as on_progress:
         metrics = training.train(out, quick=quick, seed=seed, progress=on_progress)
+    if final != name:
+        _rename(out, final)
 
     console.print(f"wrote {out}")
     _print_metrics(console, "held-out metrics:", metrics)
 
 
 @app.command("eels", help=EELS_HELP)
-def eels(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("scanlens.models.eels", "eels-mlp", out, quick, seed)
+def eels(out: Out = None, quick: Quick = False, seed: Seed = 0, name: TrainedName = None,
+         replace_shipped: ReplaceShipped = False) -> None:
+    _run("scanlens.models.eels", "eels-mlp", out, quick, seed, new_name=name, replace_shipped=replace_shipped)
 
 
 @app.command("bepfm", help=BEPFM_HELP)
-def bepfm(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("scanlens.models.bepfm", "bepfm-mlp", out, quick, seed)
+def bepfm(out: Out = None, quick: Quick = False, seed: Seed = 0, name: TrainedName = None,
+          replace_shipped: ReplaceShipped = False) -> None:
+    _run("scanlens.models.bepfm", "bepfm-mlp", out, quick, seed, new_name=name, replace_shipped=replace_shipped)
 
 
 @app.command("loops", help=LOOPS_HELP)
-def loops(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("scanlens.models.loops", "loops-mlp", out, quick, seed)
+def loops(out: Out = None, quick: Quick = False, seed: Seed = 0, name: TrainedName = None,
+          replace_shipped: ReplaceShipped = False) -> None:
+    _run("scanlens.models.loops", "loops-mlp", out, quick, seed, new_name=name, replace_shipped=replace_shipped)
 
 
 @app.command("stem", help=STEM_HELP)
-def stem(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
-    _run("scanlens.models.stem_unet", "stem-unet", out, quick, seed)
+def stem(out: Out = None, quick: Quick = False, seed: Seed = 0, name: TrainedName = None,
+         replace_shipped: ReplaceShipped = False) -> None:
+    _run("scanlens.models.stem_unet", "stem-unet", out, quick, seed, new_name=name, replace_shipped=replace_shipped)
 
 
 @app.command("eels-fit", help=FIT_HELP)
-def eels_fit(out: Out = None, quick: Quick = False, seed: Seed = 0) -> None:
+def eels_fit(out: Out = None, quick: Quick = False, seed: Seed = 0, name: TrainedName = None,
+             replace_shipped: ReplaceShipped = False) -> None:
+    final = name or "eels-fit"
     fit = _load_training("scanlens.models.physics_fit")
-    out = out or MODEL_DIR / "eels-fit.onnx"
+    out = _destination(final, out, replace_shipped)
     console = Console()
     with console.status("building the least-squares graph and checking it against numpy ..."):
         metrics = fit.build(out)
+    if final != "eels-fit":
+        _rename(out, final)
     console.print(f"wrote {out}")
     _print_metrics(console, None, metrics)
 
@@ -171,8 +257,9 @@ ONE_FRAME_HELP = (
     "the lattice spacing (and with it the peak spacing, tracking gate and defect-region size of the card's "
     "post-processing) is measured from the labels. The run takes about half a minute on 2 CPU cores "
     f"({_ONE_FRAME_STEPS} steps; --quick: {_ONE_FRAME_QUICK} steps, a smoke test). Prints progress, where it "
-    "wrote and the training loss and atom F1 on the training frame itself (not a held-out score). Then serve "
-    "the models directory and stream with --recognizer NAME."
+    "wrote and the training loss and atom F1 on the training frame itself (not a held-out score). It writes to "
+    "the user model directory (or --out), which `scanlens serve` loads next to the shipped models: restart the "
+    "service and stream with --recognizer NAME."
 )
 
 ImagePath = Annotated[Path, typer.Option("--image", help="the frame: 2-D .npy array, h x w (raw counts)",
@@ -192,17 +279,18 @@ def one_frame(
     image: ImagePath,
     labels: LabelsPath,
     pixel_size_nm: PixelNm,
-    out: Annotated[Optional[Path], typer.Option("--out", help="where to write the ONNX file (default: "
-                                                              "service/model_files/<name>.onnx)")] = None,
+    out: Out = None,
     name: ModelName = _ONE_FRAME_NAME,
     steps: Steps = None,
     quick: OneFrameQuick = False,
     seed: Seed = 0,
     threads: Threads = 2,
+    replace_shipped: ReplaceShipped = False,
 ) -> None:
     import numpy as np
 
     training = _load_training("scanlens.models.one_frame")
+    out = _destination(name, out, replace_shipped)
     try:
         frame = np.load(image, allow_pickle=False)
         label_image = np.load(labels, allow_pickle=False)
@@ -213,7 +301,6 @@ def one_frame(
         typer.echo("error: --image and --labels must each be one array saved with numpy.save (.npy), not .npz",
                    err=True)
         raise typer.Exit(2)
-    out = out or MODEL_DIR / f"{name}.onnx"
     n_steps = steps if steps is not None else training.QUICK_STEPS if quick else training.STEPS
     console = Console()
     console.print(f"training {name!r} on {image} ({'x'.join(map(str, frame.shape))} px at {pixel_size_nm:g} nm/px), "
@@ -228,6 +315,9 @@ def one_frame(
     console.print(f"wrote {out}")
     _print_metrics(console, "training-frame metrics (scored on the frame it was trained on, not held out):", metrics,
                    width=34)
-    console.print(f"serve it:  scanlens serve --model-dir {out.parent}")
+    if out.parent.resolve() in (MODEL_DIR.resolve(), user_model_dir().expanduser().resolve()):
+        console.print("serve it:  (re)start `scanlens serve`, which loads this directory")
+    else:
+        console.print(f"serve it:  scanlens serve --model-dir {out.parent}")
     console.print(f"then pick it for a scan:  --recognizer {name}")
 

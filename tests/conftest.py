@@ -15,6 +15,15 @@ from scanlens.testing import (check_task_leaks, connected, leak_check as zmq_lea
 
 
 @pytest.fixture(autouse=True)
+def user_model_dir(tmp_path, monkeypatch):
+    """Every test (and every process it starts) has its own, empty user model directory, never the real
+    home's: ``scanlens train`` without ``--out`` writes there and the service loads from there."""
+    path = tmp_path / "user-models"
+    monkeypatch.setenv("SCANLENS_USER_MODEL_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
 def leak_check(request):
     """Fail the test if it leaves ZeroMQ sockets or contexts open, or (async tests) asyncio tasks running."""
     with zmq_leak_check():

@@ -27,6 +27,9 @@ runner = CliRunner()
     (["train", "loops"], "random-field Ising"),
     (["train", "stem"], "U-Net"),
     (["sim", "stem"], "HAADF STEM movie"),
+    (["keys"], "CurveZMQ key pairs"),
+    (["keys", "create"], "never overwritten"),
+    (["keys", "list"], "z85 public key"),
 ])
 def test_help(argv, words):
     result = runner.invoke(app, [*argv, "--help"], terminal_width=200)

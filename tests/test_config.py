@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from scanlens.app.config import load_settings
+from scanlens.app.config import InsecureBindError, check_binds, load_settings, unauthenticated_binds
 from scanlens.client import Control
+from scanlens.testing import serve_process
 
 DEPLOY_TOML = Path(__file__).resolve().parents[1] / "deploy" / "scanlens.toml"
 
@@ -20,6 +19,19 @@ DEPLOY_TOML = Path(__file__).resolve().parents[1] / "deploy" / "scanlens.toml"
 def test_deploy_config_loads():
     s = load_settings(DEPLOY_TOML)
     assert s.ingest == "tcp://0.0.0.0:5555" and s.queue_pixels == 65536 and s.scan_timeout_s == 60.0
+
+
+def test_deploy_config_authenticates_every_non_loopback_bind():
+    s = load_settings(DEPLOY_TOML)
+    assert s.curve_secret_key == Path("/etc/scanlens/keys/server.key_secret")
+    assert s.curve_allowed_keys == Path("/etc/scanlens/keys/clients")
+    assert not s.network_isolated
+    assert check_binds(s) == {} and unauthenticated_binds(s) == {}
+    # it passes the start-up check only because the keys are set: without them all three binds are refused
+    bare = s.model_copy(update={"curve_secret_key": None, "curve_allowed_keys": None})
+    assert set(unauthenticated_binds(bare)) == {"ingest", "publish", "control"}
+    with pytest.raises(InsecureBindError, match="refusing to bind ingest tcp://0.0.0.0:5555"):
+        check_binds(bare)
 
 
 def test_layering_file_env_flags(tmp_path, monkeypatch):
@@ -44,24 +56,12 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 async def test_serve_process_starts_answers_and_stops(model_dir, tmp_path):
-    cfg = tmp_path / "serve.toml"
-    cfg.write_text('ingest = "tcp://127.0.0.1:0"\npublish = "tcp://127.0.0.1:0"\ncontrol = "tcp://127.0.0.1:0"\n')
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from scanlens.app.cli import main; main()", "serve", "--config", str(cfg),
-        "--model-dir", str(model_dir), stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(30):
-            while not (m := re.search(rb"control (tcp://\S+);", line := await proc.stderr.readline())):
-                assert line, "serve exited before binding"
-        async with Control(m.group(1).decode().rstrip(",")) as ctl:
+    async with serve_process(model_dir, tmp_path) as served:
+        async with Control(served.endpoints["control"]) as ctl:
             status = await ctl.status()
         assert status["recognizers"] == ["band", "pca"]
-        proc.send_signal(signal.SIGTERM)
+        served.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
-            rest = await proc.stderr.read()
-            assert await proc.wait() == 0
+            rest = await served.proc.stderr.read()
+            assert await served.proc.wait() == 0
         assert b"scanlens stopped" in rest
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()

@@ -13,7 +13,7 @@ from scanlens.model_files import MODEL_DIR
 from scanlens.app.config import Settings
 from scanlens.app.server import running
 from scanlens.client import Subscriber
-from scanlens.testing import run_cli
+from scanlens.testing import run_cli, run_cli_result
 
 
 async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
@@ -25,12 +25,13 @@ async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
         async with Subscriber(server.endpoints["publish"], scan_id="cli-1") as sub:
             await sub.wait_ready()
             sim = asyncio.create_task(run_cli(
-                "-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id", "cli-1",
+                "-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--publish",
+                server.endpoints["publish"], "--scan-id", "cli-1",
                 "--rows", "64", "--cols", "48", "--dwell-us", "0", "--channels", "1024", "--offset-ev", "-2",
                 "--dispersion-ev", "0.125", "--seed", "7", "--truth", str(truth_path), "--quiet"))
             result = await sub.collect_scan("cli-1", timeout=60)
             report = json.loads(await sim)
-    assert report["messages"] == 64 and report["pixels"] == 64 * 48
+    assert report["messages"] == 64 and report["pixels"] == 64 * 48 and report["state"] == "complete"
     s = result.summary
     assert s.state == "complete" and s.pixels_recognized == 64 * 48 and s.lost == [] and s.rejected == []
     truth = load_ground_truth(truth_path)
@@ -46,11 +47,15 @@ async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
     async with running(settings) as server:
         async with Subscriber(server.endpoints["publish"], scan_id="narrow") as sub:
             await sub.wait_ready()
-            await run_cli("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"], "--scan-id",
-                          "narrow", "--rows", "2", "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
+            sim = await run_cli_result("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"],
+                                       "--publish", server.endpoints["publish"], "--scan-id", "narrow", "--rows", "2",
+                                       "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
             msg = await sub.recv(10)
     assert msg.header.kind == "event" and msg.header.code == "scan_rejected"
     assert "0–63.75 eV" in msg.header.reason and "5–124.5 eV" in msg.header.reason
+    # the simulator says so too: exit status 4 and the reason in one line, nothing on stdout
+    assert sim.returncode == 4 and sim.stdout == ""
+    assert sim.stderr.strip().splitlines() == [f"error: scan narrow rejected: {msg.header.reason}"]
 
 
 @pytest.mark.timeout(180)

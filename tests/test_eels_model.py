@@ -173,7 +173,8 @@ def test_training_data_is_deterministic_and_labelled() -> None:
 def test_cli_help_explains_the_command() -> None:
     result = CliRunner().invoke(app, ["eels", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for text in ("--out", "--quick", "--seed", "service/model_files/<name>.onnx", "eels-mlp", "STO", "held-out"):
+    for text in ("--out", "--quick", "--seed", "--replace-shipped", "--name", "user model", "eels-mlp", "STO",
+                 "held-out"):
         assert text in result.output
     top = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert top.exit_code == 0 and "eels" in top.output
@@ -203,6 +204,8 @@ def test_cli_runs_training_and_prints_metrics(monkeypatch: pytest.MonkeyPatch, t
     assert calls == [{"out": tmp_path / "m.onnx", "quick": True, "seed": 5}]
     assert "epoch   2/2  loss 0.5000" in result.output
     assert "phase_accuracy" in result.output and "0.998" in result.output
-    default = CliRunner().invoke(app, ["eels"])
-    assert default.exit_code == 0, default.output
+    # the shipped file only on request (the default, the user model directory, may not take a shipped name:
+    # tests/test_user_models.py)
+    replace = CliRunner().invoke(app, ["eels", "--replace-shipped"])
+    assert replace.exit_code == 0, replace.output
     assert calls[-1] == {"out": MODEL_DIR / "eels-mlp.onnx", "quick": False, "seed": 0}

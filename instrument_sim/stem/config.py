@@ -141,3 +141,21 @@ class STEMConfig(JSONConfig):
 def nearest_neighbour_spacing_px(cfg: STEMConfig) -> float:
     """Metal-chalcogen (honeycomb) nearest-neighbour distance ``a / sqrt(3)`` in px."""
     return cfg.a_px / math.sqrt(3.0)
+
+
+#: Share of the frame's close packing of defects that :func:`defects_that_fit` allows (room to move too).
+ROOM_FRACTION: float = 0.2
+
+
+def defects_that_fit(size: int, pixel_size_nm: float, lattice: str) -> int:
+    """How many defects a ``size`` px frame of ``lattice`` at ``pixel_size_nm`` holds with room to move: the
+    defects stay ``MARGIN_A`` lattice constants inside the edges and ``MIN_SEPARATION_A`` apart, so a box of
+    side ``L = size - 1 - 2 margin`` holds about ``((L + d) / d)**2`` of them at separation ``d``; this is
+    ``ROOM_FRACTION`` of that (0 when the margins leave no box). ``scanlens sim stem`` uses it to cap its
+    default number of defects for small frames (at 0.02 nm/px a 512 px WS2 frame holds 21, a 256 px one 5, a 64 px none)."""
+    a_px = LATTICE_SPECS[lattice].a_nm / pixel_size_nm
+    side = size - 1.0 - 2.0 * MARGIN_A * a_px
+    if side < 1.0:
+        return 0
+    d = MIN_SEPARATION_A * a_px
+    return int(ROOM_FRACTION * ((side + d) / d) ** 2)

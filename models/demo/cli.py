@@ -50,7 +50,11 @@ async def _run_simulator(args: list[str]) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    if proc.returncode != 0:
+    from scanlens.sim.cli import EXIT_INCOMPLETE
+
+    if proc.returncode == EXIT_INCOMPLETE:  # the scan's summary says what is missing; so does the demo's report
+        log.warning("simulator: %s", err.decode(errors="replace").strip())
+    elif proc.returncode != 0:
         raise DemoError(f"simulator exited with {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
     log.info("simulator: %s", out.decode().strip())
 
@@ -67,7 +71,8 @@ async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: 
         async with Subscriber(server.endpoints["publish"], scan_id=scan_id) as sub, \
                 Control(server.endpoints["control"]) as control:
             await sub.wait_ready()
-            common = ["--ingest", server.endpoints["ingest"], "--scan-id", scan_id, "--seed", str(seed),
+            common = ["--ingest", server.endpoints["ingest"], "--publish", server.endpoints["publish"],
+                      "--scan-id", scan_id, "--seed", str(seed),
                       "--truth", str(truth_path), "--quiet", *extra_args]
             if scenario.imaging:
                 sim_args = ["stem", "--size", str(rows), "--frames", str(frames), "--frame-ms", str(pace), *common]
@@ -155,7 +160,11 @@ def demo(
     rec = ALIASES.get(recognizer, recognizer) if recognizer else scenario.recognizer
     recognizers = [rec] + (["pca"] if pca and rec != "pca" and not scenario.imaging else [])
     rows, cols = rows or scenario.shape[0], cols or scenario.shape[1]
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        typer.echo(f"error: cannot create --out {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
     truth_path = out / f"truth-{modality}.npz"
     extra = scenario.sim_args({"unknown_region": unknown_region})
     try:

@@ -34,6 +34,11 @@ def _log_level(value: str) -> str:
 
 
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR", callback=_log_level)]
+ClientKey = Annotated[Optional[Path], typer.Option(
+    "--client-key", help="this client's secret CURVE key file (NAME.key_secret, `scanlens keys create`), for a "
+                         "service with authentication; with --server-key")]
+ServerKey = Annotated[Optional[Path], typer.Option(
+    "--server-key", help="the service's public CURVE key file (server.key); with --client-key")]
 
 
 def setup_logging(level: str) -> None:
@@ -55,6 +60,9 @@ def serve(
 
     Settings come from defaults, then the --config TOML file, then SCANLENS_* environment variables
     (e.g. SCANLENS_INGEST), then these flags.
+
+    Without CurveZMQ keys (curve_secret_key, curve_allowed_keys; see `scanlens keys`) only loopback,
+    ipc:// and inproc:// endpoints are bound, unless network_isolated = true.
     """
     from .config import load_settings
     from .server import Server
@@ -86,12 +94,14 @@ def list_models(
     model_dir: Annotated[Optional[Path], typer.Option(help="directory of *.onnx recognizers (default bundled models)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full model cards as JSON")] = False,
 ) -> None:
-    """List the recognizers in a model directory with their model cards (no server needed)."""
-    from ..model_files import MODEL_DIR
+    """List the recognizers in a model directory and in the user model directory ($SCANLENS_USER_MODEL_DIR,
+    else $XDG_DATA_HOME/scanlens/models, else ~/.local/share/scanlens/models) with their model cards, as
+    `scanlens serve` would load them (no server needed)."""
+    from ..model_files import MODEL_DIR, user_model_dir
     from ..pipeline import ModelError, load_recognizers
 
     try:
-        recs = load_recognizers(model_dir or MODEL_DIR, threads=1)
+        recs = load_recognizers(model_dir or MODEL_DIR, threads=1, user_dir=user_model_dir())
     except ModelError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -118,13 +128,21 @@ def list_models(
 @app.command()
 def status(
     control: Annotated[str, typer.Option(help="control endpoint of the running service")] = "tcp://127.0.0.1:5557",
-    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 5.0,
+    timeout: Annotated[float, typer.Option(min=0.01, help="seconds to wait for the answer")] = 5.0,
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
 ) -> None:
     """Ask a running service for its status (counters, open scans, recognizers) and print it as JSON."""
-    from ..client import Control
+    from ..client import Control, client_keys
+
+    try:
+        curve = client_keys(client_key, server_key)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     async def ask():  # -> ControlReply
-        async with Control(control) as ctl:
+        async with Control(control, curve=curve) as ctl:
             return await ctl.request("status", timeout=timeout)
 
     import zmq
@@ -135,7 +153,10 @@ def status(
         typer.echo(f"error: cannot connect to {control!r}: {exc}", err=True)
         raise typer.Exit(2) from None
     except TimeoutError:
-        typer.echo(f"error: no answer from {control} within {timeout:g} s — is `scanlens serve` running?", err=True)
+        hint = (" (with CURVE keys a refused key gets no answer either: is --client-key's public key among the "
+                "service's allowed keys, and --server-key its public key?)" if curve is not None else "")
+        typer.echo(f"error: no answer from {control} within {timeout:g} s — is `scanlens serve` running?{hint}",
+                   err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps(reply.result, indent=2))
 
@@ -155,7 +176,11 @@ def schema(
             raise typer.Exit(1)
         typer.echo(f"{out} is up to date")
         return
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"wrote {out}")
 
 
@@ -164,6 +189,13 @@ def _root(version: Annotated[bool, typer.Option("--version", help="print the ver
     if version:
         typer.echo(f"scanlens {__version__}")
         raise typer.Exit()
+
+
+def _add_groups() -> None:
+    """Command groups of the service itself (``keys``)."""
+    from .keys import app as keys_app
+
+    app.add_typer(keys_app, name="keys")
 
 
 def _plug_in() -> None:
@@ -176,6 +208,7 @@ def _plug_in() -> None:
         app.add_typer(sub, name=ep.name)
 
 
+_add_groups()
 _plug_in()
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
-from ..model_files import MODEL_DIR
+from ..model_files import MODEL_DIR, user_model_dir
 
 
 class Settings(BaseSettings):
@@ -17,8 +17,20 @@ class Settings(BaseSettings):
     ingest: str = Field("tcp://127.0.0.1:5555", description="PULL endpoint instruments PUSH to (port 0: any free port)")
     publish: str = Field("tcp://127.0.0.1:5556", description="PUB endpoint for maps, events, summaries, status")
     control: str = Field("tcp://127.0.0.1:5557", description="ROUTER endpoint for status/models/scans/snapshot")
+    curve_secret_key: Path | None = Field(None, description="the service's secret CURVE certificate (NAME.key_secret "
+                                          "from `scanlens keys create`): CurveZMQ on all three sockets")
+    curve_allowed_keys: Path | None = Field(None, description="directory of the public certificates (*.key) of the "
+                                            "clients allowed to connect (with curve_secret_key)")
+    network_isolated: bool = Field(False, description="without CURVE keys, bind non-loopback endpoints anyway (the "
+                                   "network is isolated); a warning at every start")
     model_dir: Path = Field(MODEL_DIR, description="directory of *.onnx recognizers with model cards")
-    models: list[str] | None = Field(None, description="load only these recognizers (default: all in model_dir)")
+    user_model_dir: Path | None = Field(
+        default_factory=user_model_dir,
+        description="the user's own *.onnx models, loaded next to model_dir (`scanlens train` writes there); "
+                    "default $SCANLENS_USER_MODEL_DIR, else $XDG_DATA_HOME/scanlens/models, else "
+                    "~/.local/share/scanlens/models; need not exist. A name in both directories is a start-up error")
+    models: list[str] | None = Field(None, description="load only these recognizers (default: all in model_dir "
+                                                       "and user_model_dir)")
     inference_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads of one inference run")
     inference_parallel: int = Field(2, ge=1, le=16, description="inference runs in flight at once per recognizer")
     pca_components: int = Field(4, ge=1, le=32, description="principal components the built-in pca analyzer maps")
@@ -29,8 +41,33 @@ class Settings(BaseSettings):
     max_open_scans: int = Field(16, ge=1, description="scans open at once; more are refused")
     keep_closed_scans: int = Field(8, ge=0, description="closed scans kept for snapshot/scans requests")
     scan_timeout_s: float = Field(60.0, gt=0, description="close a scan after this long without a message")
+    start_timeout_s: float = Field(10.0, gt=0, description="close a scan that sent no data this long after scan_start")
+    memory_budget_bytes: int = Field(4 * 2**30, ge=2**20, description="maps and results of all open and retained "
+                                     "scans; a scan_start that does not fit is refused")
+    max_reply_bytes: int = Field(64 * 2**20, ge=2**16, description="largest control reply; bigger snapshots are "
+                                 "refused with how many rows to ask for at a time (the client does this itself)")
     status_interval_s: float = Field(0.25, gt=0, description="period of the status heartbeat on the PUB socket")
     publish_hwm: int = Field(100_000, ge=1, description="messages queued per subscriber before ZeroMQ drops")
+
+    @field_validator("user_model_dir", mode="before")
+    @classmethod
+    def _empty_user_model_dir_is_the_default(cls, value: object) -> object:
+        # SCANLENS_USER_MODEL_DIR="" means unset, as in user_model_dir(), not the current directory
+        return user_model_dir() if value == "" else value
+
+    @model_validator(mode="after")
+    def _curve_keys_together(self) -> Settings:
+        if (self.curve_secret_key is None) != (self.curve_allowed_keys is None):
+            given, missing = (("curve_secret_key", "curve_allowed_keys") if self.curve_allowed_keys is None
+                              else ("curve_allowed_keys", "curve_secret_key"))
+            raise ValueError(f"{given} is set but {missing} is not: CURVE needs both the service's secret key "
+                             "file and the directory of allowed client keys")
+        return self
+
+    @property
+    def curve_enabled(self) -> bool:
+        """Whether CurveZMQ authentication is configured."""
+        return self.curve_secret_key is not None
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
@@ -53,3 +90,31 @@ def load_settings(config: Path | None = None, **overrides: object) -> Settings:
             return tuple(sources)
 
     return _FromFile(**overrides)
+
+
+class InsecureBindError(ValueError):
+    """The configuration binds a non-loopback endpoint without authentication (secure default)."""
+
+
+def unauthenticated_binds(settings: Settings) -> dict[str, str]:
+    """The endpoints (by socket name) that other hosts could reach without authentication: none with
+    CURVE keys; otherwise every endpoint that is not loopback, ``ipc://`` or ``inproc://``."""
+    from ..transport.sockets import is_local_endpoint  # keeps `scanlens --help` free of pyzmq
+
+    if settings.curve_enabled:
+        return {}
+    endpoints = {"ingest": settings.ingest, "publish": settings.publish, "control": settings.control}
+    return {name: ep for name, ep in endpoints.items() if not is_local_endpoint(ep)}
+
+
+def check_binds(settings: Settings) -> dict[str, str]:
+    """The secure default, checked at start-up: InsecureBindError when an endpoint other hosts could
+    reach would be bound without CURVE keys, unless ``network_isolated``; returns those endpoints."""
+    exposed = unauthenticated_binds(settings)
+    if exposed and not settings.network_isolated:
+        where = ", ".join(f"{name} {ep}" for name, ep in exposed.items())
+        raise InsecureBindError(
+            f"refusing to bind {where} without authentication (not a loopback address): configure "
+            "curve_secret_key and curve_allowed_keys (see `scanlens keys create` and docs/operations.md), "
+            "or set network_isolated = true if this network is isolated")
+    return exposed

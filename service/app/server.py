@@ -8,6 +8,11 @@ the scan lifecycle, accounting, policy — is ``scanlens.pipeline.ScanManager``'
 the publications each message causes. Control runs on its own socket and task and is never starved
 by data: the ingest loop yields to the event loop after every message. Nothing that comes from the
 network can stop the server: every problem becomes an ``event`` on the PUB socket and a counter.
+
+With CURVE keys (``curve_secret_key``, ``curve_allowed_keys``) all three sockets are CURVE servers and
+a ZAP handler (``scanlens.transport.KeyAuthenticator``) admits the allowed client keys, counting each
+refused handshake as ``auth_refused.<socket>``; the ingest loop hands the sender's key to the pipeline
+as the owner of what it sends. Without keys, only local endpoints are bound (``config.check_binds``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,18 @@ from ..pipeline import (ModelError, PCAAnalyzer, Processor, Publication, Recogni
 from ..protocol import topics
 from ..protocol.codec import Limits, ProtocolError, decode, encode, split_envelope
 from ..protocol.messages import Reply, Request
+from ..transport import CurveServer, KeyAuthenticator, load_allowed_keys
 from ..transport.sockets import bind
-from .config import Settings
+from .config import Settings, check_binds
+from .limits import WireLimits
 
 log = logging.getLogger(__name__)
+
+#: how long the PUB socket may still deliver at shutdown (the aborted scans' summaries), in ms
+SHUTDOWN_LINGER_MS = 500
+
+#: the three sockets, also their ZAP domains (CURVE refusals are counted as ``auth_refused.<name>``)
+SOCKET_NAMES = ("ingest", "publish", "control")
 
 
 class Server:
@@ -40,18 +53,32 @@ class Server:
 
     def __init__(self, settings: Settings, recognizers: dict[str, Recognizer] | None = None):
         self.settings = s = settings
+        # the secure default first: no unauthenticated bind other hosts can reach (InsecureBindError)
+        self._exposed = check_binds(s)
+        self.curve: CurveServer | None = None
+        self.allowed_keys: frozenset[bytes] = frozenset()
+        if s.curve_secret_key is not None and s.curve_allowed_keys is not None:
+            self.curve = CurveServer.from_file(s.curve_secret_key)  # KeyFileError: a clear start-up error
+            self.allowed_keys = load_allowed_keys(s.curve_allowed_keys)
+            if (mode := s.curve_secret_key.stat().st_mode) & 0o077:
+                log.warning("%s is readable by others than its owner (mode %o); keep the secret key mode 0600",
+                            s.curve_secret_key, mode & 0o777)
         self.recognizers = recognizers if recognizers is not None else load_recognizers(
-            s.model_dir, s.models, threads=s.inference_threads)
+            s.model_dir, s.models, threads=s.inference_threads, user_dir=s.user_model_dir)
         analyzers: dict[str, Processor] = {"pca": PCAAnalyzer(k=s.pca_components)}
         if clash := sorted(set(analyzers) & set(self.recognizers)):
             raise ModelError(f"model names {clash} clash with built-in analyzers")
         self.scans = ScanManager(
             dict(self.recognizers), analyzers, on_result=self._on_result,
             limits=ScanLimits(max_open_scans=s.max_open_scans, max_scan_pixels=s.max_scan_pixels,
-                              keep_closed_scans=s.keep_closed_scans, scan_timeout_s=s.scan_timeout_s),
+                              keep_closed_scans=s.keep_closed_scans, scan_timeout_s=s.scan_timeout_s,
+                              start_timeout_s=s.start_timeout_s, memory_budget_bytes=s.memory_budget_bytes,
+                              max_reply_bytes=s.max_reply_bytes),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
                                   parallel=s.inference_parallel))
         self.limits = Limits(max_payload_bytes=s.max_message_bytes)
+        self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
+        self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)
         self.endpoints: dict[str, str] = {}
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
@@ -74,29 +101,60 @@ class Server:
         ctx = zmq.asyncio.Context()
         s = self.settings
         sockets: list[zmq.asyncio.Socket] = []
+        auth: KeyAuthenticator | None = None
         try:
+            if self.curve is not None:
+                # the ZAP handler runs before any socket binds: libzmq lets every key in while none answers
+                auth = KeyAuthenticator(ctx, self.allowed_keys, SOCKET_NAMES, on_refused=self._auth_refused)
+                auth.start()
+                for name in SOCKET_NAMES:
+                    self.scans.counters[f"auth_refused.{name}"] += 0
+                log.info("CurveZMQ on: server key %s, %d allowed client keys from %s",
+                         self.curve.public_key.decode(), len(self.allowed_keys), s.curve_allowed_keys)
+                if not self.allowed_keys:
+                    log.warning("no client keys (*.key) in %s: every client will be refused", s.curve_allowed_keys)
+            elif self._exposed:
+                log.warning("network_isolated = true: %s bound WITHOUT authentication; any host that can reach "
+                            "them can send, subscribe and query", ", ".join(f"{n} {ep}" for n, ep in self._exposed.items()))
+            elif s.network_isolated:
+                log.warning("network_isolated = true: no authentication (all endpoints are loopback or local now)")
             # ZeroMQ's MAXMSGSIZE is a hard stop (the peer is disconnected without an event), so it sits
             # well above the limit that the codec enforces with a clear `oversized` event.
+            w = self.wire
             self.ingest, self.endpoints["ingest"] = bind(ctx, zmq.PULL, s.ingest,
-                                                         max_message_bytes=4 * s.max_message_bytes + 65536)
+                                                         max_message_bytes=w.ingest_frame_bytes,
+                                                         curve=self.curve, zap_domain="ingest")
             sockets.append(self.ingest)
-            self.pub, self.endpoints["publish"] = bind(ctx, zmq.PUB, s.publish, hwm=s.publish_hwm)
+            self.pub, self.endpoints["publish"] = bind(ctx, zmq.PUB, s.publish, hwm=w.publish_hwm,
+                                                       curve=self.curve, zap_domain="publish")
             sockets.append(self.pub)
             self.control, self.endpoints["control"] = bind(ctx, zmq.ROUTER, s.control,
-                                                           max_message_bytes=1024 * 1024)
+                                                           max_message_bytes=w.control_frame_bytes,
+                                                           send_hwm=w.control_send_hwm, mandatory=True,
+                                                           curve=self.curve, zap_domain="control")
             sockets.append(self.control)
             log.info("scanlens %s: ingest %s, publish %s, control %s; recognizers %s", __version__,
                      self.endpoints["ingest"], self.endpoints["publish"], self.endpoints["control"],
                      ", ".join(self.scans.processors))
+            log.info("limits: memory budget %.0f MiB; data frames up to %.1f MiB; control requests up to %.1f MiB; "
+                     "at most %d queued publications per subscriber (largest %.1f MiB)",
+                     s.memory_budget_bytes / 2**20, w.ingest_frame_bytes / 2**20, w.request_bytes / 2**20,
+                     w.publish_hwm, w.largest_publication / 2**20)
             # numpy's BLAS pool would fight ONNX Runtime's threads and the event loop for the cores
             # (measured on 2 shared cores: a 128x128 eigh takes 215 ms with 2 BLAS threads, 1.5 ms with 1)
             with threadpool_limits(1, "blas"):
                 await self._serve()
         finally:
-            for sock in sockets:
-                sock.close(linger=0)
+            for sock in sockets:  # the PUB socket gets a moment to deliver the last summaries
+                sock.close(linger=SHUTDOWN_LINGER_MS if sock is getattr(self, "pub", None) else 0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
             log.info("scanlens stopped")
+
+    def _auth_refused(self, domain: str, key: bytes) -> None:
+        """A CURVE handshake refused by the ZAP handler (unknown client key), counted per socket."""
+        self.scans.counters[f"auth_refused.{domain}"] += 1
 
     async def _serve(self) -> None:
         """All long-lived tasks under one TaskGroup, until ``stop``."""
@@ -108,6 +166,8 @@ class Server:
             tasks += [tg.create_task(w.serve(), name=f"worker-{n}") for n, w in self.scans.workers.items()]
             self.ready.set()
             await self._stop.wait()
+            # a clean stop (SIGTERM, Ctrl-C) ends every open scan with a summary, state "aborted"
+            await self._publish(self.scans.abort_all())
             for task in tasks:
                 task.cancel()
 
@@ -133,11 +193,14 @@ class Server:
             frames = await self.ingest.recv_multipart(copy=False)
             t_received = time.perf_counter()
             self.scans.counters["messages_in"] += 1
+            owner: str | None = None
             try:
+                # the sender's identity: its CURVE public key (z85), which the ZAP handler gave as user id
+                owner = frames[0].get("User-Id") if self.curve is not None else None
                 header, buffers = decode(frames, self.limits)
-                publications = await self.scans.ingest(header, buffers, t_received)
+                publications = await self.scans.ingest(header, buffers, t_received, owner=owner)
             except ProtocolError as exc:
-                publications = self.scans.unreadable(exc)
+                publications = self.scans.unreadable(exc, owner)
             except Exception as exc:  # a bug must not stop ingest; report it loudly
                 log.exception("internal error while handling an ingest message")
                 publications = self.scans.internal(exc)
@@ -160,7 +223,7 @@ class Server:
             envelope, body = split_envelope(await self.control.recv_multipart())
             request_id, op = None, "?"
             try:
-                request, _ = decode(body, self.limits)
+                request, _ = decode(body, self.control_limits)
                 if not isinstance(request, Request):
                     raise ProtocolError("bad_message", f"control socket expects kind 'request', got {request.kind!r}")
                 request_id, op = request.id, request.op
@@ -168,11 +231,19 @@ class Server:
                 reply = Reply(id=request_id, op=op, ok=True, result=result, arrays=specs)
             except ProtocolError as exc:
                 self.scans.counters["control_errors"] += 1
-                reply, arrays = Reply(id=request_id, op=op, ok=False, error=exc.reason), []
+                reply, arrays = Reply(id=request_id, op=op, ok=False, error=exc.reason,
+                                      result=getattr(exc, "result", None)), []
             except Exception as exc:
                 log.exception("control request failed")
                 reply, arrays = Reply(id=request_id, op=op, ok=False, error=f"internal: {exc}"), []
-            await self.control.send_multipart([*envelope, *encode(reply, arrays)], copy=False)
+            try:  # a client that does not read its replies gets no more than control_send_hwm of them
+                await self.control.send_multipart([*envelope, *encode(reply, arrays)], copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.scans.counters["control_replies_dropped"] += 1
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                self.scans.counters["control_replies_dropped"] += 1
 
 
 @contextlib.asynccontextmanager

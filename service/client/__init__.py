@@ -12,18 +12,26 @@
     async with Control("tcp://127.0.0.1:5557") as ctl:
         snapshot = await ctl.snapshot("s1")
 
+    keys = client_keys(Path("keys/inst1.key_secret"), Path("keys/server.key"))   # a service with CURVE keys
+    async with Instrument("tcp://10.0.0.5:5555", curve=keys) as inst: ...      # likewise Subscriber, Control
+
 Used by the simulators, the demo and the tests; other languages follow ``docs/protocol.md``.
 Modules by job: ``instrument`` (sending), ``subscriber`` (receiving), ``results`` (assembling a scan's
-maps), ``control`` (requests), ``base`` (the socket and context every client holds). Subscriber and
+maps), ``watch`` (a sender following its scan: accepted, refused, service gone, summary), ``control``
+(requests), ``base`` (the socket and context every client holds). Subscriber and
 Control decode what the service publishes tolerantly (``scanlens.protocol.codec.decode(tolerant=True)``).
 """
 
 from __future__ import annotations
 
+from ..transport.sockets import CurveClient, KeyFileError
+from .base import client_keys
 from .control import Control, ControlReply, ServiceError
 from .instrument import Instrument, ScanStream
 from .results import MovieResult, ScanResult
 from .subscriber import Received, Subscriber
+from .watch import ScanFailed, ScanRejected, ScanWatch, ServiceStopped, ServiceUnreachable
 
-__all__ = ["Control", "ControlReply", "Instrument", "MovieResult", "Received", "ScanResult", "ScanStream",
-           "ServiceError", "Subscriber"]
+__all__ = ["Control", "ControlReply", "CurveClient", "Instrument", "KeyFileError", "MovieResult", "Received",
+           "ScanFailed", "ScanRejected", "ScanResult", "ScanStream", "ScanWatch", "ServiceError", "ServiceStopped",
+           "ServiceUnreachable", "Subscriber", "client_keys"]

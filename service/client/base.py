@@ -1,11 +1,26 @@
-"""The socket and context handling every scanlens client shares: one socket, an own or a shared context."""
+"""The socket and context handling every scanlens client shares: one socket, an own or a shared context,
+optionally CurveZMQ keys (``curve=CurveClient.from_files(client_secret, server_public)``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
-from ..transport.sockets import connect
+from ..transport.sockets import CurveClient, connect
+
+
+def client_keys(client_key: Path | None, server_key: Path | None) -> CurveClient | None:
+    """The CURVE keys of a client from its secret certificate (``NAME.key_secret``) and the service's
+    public one (``server.key``); None when neither is given (no authentication). ValueError when only
+    one is given, KeyFileError (a ValueError) when a file is missing or holds no usable key."""
+    if client_key is None and server_key is None:
+        return None
+    if client_key is None or server_key is None:
+        raise ValueError("CURVE needs both the client's secret key file (--client-key NAME.key_secret) and the "
+                         "service's public key file (--server-key server.key)")
+    return CurveClient.from_files(client_key, server_key)
 
 
 class _Client:
@@ -18,10 +33,12 @@ class _Client:
         self.ctx = ctx or zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket
 
-    def _connect(self, kind: int, endpoint: str, **options: int) -> zmq.asyncio.Socket:
-        """The client's socket, connected; an owned context is terminated again if connecting fails."""
+    def _connect(self, kind: int, endpoint: str, *, curve: CurveClient | None = None,
+                 **options: int) -> zmq.asyncio.Socket:
+        """The client's socket, connected (a CURVE client with ``curve``); an owned context is terminated
+        again if connecting fails."""
         try:
-            return connect(self.ctx, kind, endpoint, **options)
+            return connect(self.ctx, kind, endpoint, curve=curve, **options)
         except zmq.ZMQError:
             if self._own_ctx:
                 self.ctx.term()

@@ -13,11 +13,16 @@ import zmq.asyncio
 
 from ..protocol.codec import UnknownKindError, arrays_from, decode, encode, split_envelope
 from ..protocol.messages import Reply, Request
+from ..transport.sockets import CurveClient
 from .base import _Client
 
 
 class ServiceError(RuntimeError):
-    """The service answered a control request with ``ok: false``."""
+    """The service answered a control request with ``ok: false``; ``result`` is what it added (if any)."""
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.result = result or {}
 
 
 @dataclass
@@ -35,13 +40,14 @@ class Control(_Client):
 
     Replies are decoded tolerantly (a newer service may add keys); messages of unknown kinds are skipped."""
 
-    def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None):
+    def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, curve: CurveClient | None = None):
         super().__init__(ctx)
-        self.sock = self._connect(zmq.DEALER, endpoint)
+        self.sock = self._connect(zmq.DEALER, endpoint, curve=curve)
         self._ids = itertools.count()
 
-    async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0) -> ControlReply:
-        req = Request(id=next(self._ids), op=op, scan_id=scan_id)
+    async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0,
+                      rows: tuple[int, int] | None = None) -> ControlReply:
+        req = Request(id=next(self._ids), op=op, scan_id=scan_id, rows=rows)
         await self.sock.send_multipart([b"", *encode(req)])
         async with asyncio.timeout(timeout):
             while True:
@@ -53,7 +59,7 @@ class Control(_Client):
                 if isinstance(header, Reply) and header.id == req.id:
                     break  # replies to earlier, timed-out requests are skipped
         if not header.ok:
-            raise ServiceError(f"{op} failed: {header.error}")
+            raise ServiceError(f"{op} failed: {header.error}", header.result)
         return ControlReply(header, arrays_from(header.arrays, buffers) if header.arrays else {})
 
     async def status(self) -> dict[str, Any]:
@@ -65,5 +71,24 @@ class Control(_Client):
     async def scans(self) -> dict[str, Any]:
         return (await self.request("scans")).result
 
-    async def snapshot(self, scan_id: str) -> ControlReply:
-        return await self.request("snapshot", scan_id)
+    async def snapshot(self, scan_id: str, rows: tuple[int, int] | None = None,
+                       timeout: float = 10.0) -> ControlReply:
+        """The scan's current arrays (``docs/protocol.md`` §5). A snapshot over the service's reply limit
+        is fetched in parts of rows and put together here, unless ``rows`` asks for one part."""
+        try:
+            return await self.request("snapshot", scan_id, timeout=timeout, rows=rows)
+        except ServiceError as exc:
+            per_reply = exc.result.get("rows_per_reply")
+            if rows is not None or not per_reply:
+                raise
+            total, sliced = exc.result["shape"][0], set(exc.result["row_arrays"])
+        parts = []
+        for start in range(0, total, per_reply):
+            parts.append(await self.request("snapshot", scan_id, timeout=timeout,
+                                            rows=(start, min(start + per_reply, total))))
+        last = parts[-1]
+        arrays = {name: (np.concatenate([p.arrays[name] for p in parts]) if name in sliced else values)
+                  for name, values in last.arrays.items()}
+        result = {**last.result, "rows": [0, total]}
+        specs = [s.model_copy(update={"shape": list(arrays[s.name].shape)}) for s in last.reply.arrays]
+        return ControlReply(last.reply.model_copy(update={"result": result, "arrays": specs}), arrays)

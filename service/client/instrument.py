@@ -11,21 +11,24 @@ import zmq.asyncio
 
 from ..protocol.codec import dtype_name, encode
 from ..protocol.messages import Axis, Data, Frame, Message, PixelSize, ScanEnd, ScanStart
+from ..transport.sockets import CurveClient
 from .base import _Client
 
 
 class Instrument(_Client):
-    """A PUSH connection to the ingest socket. ``send`` blocks (awaits) while the service backs off."""
+    """A PUSH connection to the ingest socket. ``send`` blocks (awaits) while the service backs off.
+    ``curve``: the client's CURVE keys, for a service with authentication (``client_keys``)."""
 
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, hwm: int = 1000,
-                 linger_s: float = 10.0):
+                 linger_s: float = 10.0, curve: CurveClient | None = None):
         super().__init__(ctx)
-        self.sock = self._connect(zmq.PUSH, endpoint, hwm=hwm)
+        self.sock = self._connect(zmq.PUSH, endpoint, hwm=hwm, curve=curve)
         self._linger_ms = int(linger_s * 1000)
 
-    def close(self) -> None:
-        # keep undelivered messages for a while (the scan_end!) rather than dropping them on close
-        self._close(linger_ms=self._linger_ms)
+    def close(self, *, linger_s: float | None = None) -> None:
+        """Close; undelivered messages (the scan_end!) are kept for ``linger_s`` (default: the instrument's
+        ``linger_s``) rather than dropped. ``linger_s=0`` when nobody will take them (no service, refused scan)."""
+        self._close(linger_ms=self._linger_ms if linger_s is None else int(linger_s * 1000))
 
     async def send(self, header: Message, arrays: Sequence[np.ndarray] = ()) -> None:
         await self.sock.send_multipart(encode(header, arrays), copy=len(arrays) == 0)

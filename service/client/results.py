@@ -83,6 +83,7 @@ def note_event(result: ScanResult | MovieResult | None, event: Event, scan_id: s
 def summarized(result: R | None, summary: ScanSummary, scan_id: str) -> R:
     """The result with its summary; a summary before the scan's ``scan_started`` is an error."""
     if result is None:
-        raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started")
+        raise ServiceError(f"summary for scan {scan_id} arrived before its scan_started: this subscriber joined "
+                           "after the scan started (collect_scan(..., control=...) recovers its maps from a snapshot)")
     result.summary = summary
     return result

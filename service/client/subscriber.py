@@ -14,6 +14,7 @@ import zmq.asyncio
 from ..protocol import topics
 from ..protocol.codec import UnknownKindError, arrays_from, decode, validate_tolerant
 from ..protocol.messages import Event, FrameResult, Maps, Message, ScanStarted, ScanSummary
+from ..transport.sockets import CurveClient
 from .base import _Client
 from .control import Control
 from .results import MovieResult, ScanResult, note_event, summarized
@@ -34,9 +35,9 @@ class Subscriber(_Client):
     client does not know are skipped and counted in ``skipped_messages``."""
 
     def __init__(self, endpoint: str, *, scan_id: str | None = None, topics_: Sequence[str] | None = None,
-                 ctx: zmq.asyncio.Context | None = None, hwm: int = 100_000):
+                 ctx: zmq.asyncio.Context | None = None, hwm: int = 100_000, curve: CurveClient | None = None):
         super().__init__(ctx)
-        self.sock = self._connect(zmq.SUB, endpoint, hwm=hwm)
+        self.sock = self._connect(zmq.SUB, endpoint, hwm=hwm, curve=curve)
         self._topics = list(topics_ if topics_ is not None else
                             ([topics.scan_prefix(scan_id), topics.SERVICE_EVENT] if scan_id else [""]))
         for t in self._topics:
@@ -97,15 +98,37 @@ class Subscriber(_Client):
         If messages were dropped on the way (a subscriber that fell behind the PUB high-water mark)
         and ``control`` is given, missing maps — or a missing summary, when nothing arrives for
         ``timeout`` s after the scan closed — come from a ``snapshot``, and ``result.recovered`` is
-        set. Otherwise TimeoutError when nothing arrives for ``timeout`` s."""
+        set. Otherwise TimeoutError when nothing arrives for ``timeout`` s.
+
+        A late joiner (subscribed after the scan's ``scan_started``) with ``control`` gets its maps too:
+        at its first maps message a ``snapshot`` gives what it missed (and the ``scan_started``), live
+        maps follow; one that only sees the summary takes the closed scan's snapshot. Without
+        ``control`` a late joiner gets ServiceError at the summary."""
         result: ScanResult | None = None
         early: list[Received] = []
+        early_events: list[Event] = []
+
+        async def join() -> ScanResult | None:
+            """The result so far from a snapshot (None from a service whose snapshot lacks ``started``)."""
+            assert control is not None
+            joined = await self._joined(scan_id, control)
+            if joined is not None:
+                for m in early:
+                    joined.add(m.header, m.arrays)  # type: ignore[arg-type]
+                joined.events[:0] = early_events
+            return joined
+
         while True:
             try:
                 msg = await self.recv(timeout)
             except TimeoutError:
-                if control is None or result is None:
+                if control is None:
                     raise
+                if result is None:
+                    result = await join()
+                    if result is None or result.summary is None:
+                        raise
+                    return result
                 snap = await control.snapshot(scan_id)
                 if snap.result.get("summary") is None:
                     raise  # still open, and silent
@@ -117,9 +140,12 @@ class Subscriber(_Client):
                 continue
             if isinstance(h, ScanStarted):
                 result = ScanResult.begin(h)
+                result.events.extend(early_events)
                 for m in early:
                     result.add(m.header, m.arrays)  # type: ignore[arg-type]
             elif isinstance(h, Maps):
+                if result is None and control is not None:
+                    result = await join()  # joined late: the snapshot has what was missed
                 if result is None:
                     early.append(msg)
                 else:
@@ -127,12 +153,31 @@ class Subscriber(_Client):
                     if progress is not None:
                         progress(result)
             elif isinstance(h, Event):
-                note_event(result, h, scan_id)
+                if result is None and h.code != "scan_rejected":
+                    early_events.append(h)
+                else:
+                    note_event(result, h, scan_id)
             elif isinstance(h, ScanSummary):
+                if result is None and control is not None:
+                    result = await join()  # joined after the last maps: the closed scan's snapshot
                 result = summarized(result, h, scan_id)
                 if control is not None and result.missing_pixels():
                     result.fill_from(await control.snapshot(scan_id))
                 return result
+
+    @staticmethod
+    async def _joined(scan_id: str, control: Control) -> ScanResult | None:
+        """A scan's result as its snapshot has it (maps so far, the ``scan_started``, the summary if closed);
+        None when the service's snapshot does not carry ``started``."""
+        snap = await control.snapshot(scan_id)
+        started = snap.result.get("started")
+        if started is None:
+            return None
+        result = ScanResult.begin(validate_tolerant(ScanStarted, started))
+        result.fill_from(snap)
+        if snap.result.get("summary") is not None:
+            result.summary = validate_tolerant(ScanSummary, snap.result["summary"])
+        return result
 
     async def collect_movie(self, scan_id: str, timeout: float = 60.0, progress=None,
                             keep_classes: bool = True) -> MovieResult:

@@ -236,6 +236,10 @@ class FrameRecognizer(Processor):
         return FrameBinding(self, zoom=zoom, filled=np.zeros(start.shape, dtype=np.uint8), tracker=tracker,
                             pixel_size_nm=nm)
 
+    def max_publication_bytes(self, max_pixels: int, max_edge: int) -> int:
+        # the uint8 class map of a whole frame, plus atoms and defects: at most one per 4 pixels each
+        return max_pixels + (max_pixels // 4) * (3 + 5) * 4 + 65536
+
     def limit_runs(self, n: int) -> None:
         """Let at most ``n`` frames be in the network at once (default: cores // intra-op threads)."""
         self._run_slots = threading.BoundedSemaphore(max(1, n))

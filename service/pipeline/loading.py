@@ -31,22 +31,36 @@ def open_recognizer(path: Path | str, *, threads: int = 2) -> Recognizer:
     return recognizer_for(OnnxModel.open(path, threads=threads))
 
 
-def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *,
-                     threads: int = 2) -> dict[str, Recognizer]:
-    """Every ``*.onnx`` in ``model_dir`` (or only ``names``), keyed by card name; ModelError on problems."""
+def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *, threads: int = 2,
+                     user_dir: Path | str | None = None) -> dict[str, Recognizer]:
+    """Every ``*.onnx`` in ``model_dir`` and, next to them, in the user model directory ``user_dir`` (when
+    given; it need not exist), or only ``names``; keyed by card name. ModelError on problems, among them
+    a name found in two files: a user model never shadows another (the error names both files and the fix)."""
     model_dir = Path(model_dir)
     files = sorted(model_dir.glob("*.onnx"))
     if not files:
         raise ModelError(f"no *.onnx model files in {model_dir}")
+    user_files: list[Path] = []
+    if user_dir is not None and Path(user_dir).is_dir() and Path(user_dir).resolve() != model_dir.resolve():
+        user_files = sorted(Path(user_dir).glob("*.onnx"))
     loaded: dict[str, Recognizer] = {}
-    for path in files:
+    every: dict[str, Path] = {}  # name -> file, over all files (also those ``names`` leaves out)
+    for path in [*files, *user_files]:
         rec = open_recognizer(path, threads=threads)
+        if rec.name in every:
+            first = every[rec.name]
+            if path in user_files:
+                raise ModelError(
+                    f"model name {rec.name!r} is in both {first} and the user model {path}: a user model must not "
+                    f"shadow another; rename it (`scanlens train ... --name NEW`), move it out of {path.parent}, "
+                    f"or replace the shipped model on purpose (`scanlens train ... --replace-shipped`)")
+            raise ModelError(f"two model files are named {rec.name!r}: {first} and {path}")
+        every[rec.name] = path
         if names is not None and rec.name not in names:
             continue
-        if rec.name in loaded:
-            raise ModelError(f"two model files are named {rec.name!r}: {loaded[rec.name].path} and {path}")
         loaded[rec.name] = rec
         log.info("loaded recognizer %s (%s) from %s", rec.name, rec.modality, path)
     if names is not None and (absent := sorted(set(names) - set(loaded))):
-        raise ModelError(f"recognizers {absent} not found in {model_dir}")
+        where = f"{model_dir} or {user_dir}" if user_files else str(model_dir)
+        raise ModelError(f"recognizers {absent} not found in {where}")
     return loaded

@@ -135,5 +135,10 @@ class Processor(ABC):
         """This processor's part of the scan summary."""
 
     @abstractmethod
+    def max_publication_bytes(self, max_pixels: int, max_edge: int) -> int:
+        """The largest message this processor can publish for a scan of at most ``max_pixels`` pixels
+        and ``max_edge`` per side (the publish side's bound in bytes is derived from it)."""
+
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the ``models`` control request reports about this processor."""

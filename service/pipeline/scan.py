@@ -200,7 +200,8 @@ class ScanState:
             expected = max(self.received.max(), rejected.max()) + 1
         return self.received.gaps(expected, also=rejected), expected
 
-    def close(self, *, timed_out: bool = False) -> ScanSummary:
+    def close(self, *, timed_out: bool = False, aborted: bool = False) -> ScanSummary:
+        """The summary, once: ``timed_out`` (no scan_end in time) or ``aborted`` (the service stopped)."""
         rows, cols = self.start.shape
         lost_runs, expected = self.lost_ranges()
         if takes_of(self.start) == "frames":  # pixels of an imaging scan: frames x frame pixels
@@ -210,11 +211,11 @@ class ScanState:
         for name, b in self.bindings.items():
             b.processor.finish(b)
             summaries[name] = b.processor.summarize(b)
-        complete = (not timed_out and not lost_runs and not self.rejected and not self.skipped
+        complete = (not timed_out and not aborted and not lost_runs and not self.rejected and not self.skipped
                     and self.pixels_received == rows * cols == recognized)
         self.summary = ScanSummary(
             scan_id=self.scan_id,
-            state="timed_out" if timed_out else ("complete" if complete else "incomplete"),
+            state="aborted" if aborted else "timed_out" if timed_out else ("complete" if complete else "incomplete"),
             pixels_expected=rows * cols,
             pixels_received=self.pixels_received,
             pixels_recognized=recognized,

@@ -23,8 +23,8 @@ from pydantic import ValidationError
 
 from .. import __version__
 from ..protocol import topics
-from ..protocol.codec import ProtocolError
-from ..protocol.messages import (INGEST_KINDS, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
+from ..protocol.codec import ProtocolError, ReplyTooLarge
+from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
                                  ScanStarted, Status)
 from .axis import AxisError
 from .batcher import InferenceWorker, ResultHandler
@@ -46,6 +46,7 @@ class ScanLimits:
     scan_timeout_s: float = 60.0
     start_timeout_s: float = 10.0  # a scan that sends nothing after scan_start gives its slot back this soon
     memory_budget_bytes: int = 4 * 2**30  # maps and results of all open and retained scans (memory.py)
+    max_reply_bytes: int = 64 * 2**20  # the largest control reply; bigger snapshots come in parts (rows)
 
 
 @dataclass(frozen=True)
@@ -163,12 +164,7 @@ class ScanManager:
         log.info("scan %s started: %s %dx%d, %s, recognizers %s", sid, start.modality, rows, cols,
                  f"{start.axis.size} channels" if start.axis else f"{start.pixel_size.size:g} {start.pixel_size.units}/px",
                  list(scan.bindings))
-        return [Publication(topics.scan_topic(sid, topics.SCAN_STARTED), ScanStarted(
-            scan_id=sid, modality=start.modality, shape=start.shape, axis=start.axis, components=start.components,
-            pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
-            recognizers=list(scan.bindings),
-            outputs={name: b.map_specs() for name, b in scan.bindings.items()},
-            meta=start.meta))]
+        return [Publication(topics.scan_topic(sid, topics.SCAN_STARTED), self._started(scan))]
 
     def choose(self, start: ScanStart) -> list[Processor]:
         """The requested processors, or every recognizer of the modality that takes what the scan sends
@@ -324,6 +320,20 @@ class ScanManager:
         out.append(Publication(topics.scan_topic(sid, topics.SUMMARY), summary))
         return out
 
+    def abort_all(self) -> list[Publication]:
+        """The service is stopping: a summary (state ``aborted``) for every open scan, whatever is in flight."""
+        out: list[Publication] = []
+        for scan in list(self.open_scans.values()):
+            summary = scan.close(aborted=True)
+            del self.open_scans[scan.scan_id]
+            self.ledger.release(scan.scan_id)
+            self.counters["scans_aborted"] += 1
+            out.append(self.event("aborted", f"the service is shutting down: scan {scan.scan_id} aborted with "
+                                  f"{summary.pixels_recognized} of {summary.pixels_expected} pixels recognized",
+                                  scan_id=scan.scan_id, level="warning"))
+            out.append(Publication(topics.scan_topic(scan.scan_id, topics.SUMMARY), summary))
+        return out
+
     def expire(self) -> list[Publication]:
         """Close every open scan that has been silent for ``scan_timeout_s`` with nothing in flight, and
         every scan that sent nothing at all for ``start_timeout_s`` after its scan_start (a squatter)."""
@@ -366,6 +376,10 @@ class ScanManager:
     def _drop_oldest_closed(self) -> None:
         self._drop_closed(next(iter(self.closed_scans)))
 
+    def max_publication_bytes(self) -> int:
+        """The largest message any processor can publish within the scan limits."""
+        return max(p.max_publication_bytes(self.limits.max_scan_pixels, MAX_EDGE) for p in self.processors.values())
+
     # ------------------------------------------------------------------ queries (control socket)
 
     def status(self) -> Status:
@@ -387,7 +401,17 @@ class ScanManager:
         if request.op == "scans":
             return {"open": [self._scan_row(s) for s in self.open_scans.values()],
                     "closed": [self._scan_row(s) for s in self.closed_scans.values()]}, [], []
-        return self._snapshot(request.scan_id)  # op "snapshot" (the schema allows no other)
+        return self._snapshot(request.scan_id, request.rows)  # op "snapshot" (the schema allows no other)
+
+    @staticmethod
+    def _started(scan: ScanState) -> ScanStarted:
+        """The scan's ``scan_started`` header (published when it opened; in every snapshot, for late joiners)."""
+        start = scan.start
+        return ScanStarted(
+            scan_id=start.scan_id, modality=start.modality, shape=start.shape, axis=start.axis,
+            components=start.components, pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
+            recognizers=list(scan.bindings), outputs={name: b.map_specs() for name, b in scan.bindings.items()},
+            meta=start.meta)
 
     @staticmethod
     def _scan_row(scan: ScanState) -> dict[str, Any]:
@@ -396,12 +420,40 @@ class ScanManager:
                 "recognizers": list(scan.bindings), "late": list(scan.late), "n_late": scan.n_late,
                 "summary": scan.summary.model_dump(mode="json") if scan.summary else None}
 
-    def _snapshot(self, sid: str | None) -> tuple[dict[str, Any], list, list[np.ndarray]]:
+    def _snapshot(self, sid: str | None, rows: tuple[int, int] | None) -> tuple[dict[str, Any], list, list[np.ndarray]]:
+        """The scan's arrays, or the rows ``[start, stop)`` of its per-pixel ones (``[rows, cols, ...]``;
+        other arrays come whole with every part). ReplyTooLarge, saying how many rows fit, when the reply
+        would exceed ``max_reply_bytes``."""
         scan = (self.open_scans.get(sid) or self.closed_scans.get(sid)) if sid else None
         if scan is None:
             raise ProtocolError("unknown_scan", f"no open or recently closed scan {sid!r}")
         specs, arrays = scan.snapshot()
-        result = {"scan_id": scan.scan_id, "open": not scan.closed, "shape": list(scan.start.shape),
-                  "pixels_received": scan.pixels_received,
-                  "summary": scan.summary.model_dump(mode="json") if scan.summary else None}
-        return result, specs, [a.copy() for a in arrays]
+        shape = tuple(scan.start.shape)
+        per_row = [a.shape[:2] == shape for a in arrays]
+        row_bytes = sum(a.nbytes for a, p in zip(arrays, per_row) if p) // shape[0]
+        fixed = sum(a.nbytes for a, p in zip(arrays, per_row) if not p)
+        start, stop = rows if rows is not None else (0, shape[0])
+        if not 0 <= start < stop <= shape[0]:
+            raise ProtocolError("bad_message", f"rows [{start}, {stop}) are not within the scan's {shape[0]} rows",
+                                scan_id=scan.scan_id)
+        limit = self.limits.max_reply_bytes
+        result = {"scan_id": scan.scan_id, "open": not scan.closed, "shape": list(shape), "rows": [start, stop],
+                  "row_bytes": row_bytes, "max_reply_bytes": limit, "pixels_received": scan.pixels_received,
+                  "summary": scan.summary.model_dump(mode="json") if scan.summary else None,
+                  "started": self._started(scan).model_dump(mode="json")}
+        result["row_arrays"] = [spec.name for spec, p in zip(specs, per_row) if p]
+        size = fixed + row_bytes * (stop - start)
+        if size > limit:
+            fit = max(0, (limit - fixed) // max(row_bytes, 1))
+            result["rows_per_reply"] = fit
+            raise ReplyTooLarge(f"a snapshot of rows [{start}, {stop}) is {size / 2**20:.1f} MiB, over the "
+                                f"{limit / 2**20:.0f} MiB reply limit: ask for at most {fit} rows at a time (rows)",
+                                result, scan_id=scan.scan_id)
+        out_specs, out = [], []
+        for spec, values, sliced in zip(specs, arrays, per_row):
+            if sliced:
+                values = values[start:stop]
+                spec = spec.model_copy(update={"shape": list(values.shape)})
+            out_specs.append(spec)
+            out.append(values.copy())
+        return result, out_specs, out

@@ -116,6 +116,10 @@ class SpectralProcessor(Processor):
     def new_state(self, start: ScanStart) -> Any:
         return None
 
+    def max_publication_bytes(self, max_pixels: int, max_edge: int) -> int:
+        per_pixel = sum(np.dtype(s.dtype).itemsize * int(np.prod(s.shape)) for s in self.pixel_specs())
+        return per_pixel * min(max_pixels, max_edge) + 65536  # one line of maps, and its header
+
     def state_bytes(self, binding: SpectralBinding) -> int:
         """The most bytes the per-scan state of ``new_state`` can grow to (beyond the maps)."""
         return 0

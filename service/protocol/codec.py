@@ -37,6 +37,14 @@ class ProtocolError(ValueError):
         self.kind = kind  # the header's kind when it could be read (a scan_start is answered scan_rejected)
 
 
+class ReplyTooLarge(ProtocolError):
+    """A control reply over the reply limit; ``result`` says how to ask for it in parts."""
+
+    def __init__(self, reason: str, result: dict[str, Any], *, scan_id: str | None = None):
+        super().__init__("oversized", reason, scan_id=scan_id)
+        self.result = result
+
+
 class UnknownKindError(ProtocolError):
     """A header whose ``kind`` this version does not know (code ``bad_message``); tolerant readers skip it."""
 
@@ -148,7 +156,7 @@ def validate_header(obj: dict[str, Any], *, tolerant: bool = False) -> Message:
     ``kind`` is then an ``UnknownKindError``. Strict (the default) is for everything received."""
     scan_id, seq = _identifiers(obj)
     kind = obj.get("kind") if isinstance(obj.get("kind"), str) else None
-    if obj.get("v") != 1:
+    if type(obj.get("v")) is not int or obj["v"] != 1:  # strict: not 1.0, not true (both compare equal to 1)
         raise ProtocolError("bad_message", f"unsupported protocol version {obj.get('v')!r} (this is v1)",
                             scan_id=scan_id, seq=seq, kind=kind)
     try:

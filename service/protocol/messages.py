@@ -204,6 +204,7 @@ EventCode = Literal[
     "skipped",  # frames dropped by the newest-frame-wins policy (never with policy lossless)
     "lost",  # seq numbers that never arrived before scan_end / timeout
     "scan_timeout",  # a scan closed because nothing arrived for too long
+    "aborted",  # the service stopped before the scan ended; its summary (state aborted) follows
     "internal",  # a bug in scanlens; the scan it names may be incomplete
 ]
 
@@ -305,7 +306,8 @@ class ScanSummary(_Header):
 
     kind: Literal["scan_summary"] = "scan_summary"
     scan_id: ScanId
-    state: Literal["complete", "incomplete", "timed_out"]
+    state: Literal["complete", "incomplete", "timed_out", "aborted"] = Field(
+        description="aborted: the service stopped (shutdown) before the scan ended")
     pixels_expected: Index
     pixels_received: Index
     pixels_recognized: Index
@@ -347,6 +349,8 @@ class Request(_Header):
     id: Annotated[int, Strict(), Field(ge=0, le=2**53)] | Annotated[str, Field(max_length=64)]
     op: ControlOp
     scan_id: ScanId | None = None
+    rows: tuple[Index, Index] | None = Field(
+        None, description="snapshot: only scan rows [start, stop) of the per-pixel arrays (a snapshot in parts)")
 
 
 class Reply(_Header):

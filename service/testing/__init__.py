@@ -22,15 +22,15 @@ from .leaks import (LeakError, ZmqSnapshot, check_task_leaks, check_zmq_leaks, l
 from .models import (BAND_LABELS, FRAME_LABELS, FRAME_PIXEL_NM, band_axis, band_spectra, render_frame,
                      send_band_scan, write_band_model, write_frame_model)
 from .manager import Clock, ManagerHarness, through_wire
-from .processes import run_cli
+from .processes import CliResult, ServeProcess, run_cli, run_cli_result, serve_process
 from .server import LOOPBACK, connected, live, loopback_settings, serving
 from .waiting import wait_for, wait_for_event, wait_for_summary
 from .wire import data_frames
 
 __all__ = [
-    "BAND_LABELS", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
-    "ZmqSnapshot", "band_axis",
-    "band_spectra", "check_task_leaks", "check_zmq_leaks", "connected", "data_frames", "leak_check", "live",
-    "loopback_settings", "render_frame", "run_cli", "send_band_scan", "serving", "task_snapshot", "through_wire", "wait_for",
-    "wait_for_event", "wait_for_summary", "write_band_model", "write_frame_model", "zmq_leaks", "zmq_snapshot",
+    "BAND_LABELS", "CliResult", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
+    "ServeProcess", "ZmqSnapshot", "band_axis", "band_spectra", "check_task_leaks", "check_zmq_leaks", "connected",
+    "data_frames", "leak_check", "live", "loopback_settings", "render_frame", "run_cli", "run_cli_result",
+    "send_band_scan", "serve_process", "serving", "task_snapshot", "through_wire", "wait_for", "wait_for_event",
+    "wait_for_summary", "write_band_model", "write_frame_model", "zmq_leaks", "zmq_snapshot",
 ]

@@ -14,17 +14,19 @@ from typing import Any
 
 from ..app.config import Settings
 from ..app.server import Server, running
-from ..client import Control, Instrument, Subscriber
+from ..client import Control, CurveClient, Instrument, Subscriber
 from .leaks import check_task_leaks, task_snapshot
 
 LOOPBACK = "tcp://127.0.0.1:0"
 
 
 def loopback_settings(model_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: the three sockets on free loopback ports, one inference thread,
-    a heartbeat every 50 ms (``Subscriber.wait_ready`` returns quickly), ``overrides`` on top."""
+    """Settings for a test server: the three sockets on free loopback ports, the models of ``model_dir``
+    only (no user model directory), one inference thread, a heartbeat every 50 ms
+    (``Subscriber.wait_ready`` returns quickly), ``overrides`` on top."""
     values: dict[str, Any] = dict(ingest=LOOPBACK, publish=LOOPBACK, control=LOOPBACK, model_dir=model_dir,
-                                  inference_threads=1, status_interval_s=0.05, scan_timeout_s=30)
+                                  user_model_dir=None, inference_threads=1, status_interval_s=0.05,
+                                  scan_timeout_s=30)
     return Settings(**{**values, **overrides})
 
 
@@ -38,12 +40,13 @@ async def serving(settings: Settings) -> AsyncIterator[Server]:
 
 
 @contextlib.asynccontextmanager
-async def connected(server: Server) -> AsyncIterator[tuple[Instrument, Subscriber, Control]]:
+async def connected(server: Server, *, curve: CurveClient | None = None,
+                    ) -> AsyncIterator[tuple[Instrument, Subscriber, Control]]:
     """(instrument, subscriber to everything, control) on ``server``, the subscriber already live;
-    all closed on exit."""
-    inst = Instrument(server.endpoints["ingest"], linger_s=0)
-    sub = Subscriber(server.endpoints["publish"])
-    ctl = Control(server.endpoints["control"])
+    all closed on exit. ``curve``: the clients' keys, for a server with CURVE authentication."""
+    inst = Instrument(server.endpoints["ingest"], linger_s=0, curve=curve)
+    sub = Subscriber(server.endpoints["publish"], curve=curve)
+    ctl = Control(server.endpoints["control"], curve=curve)
     try:
         await sub.wait_ready()
         yield inst, sub, ctl

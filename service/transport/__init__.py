@@ -1,5 +1,8 @@
-"""ZeroMQ sockets: creation, binding, options. No message semantics here (``docs/architecture.md``)."""
+"""ZeroMQ sockets: creation, binding, options, CurveZMQ keys and the ZAP handler. No message semantics
+here (``docs/architecture.md``)."""
 
-from .sockets import bind, connect
+from .auth import KeyAuthenticator, load_allowed_keys
+from .sockets import CurveClient, CurveServer, KeyFileError, bind, connect, is_local_endpoint
 
-__all__ = ["bind", "connect"]
+__all__ = ["CurveClient", "CurveServer", "KeyAuthenticator", "KeyFileError", "bind", "connect", "is_local_endpoint",
+           "load_allowed_keys"]
