@@ -9,7 +9,8 @@
   counted (``control_replies_dropped``).
 * publish: a subscriber that does not read holds at most ``publish_hwm`` messages in the service,
   chosen so that ``publish_hwm x largest publication <= publish_queue_bytes`` (a sixteenth of the
-  memory budget), and never fewer than 16 messages.
+  memory budget), but never fewer than 256 messages (a burst of results or summaries must fit): the
+  bound is max(memory_budget_bytes / 16, 256 x largest publication).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from ..protocol.codec import DEFAULT_LIMITS
 from .config import Settings
 
-MIN_PUBLISH_HWM = 16
+MIN_PUBLISH_HWM = 256  # bursts (a batch of lines, many summaries at once) must fit
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class WireLimits:
     def derive(cls, s: Settings, largest_publication: int) -> WireLimits:
         request = max(2**20, s.max_scan_pixels + DEFAULT_LIMITS.max_header_bytes)
         queue = s.memory_budget_bytes // 16
-        hwm = max(MIN_PUBLISH_HWM, min(s.publish_hwm, queue // max(largest_publication, 1)))
+        hwm = min(s.publish_hwm, max(MIN_PUBLISH_HWM, queue // max(largest_publication, 1)))
         return cls(ingest_frame_bytes=max(s.max_message_bytes, DEFAULT_LIMITS.max_header_bytes),
                    request_bytes=request, control_frame_bytes=2 * request, control_send_hwm=4,
                    publish_hwm=hwm, publish_queue_bytes=queue, largest_publication=largest_publication)

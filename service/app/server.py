@@ -125,7 +125,7 @@ class Server:
                                                          max_message_bytes=w.ingest_frame_bytes,
                                                          curve=self.curve, zap_domain="ingest")
             sockets.append(self.ingest)
-            self.pub, self.endpoints["publish"] = bind(ctx, zmq.PUB, s.publish, hwm=w.publish_hwm,
+            self.pub, self.endpoints["publish"] = bind(ctx, zmq.PUB, s.publish, send_hwm=w.publish_hwm,
                                                        curve=self.curve, zap_domain="publish")
             sockets.append(self.pub)
             self.control, self.endpoints["control"] = bind(ctx, zmq.ROUTER, s.control,
@@ -211,7 +211,10 @@ class Server:
         period = min(1.0, self.settings.scan_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
-            await self._publish(self.scans.expire())
+            try:
+                await self._publish(self.scans.expire())
+            except Exception:  # never let one bad close end the timeouts (or the service)
+                log.exception("expiring scans failed")
 
     async def _status_loop(self) -> None:
         while True:

@@ -75,6 +75,10 @@ def recognize_image(segment: Callable[[np.ndarray], np.ndarray], pp: PostProcess
     return class_map[rows][:, cols], atoms, defects
 
 
+#: The shortest frame side (in frame pixels, and after rescaling to the model) a recognizer accepts.
+MIN_FRAME_EDGE = 2
+
+
 @dataclass
 class FrameBinding(Binding):
     """Per scan: the rescaling, the tracker, the order frames must reach it in, the latest result."""
@@ -226,6 +230,9 @@ class FrameRecognizer(Processor):
                 f"frame pixel size {start.pixel_size.size:g} {start.pixel_size.units} would need rescaling by "
                 f"{zoom:.3g} to the model's {self.pixel_size.size:g} {self.pixel_size.units}; "
                 f"supported {MIN_ZOOM:g}–{MAX_ZOOM:g}")
+        if min(start.shape) < MIN_FRAME_EDGE or min(start.shape) * zoom < MIN_FRAME_EDGE:
+            raise AxisError(f"a frame of {start.shape[0]}x{start.shape[1]} pixels ({min(start.shape) * zoom:.1f} "
+                            f"model pixels on its short side) is too small: at least {MIN_FRAME_EDGE} are needed")
         try:
             nm = start.pixel_size.size * length_factor(start.pixel_size.units, "nm")
         except AxisError:
@@ -237,8 +244,9 @@ class FrameRecognizer(Processor):
                             pixel_size_nm=nm)
 
     def max_publication_bytes(self, max_pixels: int, max_edge: int) -> int:
-        # the uint8 class map of a whole frame, plus atoms and defects: at most one per 4 pixels each
-        return max_pixels + (max_pixels // 4) * (3 + 5) * 4 + 65536
+        # the uint8 class map of a whole frame, plus its atoms and defects
+        # (a dense lattice has about one atom per 25 frame pixels: 12 bytes each, defects far fewer)
+        return 2 * max_pixels + 65536
 
     def limit_runs(self, n: int) -> None:
         """Let at most ``n`` frames be in the network at once (default: cores // intra-op threads)."""

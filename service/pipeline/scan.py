@@ -156,7 +156,10 @@ class ScanState:
         results are already in the maps; the summary says so); returns them."""
         self.n_messages = n_messages
         beyond = [seq for start, stop in self.received.discard_from(n_messages) for seq in range(start, stop)]
+        skipped = set(self.skipped)
         for seq in beyond:
+            if seq in skipped:  # already accounted for: dropped by policy latest, never recognized
+                continue
             self.rejected[seq] = (f"seq {seq} is beyond scan_end's n_messages={n_messages}; it arrived before "
                                   "scan_end and its results are in the maps")
         return beyond
@@ -198,6 +201,7 @@ class ScanState:
             expected = self.n_messages
         else:
             expected = max(self.received.max(), rejected.max()) + 1
+            expected = min(expected, MAX_SEQ)  # a rejected seq may be the largest one an Index allows
         return self.received.gaps(expected, also=rejected), expected
 
     def close(self, *, timed_out: bool = False, aborted: bool = False) -> ScanSummary:
@@ -205,8 +209,10 @@ class ScanState:
         rows, cols = self.start.shape
         lost_runs, expected = self.lost_ranges()
         if takes_of(self.start) == "frames":  # pixels of an imaging scan: frames x frame pixels
-            rows, cols = expected, rows * cols
+            rows, cols = min(expected, self.max_messages), rows * cols  # never more frames than it can have
         recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
+        # frames beyond scan_end's count that were recognized before it came are rejected: not counted
+        recognized = min(recognized, rows * cols)
         summaries = {}
         for name, b in self.bindings.items():
             b.processor.finish(b)

@@ -343,7 +343,14 @@ class ScanManager:
             if scan.silent:
                 limit = min(limit, self.limits.start_timeout_s)
             if now - scan.t_last > limit and not scan.in_flight:
-                out += self._maybe_close(scan, timed_out=True)
+                try:
+                    out += self._maybe_close(scan, timed_out=True)
+                except Exception as exc:  # a bug must not stop the timeouts of every other scan
+                    log.exception("closing scan %s failed", scan.scan_id)
+                    self.open_scans.pop(scan.scan_id, None)
+                    self.ledger.release(scan.scan_id)
+                    out.append(self.event("internal", f"closing the scan failed: {type(exc).__name__}: {exc}",
+                                          scan_id=scan.scan_id))
         return out
 
     # ------------------------------------------------------------------ memory
