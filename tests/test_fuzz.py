@@ -47,8 +47,8 @@ from scanlens.pipeline import WorkerOptions, open_recognizer
 from scanlens.protocol import topics
 from scanlens.protocol.codec import Limits, ProtocolError, decode, encode
 from scanlens.protocol.messages import (INGEST_KINDS, MAX_EDGE, Event, FrameResult, Maps, ScanStarted, ScanSummary)
-from scanlens.testing import (FRAME_PIXEL_NM, ManagerHarness, band_axis, connected, loopback_settings, render_frame,
-                              serving, write_band_model, write_frame_model)
+from scanlens.testing import (FRAME_PIXEL_NM, ManagerHarness, band_axis, connected, loopback_settings, nested_map,
+                              render_frame, serving, write_band_model, write_frame_model)
 
 # --------------------------------------------------------------------------- hypothesis profiles
 
@@ -197,15 +197,6 @@ def _image(shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     atoms = np.array([[w * 0.3, h * 0.3], [w * 0.7, h * 0.6]])
     return render_frame(shape, atoms, np.array([[w * 0.5, h * 0.5]]) if min(shape) >= 8 else np.zeros((0, 2)))
-
-
-def _deep(levels: int) -> dict:
-    root: dict = {}
-    node = root
-    for _ in range(levels):
-        node["a"] = {}
-        node = node["a"]
-    return root
 
 
 class Sender:
@@ -375,7 +366,7 @@ class Sender:
             header["meta"] = {"operator": "fuzz", "n": 3, "x": 0.5, "ok": True, "none": None, "list": [1, "a", [2.0]]}
         elif meta == "deep":
             levels = ch.int(6, 11)
-            header["meta"] = _deep(levels)
+            header["meta"] = nested_map(levels)
             msg.header_ok = levels <= 8  # "nested at most 8 deep"
             msg.what += f", meta {levels} deep"
         elif meta == "wide":

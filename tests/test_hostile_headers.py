@@ -7,7 +7,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from scanlens.testing import band_spectra, send_band_scan, wait_for_event
+from scanlens.testing import band_spectra, nested_map, send_band_scan, wait_for_event
 
 BAD_IDENTIFIERS = [
     pytest.param({"seq": -1}, "seq", id="negative-seq"),
@@ -48,18 +48,9 @@ async def test_an_integer_field_takes_integers_only(clients, value):
     assert "seq" in ev.reason and ev.seq is None
 
 
-def _deep(levels: int) -> dict:
-    root: dict = {}
-    node = root
-    for _ in range(levels):
-        node["a"] = {}
-        node = node["a"]
-    return root
-
-
 @pytest.mark.parametrize(("meta", "fragment"), [
     pytest.param({"raw": b"\x00\x01"}, "meta.raw is bytes", id="raw-bytes"),
-    pytest.param(_deep(40), "nests deeper than 8", id="too-deep"),
+    pytest.param(nested_map(40), "nests deeper than 8", id="too-deep"),
     pytest.param({"x": float("nan")}, "meta.x is not a finite number", id="nan"),
 ])
 async def test_meta_that_cannot_be_echoed_is_refused_with_the_scan_id(clients, meta, fragment):

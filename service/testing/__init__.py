@@ -25,12 +25,12 @@ from .manager import Clock, ManagerHarness, through_wire
 from .processes import CliResult, ServeProcess, run_cli, run_cli_result, serve_process
 from .server import LOOPBACK, connected, live, loopback_settings, serving
 from .waiting import wait_for, wait_for_event, wait_for_summary
-from .wire import data_frames
+from .wire import data_frames, nested_map
 
 __all__ = [
     "BAND_LABELS", "CliResult", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
     "ServeProcess", "ZmqSnapshot", "band_axis", "band_spectra", "check_task_leaks", "check_zmq_leaks", "connected",
-    "data_frames", "leak_check", "live", "loopback_settings", "render_frame", "run_cli", "run_cli_result",
+    "data_frames", "leak_check", "live", "loopback_settings", "nested_map", "render_frame", "run_cli", "run_cli_result",
     "send_band_scan", "serve_process", "serving", "task_snapshot", "through_wire", "wait_for", "wait_for_event",
     "wait_for_summary", "write_band_model", "write_frame_model", "zmq_leaks", "zmq_snapshot",
 ]

@@ -17,3 +17,13 @@ def data_frames(scan_id: str, seq: int, row: int, array: np.ndarray, **override:
         mode="json", exclude_none=True)
     header.update(override)
     return [msgpack.packb(header), array.tobytes()]
+
+
+def nested_map(levels: int) -> dict:
+    """``{"a": {"a": ...}}`` nested ``levels`` deep: a ``meta`` for the depth limit (docs/protocol.md §3.1)."""
+    root: dict = {}
+    node = root
+    for _ in range(levels):
+        node["a"] = {}
+        node = node["a"]
+    return root
