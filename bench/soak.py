@@ -3,8 +3,9 @@
     python bench/soak.py [--messages 100000] [--scans 16] [--instruments 4] [--budget-mib 256] [--json]
     python bench/soak.py --messages 3000 --json      # small run, ~10 s
 
-The service runs in this process (scanlens.testing's ``band`` model, written to a temporary directory;
-memory budget ``--budget-mib``, 3 s scan timeout, 1.5 s for a scan that sends nothing). ``--instruments``
+The service runs in a process of its own (scanlens.testing's ``band`` model, written to a temporary
+directory; memory budget ``--budget-mib``, 3 s scan timeout, 1.5 s for a scan that sends nothing), so that
+its resident memory is its own: the senders here keep every planned message and what came back. ``--instruments``
 PUSH sockets each keep their share of ``--scans`` scans going at once, one line per message, interleaved;
 one more socket sends only junk. Every scan is planned beforehand, with what its summary must say:
 
@@ -23,8 +24,9 @@ Checks (exit status 1 and one line on stderr naming those that failed): every sc
 exactly once; every scan that started has exactly one summary, and it says exactly what the plan says
 (rejected seqs, lost runs, messages received, state, pixels), every seq having exactly one fate (zero
 unaccounted, zero double-counted); the largest gap between status heartbeats seen by a subscriber is at
-most 1 s; no ``internal`` event; the memory ledger's peak is within the budget; RSS after the run minus
-RSS before it is at most the budget + 64 MiB; the service answers ``status`` at the end.
+most 1 s; no ``internal`` event; the memory ledger's peak is within the budget; the service process's RSS
+after the run minus its RSS once it is up is at most the budget + 64 MiB; the service answers ``status`` at
+the end.
 
 Progress goes to stderr; prints a table, or one JSON object with --json.
 """
@@ -36,6 +38,7 @@ import asyncio
 import collections
 import json
 import logging
+import multiprocessing
 import random
 import sys
 import tempfile
@@ -54,6 +57,7 @@ from scanlens.client import Control, Instrument, Subscriber  # noqa: E402
 from scanlens.protocol import topics  # noqa: E402
 from scanlens.protocol.codec import validate_tolerant  # noqa: E402
 from scanlens.protocol.messages import Event, ScanStarted, ScanSummary  # noqa: E402
+from scanlens.app.config import Settings  # noqa: E402
 from scanlens.testing import band_axis, band_spectra, loopback_settings, serving, write_band_model  # noqa: E402
 
 HUGE = 2**53
@@ -66,9 +70,9 @@ MIB = 2**20
 WINDOW = 64  # scans whose topics are subscribed ahead of the instruments
 
 
-def rss_bytes(key: str = "VmRSS") -> int:
-    """This process's resident memory (or with key "VmHWM" its peak), from /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_bytes(pid: int | str = "self", key: str = "VmRSS") -> int:
+    """A process's resident memory (or with key "VmHWM" its peak), from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
@@ -76,6 +80,68 @@ def rss_bytes(key: str = "VmRSS") -> int:
 
 def pack(header) -> bytes:
     return msgpack.packb(header, use_bin_type=True)
+
+
+# --------------------------------------------------------------------------- the service, in a process of its own
+
+
+def serve_child(settings: Settings, conn) -> None:
+    """The service's process: serve ``settings``; on the pipe ``conn``, send its endpoints once it is up, then
+    answer "ask" with its open scans and ledger, and "stop" with the same, then stop."""
+    logging.getLogger("scanlens").setLevel(logging.CRITICAL)  # every refused message is logged; counted here
+
+    async def run() -> None:
+        async with serving(settings) as server:
+            def facts() -> dict:
+                return {"open": len(server.open_scans), "ledger_used": server.scans.ledger.used,
+                        "ledger_peak": server.scans.ledger.peak}
+            conn.send({"endpoints": server.endpoints, "publish_hwm": server.wire.publish_hwm})
+            loop = asyncio.get_running_loop()
+            while await loop.run_in_executor(None, conn.recv) != "stop":
+                conn.send(facts())
+            conn.send(facts())
+
+    asyncio.run(run())
+
+
+class ServiceProcess:
+    """The service in a child process (multiprocessing, spawn: nothing of this process is inherited)."""
+
+    def __init__(self, settings: Settings):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve_child, args=(settings, child), daemon=True)
+        self.proc.start()
+        self.lock = asyncio.Lock()
+
+    async def _call(self, ask: str | None, timeout: float = 60) -> dict:
+        async with self.lock:
+            if ask is not None:
+                self.conn.send(ask)
+            deadline = time.monotonic() + timeout
+            while not self.conn.poll():
+                if not self.proc.is_alive():
+                    raise RuntimeError(f"the service process died (exit code {self.proc.exitcode})")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the service process did not answer {ask!r} in {timeout:g} s")
+                await asyncio.sleep(0.02)
+            return self.conn.recv()
+
+    async def started(self) -> dict:
+        return await self._call(None)
+
+    async def facts(self) -> dict:
+        return await self._call("ask")
+
+    async def stop(self) -> dict:
+        out = await self._call("stop")
+        await asyncio.get_running_loop().run_in_executor(None, self.proc.join, 30)
+        return out
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
 
 
 # --------------------------------------------------------------------------- the plan: messages and what they mean
@@ -322,23 +388,26 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
                                  status_interval_s=HEARTBEAT_S, max_message_bytes=MAX_MESSAGE_BYTES)
     print(f"{len(plans)} scans planned, {sum(len(p.messages) + len(p.junk) for p in plans) + len(extra_junk)} "
           f"messages; {a.scans} at once over {a.instruments} instruments", file=sys.stderr)
-    rss_before = rss_bytes()
     answers: dict[str, list] = collections.defaultdict(list)
     summaries: dict[str, list[ScanSummary]] = collections.defaultdict(list)
     beats: list[float] = []
     recovered: dict[str, ScanSummary] = {}
     most_open = [0]
     sent, sent_by_instruments = [0], [0]
-    async with serving(settings) as server:
+    service = ServiceProcess(settings)
+    try:
+        up = await service.started()
+        endpoints, publish_hwm = up["endpoints"], up["publish_hwm"]
+        rss_before = rss_bytes(service.proc.pid)
         # subscriptions reach the PUB socket at a limited rate (its receive high-water mark is publish_hwm): the
         # scans' topics are subscribed a window ahead of the instruments, each window confirmed live in-band
         # (a probe message for a scan that does not exist: its unknown_scan event comes back on a probe topic)
-        sub = Subscriber(server.endpoints["publish"], topics_=[])
-        heart = Subscriber(server.endpoints["publish"], topics_=[topics.STATUS])
-        ctl = Control(server.endpoints["control"])
-        instruments = [Instrument(server.endpoints["ingest"], linger_s=0) for _ in range(a.instruments)]
-        junk_sock = Instrument(server.endpoints["ingest"], linger_s=0)
-        probe_sock = Instrument(server.endpoints["ingest"], linger_s=0)
+        sub = Subscriber(endpoints["publish"], topics_=[])
+        heart = Subscriber(endpoints["publish"], topics_=[topics.STATUS])
+        ctl = Control(endpoints["control"])
+        instruments = [Instrument(endpoints["ingest"], linger_s=0) for _ in range(a.instruments)]
+        junk_sock = Instrument(endpoints["ingest"], linger_s=0)
+        probe_sock = Instrument(endpoints["ingest"], linger_s=0)
         internal: list[Event] = []
         live, next_plan, probe, confirmed = [0], [0], [""], asyncio.Event()
         try:
@@ -422,9 +491,10 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
             async def progress(t0: float) -> None:
                 while True:
                     await asyncio.sleep(5)
+                    f = await service.facts()
                     print(f"{time.monotonic() - t0:6.1f} s: {sent[0]} messages sent, {len(summaries)} summaries, "
-                          f"{len(server.open_scans)} scans open, ledger {server.scans.ledger.used / MIB:.0f} MiB",
-                          file=sys.stderr)
+                          f"{f['open']} scans open, ledger {f['ledger_used'] / MIB:.0f} MiB, service RSS "
+                          f"{rss_bytes(service.proc.pid) / MIB:.0f} MiB", file=sys.stderr)
 
             t0 = time.monotonic()
             listeners = [asyncio.create_task(listen()), asyncio.create_task(heartbeat()),
@@ -445,7 +515,7 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
                 quiet_since = None  # nothing open at the service: what is still missing is not coming
                 while not done() and time.monotonic() < deadline:
                     assert not any(t.done() for t in listeners), [t for t in listeners if t.done()]
-                    if server.open_scans:
+                    if (await service.facts())["open"]:
                         quiet_since = None
                     elif quiet_since is None:
                         quiet_since = time.monotonic()
@@ -473,12 +543,14 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
                 for t in listeners:
                     t.cancel()
                 await asyncio.gather(*listeners, return_exceptions=True)
-            rss_after = rss_bytes()
-            ledger = server.scans.ledger
-            publish_hwm = server.wire.publish_hwm
+            rss_after = rss_bytes(service.proc.pid)
+            rss_peak = rss_bytes(service.proc.pid, "VmHWM")
         finally:
             for c in (sub, heart, ctl, junk_sock, probe_sock, *instruments):
                 c.close()
+        ledger = await service.stop()
+    finally:
+        service.kill()
 
     # ------------------------------------------------------------------ the verdict
     window = [t for t in beats if t0 <= t <= t_end]
@@ -518,8 +590,8 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
             answers_dropped == 0 and summaries_dropped == 0,
         f"heartbeat gap <= {MAX_GAP_S:g} s": float(gaps.max()) <= MAX_GAP_S,
         "no internal events": not internal and (status or {}).get("counters", {}).get("event.internal", 0) == 0,
-        "ledger within budget": ledger.peak <= budget,
-        "rss growth <= budget + 64 MiB": rss_after - rss_before <= budget + 64 * MIB,
+        "ledger within budget": ledger["ledger_peak"] <= budget,
+        "service RSS growth <= budget + 64 MiB": rss_after - rss_before <= budget + 64 * MIB,
         f">= {a.scans} scans open at once": most_open[0] >= a.scans,
         "service up at the end": status is not None,
     }
@@ -532,9 +604,10 @@ async def soak(a: argparse.Namespace, models: Path) -> dict:
         "answers_dropped_by_pub": answers_dropped, "summaries_dropped_by_pub": summaries_dropped,
         "summaries_recovered_by_snapshot": len(recovered), "max_open_scans": most_open[0],
         "heartbeats": len(window), "heartbeat_max_gap_s": float(gaps.max()),
-        "ledger_peak_bytes": ledger.peak, "budget_bytes": budget, "ledger_peak_fraction": ledger.peak / budget,
+        "ledger_peak_bytes": ledger["ledger_peak"], "budget_bytes": budget,
+        "ledger_peak_fraction": ledger["ledger_peak"] / budget,
         "rss_before_bytes": rss_before, "rss_after_bytes": rss_after, "rss_growth_bytes": rss_after - rss_before,
-        "rss_peak_bytes": rss_bytes("VmHWM"), "publish_hwm": publish_hwm,
+        "rss_peak_bytes": rss_peak, "publish_hwm": publish_hwm,
         "send_s": t_sent - t0, "duration_s": t_end - t0, "messages_per_s": sent[0] / (t_sent - t0),
         "events": {k[6:]: v for k, v in sorted((status or {}).get("counters", {}).items()) if k.startswith("event.")},
         "internal_events": [e.reason for e in internal[:5]],
@@ -558,7 +631,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="scanlens-soak-") as models:
             report = asyncio.run(soak(a, Path(models)))
-    except Exception as exc:  # the service died (its task group's error comes out of `serving`), or the run did
+    except Exception as exc:  # the service process died or did not answer, or the run itself failed
         print(f"soak FAILED: the run stopped: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         sys.exit(1)
     if a.json:
