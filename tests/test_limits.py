@@ -139,3 +139,46 @@ async def until(predicate, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.01)
+
+
+async def test_the_ingest_queues_share_one_byte_bound():
+    """Every recognizer's queue is bounded in pixels (latency); all of them together are also bounded in
+    bytes by one gate, a share of the memory budget: a message waits there for room as for pixels."""
+    from scanlens.pipeline.batcher import ByteGate, PixelQueue
+    from scanlens.pipeline.processor import WorkItem
+
+    def item(nbytes: int) -> WorkItem:
+        return WorkItem("s", None, 0, 0, 0, np.zeros(nbytes, np.uint8), 0.0, n_pixels=1)
+
+    gate = ByteGate(100)
+    a, b = PixelQueue(1000, gate), PixelQueue(1000, gate)
+    await a.put(item(80))
+    waiting = asyncio.create_task(b.put(item(40)))  # 80 + 40 > 100: waits, though b itself is empty
+    await asyncio.sleep(0.05)
+    assert not waiting.done() and gate.waits == 1 and len(b) == 0
+    assert [i.values.nbytes for i in await a.take(10)] == [80]
+    await asyncio.wait_for(waiting, 1)
+    assert gate.used == 40 and len(b) == 1
+    await b.take(10)
+    await a.put(item(500))  # nothing held: one item of any size fits, so the bound is max(capacity, largest)
+    assert gate.peak == 500 == gate.bound(500)
+    assert len(a.discard(lambda i: True)) == 1 and gate.used == 0
+
+
+def test_the_server_reserves_its_ingest_queues_in_the_memory_budget(tmp_path, model_dir):
+    """The ingest queues' bytes come out of the one memory budget (the ledger's "ingest queues" entry):
+    max(memory_budget_bytes / 16, max_message_bytes); a budget that cannot hold them stops the start."""
+    from scanlens.app import Server
+    from scanlens.pipeline.scans import INGEST_QUEUES
+
+    for budget, largest, reserved in ((2**30, 2**20, 2**26), (2**30, 2**27, 2**27)):
+        server = Server(loopback_settings(model_dir, memory_budget_bytes=budget, max_message_bytes=largest))
+        assert server.scans.ledger.held(INGEST_QUEUES) == reserved == server.scans.ledger.used
+        assert server.scans.gate.capacity == budget // 16
+        assert server.status().memory_bytes == reserved
+    try:
+        Server(loopback_settings(model_dir, memory_budget_bytes=2**24, max_message_bytes=2**25))
+    except ValueError as exc:
+        assert "ingest queues" in str(exc) and "max_message_bytes" in str(exc)
+    else:
+        raise AssertionError("a budget smaller than one message was accepted")

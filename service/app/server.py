@@ -75,7 +75,8 @@ class Server:
                               start_timeout_s=s.start_timeout_s, memory_budget_bytes=s.memory_budget_bytes,
                               max_reply_bytes=s.max_reply_bytes),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
-                                  parallel=s.inference_parallel))
+                                  parallel=s.inference_parallel, queue_bytes=s.memory_budget_bytes // 16,
+                                  max_item_bytes=s.max_message_bytes))
         self.limits = Limits(max_payload_bytes=s.max_message_bytes)
         self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)

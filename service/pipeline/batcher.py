@@ -7,6 +7,10 @@ batch, runs its session once and splits the results by item).
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
 (low latency) when the instrument is slow. A full queue makes ``submit`` wait: the ingest loop then
 stops reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
+
+All queues together are also bounded in bytes by one ``ByteGate`` (a share of the memory budget,
+reserved in the scan manager's ledger: ``docs/operations.md``, "Memory"); a message waits for room
+there the same way.
 """
 
 from __future__ import annotations
@@ -26,11 +30,44 @@ log = logging.getLogger(__name__)
 ResultHandler = Callable[[WorkItem, dict[str, np.ndarray] | None, str | None], Awaitable[None] | None]
 
 
-class PixelQueue:
-    """An asyncio FIFO bounded by the number of pixels it holds (one oversized item always fits)."""
+class ByteGate:
+    """The bytes of received data held by several queues together, against one bound. When nothing is
+    held, one item of any size fits, so the most ever held is max(capacity, the largest item)."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+        self.waits = 0  # acquisitions that had to wait for room
+        self._freed = asyncio.Event()
+
+    def bound(self, largest_item: int) -> int:
+        """The most bytes this gate can let be held, for items of at most ``largest_item`` bytes."""
+        return max(self.capacity, largest_item)
+
+    async def acquire(self, nbytes: int) -> None:
+        def fits() -> bool:
+            return self.used == 0 or self.used + nbytes <= self.capacity
+        if not fits():
+            self.waits += 1
+            while not fits():
+                self._freed.clear()
+                await self._freed.wait()
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        self.used -= nbytes
+        self._freed.set()
+
+
+class PixelQueue:
+    """An asyncio FIFO bounded by the number of pixels it holds (one oversized item always fits) and,
+    with ``gate``, by the bytes it and its sibling queues hold together."""
+
+    def __init__(self, capacity: int, gate: ByteGate | None = None):
+        self.capacity = capacity
+        self.gate = gate if gate is not None else ByteGate(2**62)
         self.pixels = 0
         self.waits = 0  # puts that had to wait for room: backpressure reached the ingest loop
         self._items: collections.deque[WorkItem] = collections.deque()
@@ -40,15 +77,21 @@ class PixelQueue:
         return len(self._items)
 
     async def put(self, item: WorkItem) -> None:
-        async with self._cond:
-            def fits() -> bool:
-                return not self._items or self.pixels + item.n_pixels <= self.capacity
-            if not fits():
-                self.waits += 1
-                await self._cond.wait_for(fits)
-            self._items.append(item)
-            self.pixels += item.n_pixels
-            self._cond.notify_all()
+        nbytes = item.values.nbytes
+        await self.gate.acquire(nbytes)
+        try:
+            async with self._cond:
+                def fits() -> bool:
+                    return not self._items or self.pixels + item.n_pixels <= self.capacity
+                if not fits():
+                    self.waits += 1
+                    await self._cond.wait_for(fits)
+                self._items.append(item)
+                self.pixels += item.n_pixels
+                self._cond.notify_all()
+        except BaseException:
+            self.gate.release(nbytes)
+            raise
 
     def discard(self, predicate: Callable[[WorkItem], bool]) -> list[WorkItem]:
         """Remove and return the queued items for which ``predicate`` holds (not yet started)."""
@@ -58,6 +101,7 @@ class PixelQueue:
         if dropped:
             self._items = kept
             self.pixels -= sum(item.n_pixels for item in dropped)
+            self.gate.release(sum(item.values.nbytes for item in dropped))
         return dropped
 
     async def take(self, max_pixels: int) -> list[WorkItem]:
@@ -71,6 +115,7 @@ class PixelQueue:
                 batch.append(item)
                 total += item.n_pixels
             self.pixels -= total
+            self.gate.release(sum(item.values.nbytes for item in batch))
             self._cond.notify_all()
             return batch
 
@@ -85,11 +130,12 @@ class InferenceWorker:
     """
 
     def __init__(self, processor: Processor, on_result: ResultHandler, *,
-                 max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1):
+                 max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1,
+                 gate: ByteGate | None = None):
         self.processor = processor
         self.max_batch_pixels = max_batch_pixels
         self.parallel = min(parallel, processor.max_parallel or parallel)
-        self.queue = PixelQueue(queue_pixels)
+        self.queue = PixelQueue(queue_pixels, gate)
         self._on_result = on_result
         self._executor = ThreadPoolExecutor(max_workers=self.parallel,
                                             thread_name_prefix=f"infer-{processor.name}")

@@ -27,7 +27,7 @@ from ..protocol.codec import ProtocolError, ReplyTooLarge
 from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
                                  ScanStarted, Status)
 from .axis import AxisError
-from .batcher import InferenceWorker, ResultHandler
+from .batcher import ByteGate, InferenceWorker, ResultHandler
 from .memory import MemoryLedger, mib
 from .processor import Processor, Publication, WorkItem, takes_of
 from .scan import LIST_LIMIT, ScanState
@@ -56,6 +56,14 @@ class WorkerOptions:
     max_batch_pixels: int = 4096
     queue_pixels: int = 65536
     parallel: int = 1
+    #: bytes all ingest queues hold together (None: bounded in pixels only, nothing reserved); the
+    #: server gives a sixteenth of the memory budget and reserves it in the ledger
+    queue_bytes: int | None = None
+    max_item_bytes: int = 0  # the largest message a queue can be handed (max_message_bytes)
+
+
+#: the memory ledger's key for the ingest queues (no scan id can be this: it has spaces)
+INGEST_QUEUES = "ingest queues"
 
 
 class ScanManager:
@@ -77,8 +85,18 @@ class ScanManager:
         #: ids of closed scans whose records were evicted (bounded): their data is still ``late``
         self.evicted_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.ledger = MemoryLedger(limits.memory_budget_bytes)
+        self.gate = ByteGate(workers.queue_bytes if workers.queue_bytes is not None else 2**62)
+        if workers.queue_bytes is not None:
+            need = self.gate.bound(workers.max_item_bytes)
+            try:
+                self.ledger.reserve(INGEST_QUEUES, need)
+            except MemoryError as exc:
+                raise ValueError(f"memory_budget_bytes cannot hold the ingest queues, which need "
+                                 f"max(memory_budget_bytes / 16, max_message_bytes): {exc}; raise "
+                                 "memory_budget_bytes or lower max_message_bytes") from None
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
-                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel)
+                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel,
+                                              gate=self.gate)
                         for name, proc in self.processors.items()}
         self._t0 = time.monotonic()
         self._handlers = {"data": self._on_data, "frame": self._on_frame, "scan_end": self._on_scan_end}
@@ -394,7 +412,9 @@ class ScanManager:
                       memory_bytes=self.ledger.used, memory_budget_bytes=self.ledger.budget,
                       recognizers=list(self.processors),
                       counters={**self.counters,
-                                "backpressure_waits": sum(w.queue.waits for w in self.workers.values())},
+                                "backpressure_waits": sum(w.queue.waits for w in self.workers.values()),
+                                "queue_byte_waits": self.gate.waits, "queued_bytes": self.gate.used,
+                                "queued_bytes_peak": self.gate.peak},
                       queued_pixels=sum(w.queue.pixels for w in self.workers.values()))
 
     def query(self, request: Request) -> tuple[dict[str, Any], list, list[np.ndarray]]:
