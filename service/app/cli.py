@@ -120,6 +120,13 @@ def list_models(
         for out in c.outputs:
             typer.echo(f"    output {out.name} ({out.role}): {', '.join(out.labels)}")
         typer.echo(f"    {c.architecture}")
+        if c.novelty is None:
+            typer.echo("    novelty: none (this model cannot say when its input is unlike its training data; "
+                       "its answers carry no novel map)")
+        else:
+            figures = ", ".join(f"{k}={v:.4g}" for k, v in c.novelty.calibration.items())
+            typer.echo(f"    novelty: {c.novelty.method}; novel above {c.novelty.threshold:.4g}"
+                       + (f" ({figures})" if figures else ""))
         if c.metrics:
             typer.echo("    held-out: " + ", ".join(f"{k}={v:.4g}" for k, v in c.metrics.items()))
         typer.echo(f"    file   {rec.path}")

@@ -21,6 +21,12 @@ from pydantic import BaseModel
 
 from ..protocol.messages import ArraySpec, RecognizerSummary, ScanStart
 
+#: The published names of a model's novelty output (docs/protocol.md §4.2): the score, and the mask of
+#: scores above the card's threshold (1 = novel: unlike the training data, the answer not vouched for).
+NOVELTY, NOVEL = "novelty", "novel"
+#: A scan is reported ``mostly_foreign`` once more than this share of what a recognizer has seen is novel.
+FOREIGN_FRACTION = 0.5
+
 #: What a processor takes: lines of spectra (``data`` messages) or whole images (``frame`` messages).
 Takes = Literal["spectra", "frames"]
 
@@ -90,6 +96,11 @@ class Binding(ABC):
 
     def map_specs(self) -> list[ArraySpec]:
         """The per-pixel maps this binding fills, announced in ``scan_started`` (none for frames)."""
+        return []
+
+    def notices(self) -> list[tuple[str, str]]:
+        """(event code, reason) of warnings the results stored so far call for, each at most once per scan
+        (``mostly_foreign``); the manager publishes them after the result."""
         return []
 
     @abstractmethod

@@ -290,6 +290,8 @@ class ScanManager:
                 counter, n = item.binding.recognized(item)
                 self.counters[counter] += n
                 out.append(item.binding.publication(item, outputs, latency))
+                out += [self.event(code, reason, scan_id=scan.scan_id, level="warning")
+                        for code, reason in item.binding.notices()]
         except Exception as exc:  # a result that cannot be stored or published must not stall the scan
             log.exception("result of scan %s seq %s could not be published", scan.scan_id, item.seq)
             scan.rejected.setdefault(item.seq, f"internal: {exc}")

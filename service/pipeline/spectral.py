@@ -19,7 +19,7 @@ from ..protocol import topics
 from ..protocol.messages import ArraySpec, Axis, Maps, RecognizerSummary, ScanStart, line_slice
 from .axis import AxisError, AxisMap
 from .onnx_model import ModelError, OnnxModel
-from .processor import Binding, Processor, Publication, WorkItem
+from .processor import FOREIGN_FRACTION, NOVEL, NOVELTY, Binding, Processor, Publication, WorkItem
 from .stats import latency_percentiles
 
 
@@ -48,6 +48,8 @@ class SpectralBinding(Binding):
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))  # bool [rows, cols]
     state: Any = None  # per-scan state of a stateful processor
+    novel_pixels: int = 0  # recognized pixels whose novelty is above the threshold (models with novelty)
+    foreign_reported: bool = False
     _line_specs: dict[int, list[ArraySpec]] = field(default_factory=dict)
 
     def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
@@ -75,11 +77,32 @@ class SpectralBinding(Binding):
 
     def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
         sl = line_slice(item.row, item.col0, item.n_pixels)
+        before = self.filled[sl]
+        # distinct pixels: a line that overlaps earlier ones does not count its pixels twice
+        new_pixels = item.n_pixels - int(np.count_nonzero(before))
+        if NOVEL in outputs:
+            self.novel_pixels += (int(np.count_nonzero(outputs[NOVEL]))
+                                  - int(np.count_nonzero(self.maps[NOVEL][sl][before])))
         for name, values in outputs.items():
             self.maps[name][sl] = values
-        # distinct pixels: a line that overlaps earlier ones does not count its pixels twice
-        self.pixels_done += item.n_pixels - int(np.count_nonzero(self.filled[sl]))
+        self.pixels_done += new_pixels
         self.filled[sl] = True
+
+    @property
+    def novel_fraction(self) -> float | None:
+        """The share of recognized pixels flagged novel (None: the processor has no novelty output)."""
+        if NOVEL not in self.maps:
+            return None
+        return self.novel_pixels / self.pixels_done if self.pixels_done else 0.0
+
+    def notices(self) -> list[tuple[str, str]]:
+        fraction = self.novel_fraction
+        if self.foreign_reported or fraction is None or fraction <= FOREIGN_FRACTION:
+            return []
+        self.foreign_reported = True
+        return [("mostly_foreign", f"{self.processor.name}: {self.novel_pixels} of the {self.pixels_done} pixels "
+                 f"recognized so far ({fraction:.0%}) are novel, unlike its training data: its maps of this scan "
+                 "are not vouched for (the `novel` map shows where)")]
 
     def record(self, item: WorkItem, latency_ms: float) -> None:
         self.latencies_ms.append(latency_ms)  # pixels were counted by ``store``
@@ -155,7 +178,7 @@ class SpectralProcessor(Processor):
             total = max(int(counts.sum()), 1)
             fractions = {label: float(c) / total for label, c in zip(labels, counts)}
         return RecognizerSummary(pixels_recognized=binding.pixels_done, class_fractions=fractions,
-                                 **latency_percentiles(binding.latencies_ms))
+                                 novel_fraction=binding.novel_fraction, **latency_percentiles(binding.latencies_ms))
 
     def extras(self, binding: SpectralBinding) -> list[tuple[ArraySpec, np.ndarray]]:
         """Arrays beyond the maps that a snapshot carries (e.g. PCA loadings)."""
@@ -176,6 +199,7 @@ class SpectralRecognizer(SpectralProcessor):
         self.channels = card.input.axis.size
         self.input_shape = (self.channels,) if self.components is None else (self.channels, len(self.components))
         self._output_names = [o.name for o in card.outputs]
+        self.novelty_threshold = card.novelty.threshold if card.novelty is not None else None
         self._pixel_specs = self._build_pixel_specs()
         if warm_up_batch:
             self.run(np.zeros((warm_up_batch, *self.input_shape), np.float32))
@@ -209,6 +233,9 @@ class SpectralRecognizer(SpectralProcessor):
             if out.role == "class_probabilities":
                 specs.append(ArraySpec(name="class", dtype="uint8", shape=[], labels=out.labels))
                 specs.append(ArraySpec(name="confidence", dtype="float32", shape=[]))
+            elif out.role == "novelty":
+                specs.append(ArraySpec(name=NOVELTY, dtype="float32", shape=[]))
+                specs.append(ArraySpec(name=NOVEL, dtype="uint8", shape=[]))
             else:
                 specs.append(ArraySpec(name=out.name, dtype="float32", shape=[len(out.labels)],
                                        labels=out.labels, units=out.units))
@@ -238,6 +265,10 @@ class SpectralRecognizer(SpectralProcessor):
             if out.role == "class_probabilities":
                 result["class"] = value.argmax(axis=1).astype(np.uint8)
                 result["confidence"] = value.max(axis=1).astype(np.float32, copy=False)
+            elif out.role == "novelty":
+                score = value.reshape(len(value)).astype(np.float32, copy=False)
+                result[NOVELTY] = score
+                result[NOVEL] = (score > self.novelty_threshold).astype(np.uint8)
             else:
                 result[out.name] = value.astype(np.float32, copy=False)
         return result

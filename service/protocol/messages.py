@@ -205,6 +205,7 @@ EventCode = Literal[
     "lost",  # seq numbers that never arrived before scan_end / timeout
     "scan_timeout",  # a scan closed because nothing arrived for too long
     "aborted",  # the service stopped before the scan ended; its summary (state aborted) follows
+    "mostly_foreign",  # more than half of what a recognizer has seen of a scan is novel (unlike its training data)
     "internal",  # a bug in scanlens; the scan it names may be incomplete
 ]
 
@@ -294,6 +295,9 @@ class RecognizerSummary(_Strict):
     latency_ms_p50: float | None = None
     latency_ms_p99: float | None = None
     frames_recognized: Index | None = None
+    novel_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="share of the recognized pixels (frames) flagged novel: unlike the "
+        "recognizer's training data, its answer not vouched for; absent when the model has no novelty calibration")
     tracking: dict[str, Any] | None = Field(
         default=None, description="frames: defect tracks, diffusion coefficients, transition matrix")
 

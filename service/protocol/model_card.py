@@ -50,14 +50,28 @@ class OutputSpec(_Card):
     ``confidence`` (float32 max probability); ``parameters`` ``[n, len(labels)]`` is published under
     ``name`` as float32 with its labels and units; ``segmentation`` ``[n, len(labels), h, w]`` (per-pixel
     class probabilities of an image model) is turned into a class map, atoms and defects by the
-    service's post-processing, configured by the card's ``postprocess``.
+    service's post-processing, configured by the card's ``postprocess``; ``novelty`` ``[n]`` (one score per
+    pixel or frame, higher = further from the training data) is published as ``novelty`` (float32) and
+    ``novel`` (uint8, score above the card's ``novelty.threshold``).
     """
 
     name: str
-    role: Literal["class_probabilities", "parameters", "segmentation"]
+    role: Literal["class_probabilities", "parameters", "segmentation", "novelty"]
     labels: list[str] = Field(min_length=1, max_length=255)
     units: list[str] | None = None
     description: str = ""
+
+
+class NoveltySpec(_Card):
+    """How a model tells its own kind of input from foreign input: the ``novelty`` output's meaning and the
+    threshold above which a pixel (frame) is flagged novel, calibrated on held-out training-like data."""
+
+    output: str = Field(description="the ONNX output of role novelty")
+    threshold: float = Field(description="a pixel (frame) is novel when its score is above this")
+    method: str = Field(description="how the score is computed")
+    calibration: dict[str, float] = Field(
+        default_factory=dict, description="quantile of the held-out scores the threshold sits at, the held-out "
+                                          "fraction flagged, sample counts, fractions flagged on foreign data")
 
 
 class ModelCard(_Card):
@@ -75,6 +89,19 @@ class ModelCard(_Card):
     postprocess: dict[str, Any] = Field(
         default_factory=dict, description="image models: which segmentation classes are atoms and defects, "
                                           "peak-finding parameters")
+    novelty: NoveltySpec | None = Field(
+        default=None, description="the novelty output and its threshold; None: the model cannot say when an "
+                                  "input is unlike its training data (served without novelty)")
+
+    @model_validator(mode="after")
+    def _novelty_output(self) -> ModelCard:
+        named = [o.name for o in self.outputs if o.role == "novelty"]
+        if self.novelty is None and named:
+            raise ValueError(f"output {named[0]!r} has role novelty but the card has no novelty section")
+        if self.novelty is not None and named != [self.novelty.output]:
+            raise ValueError(f"novelty.output {self.novelty.output!r} must be the card's one output of role "
+                             f"novelty (found {named})")
+        return self
 
 
 def card_from_metadata(metadata: Mapping[str, str]) -> ModelCard:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from .leaks import (LeakError, ZmqSnapshot, check_task_leaks, check_zmq_leaks, leak_check, task_snapshot,
                     zmq_leaks, zmq_snapshot)
-from .models import (BAND_LABELS, FRAME_LABELS, FRAME_PIXEL_NM, band_axis, band_spectra, render_frame,
+from .models import (BAND_LABELS, BAND_NOVELTY_THRESHOLD, FRAME_LABELS, FRAME_PIXEL_NM, band_axis, band_spectra, render_frame,
                      send_band_scan, write_band_model, write_frame_model)
 from .manager import Clock, ManagerHarness, through_wire
 from .processes import CliResult, ServeProcess, run_cli, run_cli_result, serve_process
@@ -28,7 +28,7 @@ from .waiting import wait_for, wait_for_event, wait_for_summary
 from .wire import data_frames, nested_map
 
 __all__ = [
-    "BAND_LABELS", "CliResult", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
+    "BAND_LABELS", "BAND_NOVELTY_THRESHOLD", "CliResult", "Clock", "FRAME_LABELS", "FRAME_PIXEL_NM", "LOOPBACK", "LeakError", "ManagerHarness",
     "ServeProcess", "ZmqSnapshot", "band_axis", "band_spectra", "check_task_leaks", "check_zmq_leaks", "connected",
     "data_frames", "leak_check", "live", "loopback_settings", "nested_map", "render_frame", "run_cli", "run_cli_result",
     "send_band_scan", "serve_process", "serving", "task_snapshot", "through_wire", "wait_for", "wait_for_event",

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..client import Instrument
 from ..protocol.messages import Axis, PixelSize
-from ..protocol.model_card import CARD_KEY, InputSpec, ModelCard, OutputSpec
+from ..protocol.model_card import CARD_KEY, InputSpec, ModelCard, NoveltySpec, OutputSpec
 
 BAND_LABELS = ["low", "mid", "high"]
 FRAME_LABELS = ["background", "atom", "vacancy"]
@@ -38,8 +38,16 @@ def band_axis(size: int = 60, offset: float = 10.0, scale: float = 1.0, units: s
     return Axis(size=size, offset=offset, scale=scale, units=units)
 
 
-def write_band_model(path: Path, *, name: str = "band", modality: str = "eels", axis: Axis | None = None) -> Path:
-    """Write the band model (with its model card) to ``path``; returns ``path``."""
+#: The band model's novelty threshold (``write_band_model(novelty=True)``): a spectrum whose counts are
+#: not mostly in one band (a flat one scores 2/3) is novel.
+BAND_NOVELTY_THRESHOLD = 0.5
+
+
+def write_band_model(path: Path, *, name: str = "band", modality: str = "eels", axis: Axis | None = None,
+                     novelty: bool = False) -> Path:
+    """Write the band model (with its model card) to ``path``; returns ``path``. With ``novelty`` it also
+    has a novelty output, 1 - the largest band share (0 for a band spectrum, 2/3 for a flat one), novel
+    above ``BAND_NOVELTY_THRESHOLD``."""
     axis = axis or band_axis()
     c = axis.size
     bands = np.zeros((c, 3), np.float32)
@@ -54,15 +62,21 @@ def write_band_model(path: Path, *, name: str = "band", modality: str = "eels", 
         helper.make_node("Mul", ["abundance", "sharp"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 3]),
+               helper.make_tensor_value_info("abundance", TensorProto.FLOAT, ["n", 3])]
+    if novelty:
+        nodes += [helper.make_node("ReduceMax", ["abundance"], ["largest"], axes=[1], keepdims=0),
+                  helper.make_node("Sub", ["one", "largest"], ["novelty"])]
+        outputs.append(helper.make_tensor_value_info("novelty", TensorProto.FLOAT, ["n"]))
     graph = helper.make_graph(
         nodes, name,
         [helper.make_tensor_value_info("spectra", TensorProto.FLOAT, ["n", c])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 3]),
-         helper.make_tensor_value_info("abundance", TensorProto.FLOAT, ["n", 3])],
+        outputs,
         initializer=[numpy_helper.from_array(bands, "bands"),
                      numpy_helper.from_array(np.array([1], np.int64), "axes"),
                      numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
-                     numpy_helper.from_array(np.array(50.0, np.float32), "sharp")],
+                     numpy_helper.from_array(np.array(50.0, np.float32), "sharp"),
+                     numpy_helper.from_array(np.array(1.0, np.float32), "one")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -71,8 +85,11 @@ def write_band_model(path: Path, *, name: str = "band", modality: str = "eels", 
         architecture="band sums + softmax (hand-built)",
         input=InputSpec(name="spectra", axis=axis, normalization="divide by total counts"),
         outputs=[OutputSpec(name="probabilities", role="class_probabilities", labels=BAND_LABELS),
-                 OutputSpec(name="abundance", role="parameters", labels=BAND_LABELS, units=["fraction"] * 3)],
-        training={"generator": "none"}, metrics={})
+                 OutputSpec(name="abundance", role="parameters", labels=BAND_LABELS, units=["fraction"] * 3)]
+        + ([OutputSpec(name="novelty", role="novelty", labels=["novelty"])] if novelty else []),
+        training={"generator": "none"}, metrics={},
+        novelty=NoveltySpec(output="novelty", threshold=BAND_NOVELTY_THRESHOLD,
+                            method="1 - the largest band share (hand-built)") if novelty else None)
     helper.set_model_props(model, {CARD_KEY: card.model_dump_json()})
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
