@@ -5,6 +5,12 @@ binary and ternary mixtures rendered with the same physics at random dose, read 
 shift, on the simulator's axis and on finer axes, then resampled onto the model axis by linear
 interpolation exactly as the service does. Normalisation (divide by the spectrum's sum, standardise
 per channel) is inside the graph, so the ONNX input is raw counts.
+
+Honesty (``models/novelty.py``): the class probabilities are temperature-calibrated on held-out
+training-like pixels, and a novelty head scores each spectrum's distance from the training spectra
+(variance-stabilised counts, ``2 sqrt(counts + 3/8)``, against their principal subspace); the card
+records its threshold and the flagged fractions on the held-out scan and on foreign data (flat noise,
+another instrument's spectra, the LAO phase the model has never seen).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from scanlens.sim.eels import (
     EELSSample,
     simulate_spectra,
 )
+from scanlens.sim.foreign import OTHER_EELS_AXIS, eels_other_instrument, flat_noise
+from scanlens.models.novelty import NoveltyFit, WithNovelty, fit_novelty, fit_temperature, novelty_output
+from scanlens.models.scoring import expected_calibration_error
 from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting  # noqa: F401 (re-exported)
 from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
 from scanlens.models.training import trainer
@@ -53,6 +62,9 @@ TRAIN_SEED_BASE = 1000
 HIDDEN = (128, 64)
 INPUT_NAME = "spectra"
 OUTPUT_NAMES = ("probabilities", "abundance")
+NOVELTY_COMPONENTS = 12
+NOVELTY_FEATURES = "2 sqrt(counts + 3/8) on the model axis (variance-stabilised counts)"
+FOREIGN_SEED = 4242  # the foreign data the card's flagged fractions are measured on
 MSE_WEIGHT = 20.0
 DOSE_RANGE = (0.3, 3.0)  # x EELSConfig().dose, log-uniform
 MAX_SHIFT_EV = 0.3
@@ -75,10 +87,14 @@ class Recipe:
     epochs: int
     batch: int = 512
     lr: float = 3e-3
+    #: held-out training-like data (not trained on), from their own seeds: whole randomised scans, on which
+    #: the temperature is fitted, and these plus this many mixtures, on which the novelty threshold is set
+    n_calibration_scans: int = 2
+    n_calibration: int = 40_000
 
 
 FULL = Recipe(n_scans=8, scan_keep=0.35, n_mixtures=240_000, epochs=30)
-QUICK = Recipe(n_scans=1, scan_keep=0.2, n_mixtures=12_000, epochs=3)
+QUICK = Recipe(n_scans=1, scan_keep=0.2, n_mixtures=12_000, epochs=3, n_calibration_scans=1, n_calibration=4_000)
 
 
 # --------------------------------------------------------------------------- data
@@ -170,6 +186,7 @@ class EELSNet(nn.Module):
         self.body, width = silu_mlp(n_in, hidden)
         self.classes = nn.Linear(width, n_out)
         self.abundance = nn.Linear(width, n_out)
+        self.register_buffer("temperature", torch.ones(()))  # class logits / T (fitted after training)
         self.n_in = n_in
 
     def normalize(self, counts: torch.Tensor) -> torch.Tensor:
@@ -182,13 +199,38 @@ class EELSNet(nn.Module):
 
     def forward(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cls, abd = self.logits(counts)
-        return torch.softmax(cls, dim=-1), torch.softmax(abd, dim=-1)
+        return torch.softmax(cls / self.temperature, dim=-1), torch.softmax(abd, dim=-1)
+
+    def novelty_features(self, counts: torch.Tensor) -> torch.Tensor:
+        return novelty_features(counts)
 
     @torch.no_grad()
     def fit_normalization(self, counts: torch.Tensor) -> None:
         z = self.normalize(counts)
         self.mean.copy_(z.mean(dim=0))
         self.std.copy_(z.std(dim=0).clamp_min(1e-3))
+
+
+def novelty_features(counts):
+    """What the novelty head measures (torch tensor or numpy array of raw counts): variance-stabilised
+    counts, so that Poisson noise weighs the same at every dose and channel."""
+    if isinstance(counts, np.ndarray):
+        return (2.0 * np.sqrt(np.clip(counts, 0.0, None) + 0.375)).astype(np.float32)
+    return 2.0 * torch.sqrt(counts.clamp_min(0.0) + 0.375)
+
+
+def foreign_data(n: int = 4000, seed: int = FOREIGN_SEED) -> dict[str, np.ndarray]:
+    """Spectra the model was not trained on, on the model axis as the service would feed them: flat
+    Poisson noise, another instrument's spectra (zero-loss peak, plasmons, power-law tail, their own
+    calibration), and pure LAO, a phase outside the training set, at the training doses."""
+    rng = np.random.default_rng(seed)
+    d0 = EELSConfig().dose
+    dose = d0 * np.exp(rng.uniform(math.log(DOSE_RANGE[0]), math.log(DOSE_RANGE[1]), n))
+    lao = simulate_spectra(np.tile([0.0, 0.0, 0.0, 1.0], (n, 1)), DEFAULT_AXIS, dose=dose,
+                           read_noise=EELSConfig().read_noise, rng=rng)
+    return {"flat_noise": flat_noise(n, MODEL_AXIS.size, rng),
+            "other_instrument": resample(eels_other_instrument(n, rng), OTHER_EELS_AXIS),
+            "unknown_phase": resample(lao, DEFAULT_AXIS)}
 
 
 def architecture() -> str:
@@ -267,10 +309,36 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
 
         heldout = EELSSample(EELSConfig(seed=HELDOUT_SEED))
         x_val = scan_spectra(heldout)
+        gt_val = heldout.phase.reshape(-1)
+        probs, _ = predict(model, x_val)
+        ece_before = expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == gt_val)
+
+        # honesty, on held-out training-like pixels: the temperature, then the novelty threshold
+        cal_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
+        cal_seeds = [TRAIN_SEED_BASE + seed * 100 + 50 + k for k in range(recipe.n_calibration_scans)]
+        cal_scans = [make_scan_pixels(cal_rng, s, 1.0) for s in cal_seeds]  # every pixel, as a scan has them
+        x_scans, a_scans = np.concatenate([x for x, _ in cal_scans]), np.concatenate([a for _, a in cal_scans])
+        with torch.no_grad():
+            cal_logits = model.logits(torch.from_numpy(x_scans))[0].numpy()
+        model.temperature.fill_(fit_temperature(cal_logits, a_scans.argmax(axis=1)))
+        x_mix, _ = make_mixtures(cal_rng, recipe.n_calibration)
+        x_cal = np.concatenate([x_scans, x_mix])
+        novelty = fit_novelty(novelty_features(x_np), novelty_features(x_cal), components=NOVELTY_COMPONENTS,
+                              features=NOVELTY_FEATURES, seed=seed)
+        novelty.calibration["heldout_scan_flagged"] = novelty.flagged(novelty_features(x_val))
+        for name, x_foreign in foreign_data().items():
+            novelty.calibration[f"{name}_flagged"] = novelty.flagged(novelty_features(x_foreign))
+        emit(progress, TrainProgress("calibrate", 1, 1, message=f"temperature {float(model.temperature):.3f}, "
+                                     f"novelty threshold {novelty.threshold:.3g}"))
+        clock.lap("calibration")
+
         probs, abd = predict(model, x_val)
         metrics = scan_metrics(probs, abd, heldout)
+        metrics["ece"] = expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == gt_val)
+        metrics["ece_uncalibrated"] = ece_before
+        metrics["temperature"] = float(model.temperature)
         metrics["final_train_loss"] = float(loss_value)
-        log.info("%s; held-out %s", clock, metrics)
+        log.info("%s; held-out %s; novelty %s", clock, metrics, novelty.calibration)
 
     d0 = EELSConfig().dose
     training: dict[str, Any] = {
@@ -289,9 +357,14 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "shift_eV_range": [-MAX_SHIFT_EV, MAX_SHIFT_EV],
         "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
         "resampling": "np.interp (linear) at the model axis channel positions",
+        "calibration": f"temperature on the {len(x_scans)} pixels of held-out randomised scans (seeds {cal_seeds}); "
+                       f"novelty threshold on those and {recipe.n_calibration} held-out mixtures; ece on the "
+                       f"held-out scan ({len(x_val)} pixels, 15 equal-width bins)",
+        "foreign_data": f"scanlens.models.eels.foreign_data(seed={FOREIGN_SEED})",
         "torch": torch.__version__,
     }
-    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed))
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed),
+                       novelty=novelty)
 
 
 def model_card(result: TrainResult[EELSNet]) -> ModelCard:
@@ -312,7 +385,7 @@ def model_card(result: TrainResult[EELSNet]) -> ModelCard:
                 name="probabilities",
                 role="class_probabilities",
                 labels=list(PHASES),
-                description="softmax over phases; trained on argmax(abundance)",
+                description="softmax over phases (temperature-calibrated); trained on argmax(abundance)",
             ),
             OutputSpec(
                 name="abundance",
@@ -321,15 +394,18 @@ def model_card(result: TrainResult[EELSNet]) -> ModelCard:
                 units=["fraction"] * len(PHASES),
                 description="linear-mixing fractions, non-negative, summing to 1",
             ),
+            novelty_output(),
         ],
         training=result.training,
         metrics=result.metrics,
+        novelty=result.novelty.spec(),
     )
 
 
 def export(result: TrainResult[EELSNet], out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
+    return export_reporting(WithNovelty(result.model, result.novelty.head), result.check_inputs, out_path,
+                            model_card(result), (*OUTPUT_NAMES, "novelty"), progress)
 
 
 train = trainer(NAME, fit, export)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from scanlens.models.export import ProgressFn, TrainProgress, emit
+from scanlens.models.novelty import NoveltyFit
 
 _WEIGHT_DECAY_TEXT = "1e-4"  # as the cards write it
 WEIGHT_DECAY = float(_WEIGHT_DECAY_TEXT)
@@ -41,6 +42,7 @@ class TrainResult(Generic[ModelT]):
     metrics: dict[str, float]
     training: dict[str, Any]
     check_inputs: np.ndarray
+    novelty: NoveltyFit | None = None  # the novelty head and its threshold (models/novelty.py)
 
 
 class EpochRecipe(Protocol):

@@ -163,3 +163,19 @@ async def test_spectral_recognizer_requested_for_frames_is_refused(frame_setting
                                   pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
         ev = await wait_for_event(sub, "scan_rejected")
     assert ev.scan_id == "mixed" and "takes spectra" in ev.reason
+
+
+async def test_a_frame_without_dynamic_range_is_refused_clearly(frame_settings):
+    """Issue 11: intensity units do not matter (the recognizer normalises), but a frame with nothing to
+    normalise — every pixel equal — is refused, not recognized as an empty lattice; the scan goes on."""
+    shape = (32, 32)
+    good = render_frame(shape, lattice(shape), np.zeros((0, 2)))
+    frames = [np.zeros(shape, np.float32), np.full(shape, 7.5, np.float32), good]
+    async with live(frame_settings, scan_id="flat") as (_, inst, sub):
+        await send_movie(inst, "flat", frames)
+        results, summary = await collect(sub, "flat")
+    assert [r.header.frame for r in results] == [2]
+    assert sorted(r.seq for r in summary.rejected) == [0, 1]
+    assert all("no usable dynamic range" in r.reason for r in summary.rejected)
+    assert summary.state == "incomplete" and summary.recognizers["frame-test"].frames_recognized == 1
+    assert summary.recognizers["frame-test"].novel_fraction is None  # the test model has no novelty

@@ -27,7 +27,7 @@ from ..protocol.messages import ArraySpec, FrameResult, PixelSize, RecognizerSum
 from .atoms import PostProcess, postprocess
 from .axis import AxisError, length_factor
 from .onnx_model import ModelError, OnnxModel
-from .processor import Binding, Processor, Publication, WorkItem
+from .processor import FOREIGN_FRACTION, NOVEL, NOVELTY, Binding, Processor, Publication, WorkItem
 from .stats import latency_percentiles
 from .tracking import DefectTracker
 
@@ -88,6 +88,8 @@ class FrameBinding(Binding):
     tracker: DefectTracker | None = None
     pixel_size_nm: float | None = None
     frames_done: int = 0
+    frames_novel: int = 0  # recognized frames whose novelty is above the threshold (models with novelty)
+    foreign_reported: bool = False
     last: dict[str, Any] = field(default_factory=dict)
     last_frame: int | None = None
     order: collections.deque[int] = field(default_factory=collections.deque)  # seqs admitted, in order
@@ -154,7 +156,24 @@ class FrameBinding(Binding):
 
     def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
         self.frames_done += 1
+        self.frames_novel += bool(outputs.get(NOVEL))
         self.last, self.last_frame = outputs, item.row
+
+    @property
+    def novel_fraction(self) -> float | None:
+        """The share of recognized frames flagged novel (None: the model has no novelty output)."""
+        if self.processor.novelty_threshold is None:
+            return None
+        return self.frames_novel / self.frames_done if self.frames_done else 0.0
+
+    def notices(self) -> list[tuple[str, str]]:
+        fraction = self.novel_fraction
+        if self.foreign_reported or fraction is None or fraction <= FOREIGN_FRACTION:
+            return []
+        self.foreign_reported = True
+        return [("mostly_foreign", f"{self.processor.name}: {self.frames_novel} of the {self.frames_done} frames "
+                 f"recognized so far ({fraction:.0%}) are novel, unlike its training frames: their atoms and defects "
+                 "are not vouched for (each frame_result says novel)")]
 
     def publication(self, item: WorkItem, outputs: dict[str, Any], latency_ms: float) -> Publication:
         rec = self.processor
@@ -162,7 +181,8 @@ class FrameBinding(Binding):
         return Publication(topics.scan_topic(item.scan_id, topics.FRAME), FrameResult(
             scan_id=item.scan_id, recognizer=rec.name, seq=item.seq, frame=item.row, latency_ms=latency_ms,
             n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs,
-            tracking=outputs.get("tracking")), [outputs[s.name] for s in specs])
+            tracking=outputs.get("tracking"), novelty=outputs.get(NOVELTY), novel=outputs.get(NOVEL)),
+            [outputs[s.name] for s in specs])
 
     def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
         # ``filled`` as for spectral maps (frames fill no per-pixel maps, so it stays zero), then the
@@ -199,6 +219,9 @@ class FrameRecognizer(Processor):
         self.modality = card.modality
         self.seg_output = seg[0]
         self._output_names = [seg[0].name]
+        self.novelty_threshold = card.novelty.threshold if card.novelty is not None else None
+        if card.novelty is not None:
+            self._output_names.append(card.novelty.output)
         try:
             self.pp = PostProcess.from_card(seg[0].labels, card.postprocess)
         except (KeyError, ValueError) as exc:
@@ -264,12 +287,17 @@ class FrameRecognizer(Processor):
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Probabilities ``[C, h, w]`` of an image already at the model's pixel size (padded for the
         network to a multiple of ``size_multiple``, cropped back)."""
+        return self.segment_scored(image)[0]
+
+    def segment_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """``segment``, and the frame's novelty score (None: the model has no novelty output)."""
         h, w = image.shape
         m = self.multiple
         padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
         with self._run_slots:
-            probs = self.model.run(self._output_names, padded[None, None])[0]
-        return probs[0, :, :h, :w]
+            outputs = self.model.run(self._output_names, padded[None, None])
+        novelty = float(outputs[1].reshape(-1)[0]) if len(outputs) > 1 else None
+        return outputs[0][0, :, :h, :w], novelty
 
     def recognize(self, image: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class map, atoms and defects of one frame (``recognize_image`` with this network)."""
@@ -285,16 +313,27 @@ class FrameRecognizer(Processor):
 
     def _process_one(self, item: WorkItem) -> dict[str, Any]:
         binding: FrameBinding = item.binding  # type: ignore[assignment]
-        classes, atoms, defects = self.recognize(item.values, binding.zoom)
+        scores: list[float | None] = []
+
+        def segment(image: np.ndarray) -> np.ndarray:
+            probs, novelty = self.segment_scored(image)
+            scores.append(novelty)
+            return probs
+
+        classes, atoms, defects = recognize_image(segment, self.pp, item.values, binding.zoom)
         ids, tracking = binding.track_in_order(item.seq, item.row, defects)
-        return {"classes": classes, "atoms": atoms,
-                "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32),
-                "tracking": tracking}  # not an array: the frame_result header carries it
+        out = {"classes": classes, "atoms": atoms,
+               "defects": np.column_stack([defects, ids.astype(np.float32)]).astype(np.float32),
+               "tracking": tracking}  # not an array: the frame_result header carries it, as novelty
+        if self.novelty_threshold is not None and scores and scores[0] is not None:
+            out[NOVELTY] = scores[0]
+            out[NOVEL] = scores[0] > self.novelty_threshold
+        return out
 
     def summarize(self, binding: Binding) -> RecognizerSummary:
         assert isinstance(binding, FrameBinding)
         return RecognizerSummary(pixels_recognized=binding.pixels_done, frames_recognized=binding.frames_done,
-                                 tracking=binding.tracker.summary(pixel_size_nm=binding.pixel_size_nm),
+                                 novel_fraction=binding.novel_fraction, tracking=binding.tracker.summary(pixel_size_nm=binding.pixel_size_nm),
                                  **latency_percentiles(binding.latencies_ms))
 
     def describe(self) -> dict[str, Any]:

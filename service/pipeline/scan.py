@@ -121,14 +121,16 @@ class ScanState:
             raise self._reject(msg, f"frame {msg.frame} is beyond scan_start's frames={self.start.frames}")
         if msg.frame <= self.last_frame:
             raise self._reject(msg, f"frame {msg.frame} does not follow frame {self.last_frame}")
-        image = self._payload(msg, buffers, "frame message", "frame contains")
+        image = self._payload(msg, buffers, "frame message", "frame contains", needs_range=True)
         self.last_frame = msg.frame
         self.pixels_received += image.size
         return image
 
-    def _payload(self, msg: Data | Frame, buffers: list[memoryview], kind: str, contents: str) -> np.ndarray:
-        """The one buffer of a data or frame message as a zero-copy array, finite if float; the seq counts
-        as received. ``kind`` and ``contents`` name the message and its values in rejection reasons."""
+    def _payload(self, msg: Data | Frame, buffers: list[memoryview], kind: str, contents: str, *,
+                 needs_range: bool = False) -> np.ndarray:
+        """The one buffer of a data or frame message as a zero-copy array, finite if float (and with
+        ``needs_range`` not constant: an image must have some dynamic range); the seq counts as received.
+        ``kind`` and ``contents`` name the message and its values in rejection reasons."""
         if len(buffers) != 1:
             raise self._reject(msg, f"{kind} must carry exactly 1 buffer, got {len(buffers)}")
         try:
@@ -137,6 +139,11 @@ class ScanState:
             raise self._reject(msg, str(exc)) from None
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise self._reject(msg, f"{contents} NaN or infinite values")
+        if needs_range and values.size:
+            lo, hi = float(values.min()), float(values.max())
+            if not hi - lo > 1e-6 * max(abs(lo), abs(hi)):  # below float32 precision: nothing to normalise
+                raise self._reject(msg, f"{contents} no usable dynamic range: every pixel is {lo:.6g} "
+                                        f"(to 1 part in 10^6); an image recognizer needs contrast")
         self.received.add(msg.seq)
         return values
 

@@ -268,6 +268,12 @@ class FrameResult(_Header):
     arrays: list[ArraySpec]
     tracking: dict[str, Any] | None = Field(
         default=None, description="running defect tracking statistics after this frame (as in scan_summary)")
+    novelty: float | None = Field(
+        default=None, description="models with novelty: how unlike the training frames this frame is (higher is "
+        "further)")
+    novel: bool | None = Field(
+        default=None, description="models with novelty: novelty above the card's threshold; the frame's atoms and "
+        "defects are not vouched for")
 
 
 class Event(_Header):

@@ -1,0 +1,141 @@
+"""Novelty heads and confidence calibration: what makes a recognizer say when it cannot vouch for an answer.
+
+**Novelty** (``SubspaceNovelty``): each model maps its raw input to features (``novelty_features``:
+variance-stabilised counts for EELS, the network's own standardised input elsewhere); the principal
+subspace of the training features holds what the training data varies in. A pixel's score is its
+squared distance from that subspace, per feature and in units of the training data's own residual
+there (so a feature that is noisy in training counts less):
+
+    score = mean_j ((f - m - B Bᵀ (f - m))_j² / v_j)
+
+with ``m`` the training mean, ``B`` the top ``k`` principal directions and ``v`` the per-feature residual
+variance, all fitted on training features and stored in the ONNX graph. Its threshold is the
+``QUANTILE`` quantile of the scores of *held-out* training-like samples (not used for the fit), so that
+share of the model's own kind of data is flagged; the card records it with the flagged fractions on
+held-out scans and on foreign data (``NoveltySpec``).
+
+**Calibration** (``fit_temperature``): the classifier's logits are divided by one temperature, fitted by
+minimising the negative log-likelihood on held-out samples; the expected calibration error before and
+after is measured on held-out scans (``scanlens.models.scoring.expected_calibration_error``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from scanlens.protocol.model_card import NoveltySpec, OutputSpec
+
+#: The share of held-out training-like samples the threshold lets through: 0.5 % of them are flagged.
+QUANTILE = 0.995
+OUTPUT_NAME = "novelty"
+
+
+class SubspaceNovelty(nn.Module):
+    """Squared distance from the training features' principal subspace, per feature, in units of the
+    training residual (see the module docstring). Input ``[n, d]`` features, output ``[n]`` scores."""
+
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, residual_var: np.ndarray):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))  # [d, k]
+        self.register_buffer("inv_var", torch.as_tensor(1.0 / residual_var, dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = features - self.mean
+        residual = z - (z @ self.basis) @ self.basis.T
+        return (residual * residual * self.inv_var).mean(dim=-1)
+
+
+@dataclass
+class NoveltyFit:
+    """A fitted head, its threshold and the figures for the card."""
+
+    head: SubspaceNovelty
+    threshold: float
+    method: str
+    calibration: dict[str, float] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def scores(self, features: np.ndarray, batch: int = 16384) -> np.ndarray:
+        return np.concatenate([self.head(torch.from_numpy(np.ascontiguousarray(features[i:i + batch],
+                                                                              np.float32))).numpy()
+                               for i in range(0, len(features), batch)]) if len(features) else np.zeros(0)
+
+    def flagged(self, features: np.ndarray) -> float:
+        """The share of these samples (features) whose score is above the threshold."""
+        return float(np.mean(self.scores(features) > self.threshold))
+
+    def spec(self) -> NoveltySpec:
+        return NoveltySpec(output=OUTPUT_NAME, threshold=self.threshold, method=self.method,
+                           calibration=dict(self.calibration))
+
+
+def novelty_output(description: str = "") -> OutputSpec:
+    """The card's output entry of a novelty head."""
+    return OutputSpec(name=OUTPUT_NAME, role="novelty", labels=["novelty"],
+                      description=description or "distance from the training data's principal subspace, per "
+                                                 "feature, in units of the training residual")
+
+
+def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
+                quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> NoveltyFit:
+    """Fit the subspace on (at most ``max_fit`` of) the training features ``fit`` ``[n, d]``, the threshold on
+    the held-out features ``held_out``; ``features`` says what they are (for the card's method)."""
+    rng = np.random.default_rng(seed)
+    if len(fit) > max_fit:
+        fit = fit[rng.choice(len(fit), max_fit, replace=False)]
+    fit = np.asarray(fit, np.float64)
+    mean = fit.mean(axis=0)
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    basis = vt[:components].T
+    z = fit - mean
+    residual = z - (z @ basis) @ basis.T
+    residual_var = np.maximum((residual**2).mean(axis=0), 1e-12 + 1e-6 * float((residual**2).mean()))
+    head = SubspaceNovelty(mean, basis, residual_var).eval()
+    result = NoveltyFit(head, 0.0, "")
+    held = result.scores(np.asarray(held_out, np.float32))
+    result.threshold = float(np.quantile(held, quantile))
+    result.method = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
+                     f"the training data, per feature in units of the training residual; threshold at the "
+                     f"{quantile:g} quantile of held-out training-like samples")
+    result.calibration = {"quantile": quantile, "components": float(components), "n_fit": float(len(fit)),
+                          "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > result.threshold))}
+    return result
+
+
+class WithNovelty(nn.Module):
+    """A recognizer network plus its novelty head: the network's outputs, then the novelty score. The
+    network provides ``novelty_features(x)`` (``[n, d]``) from its raw input."""
+
+    def __init__(self, net: nn.Module, head: SubspaceNovelty):
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.net(x)
+        out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return (*out, self.head(self.net.novelty_features(x)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of softmax(logits / T) on these held-out
+    samples (a bounded 1-d search over log T, which is convex)."""
+    lg = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
+
+    def nll(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(lg / np.exp(log_t), y))
+
+    lo, hi = np.log(0.05), np.log(20.0)
+    for _ in range(60):  # golden-section search
+        a, b = hi - (hi - lo) / 1.618, lo + (hi - lo) / 1.618
+        if nll(a) < nll(b):
+            hi = b
+        else:
+            lo = a
+    return float(np.exp(0.5 * (lo + hi)))
