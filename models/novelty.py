@@ -124,9 +124,10 @@ class WithNovelty(nn.Module):
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 minimising the negative log-likelihood of softmax(logits / T) on these held-out
-    samples (a bounded 1-d search over log T, which is convex)."""
+    samples (a bounded 1-d search over log T, which is convex). ``labels``: class indices ``[n]``, or target
+    distributions ``[n, classes]`` (soft labels, e.g. an atom column's profile)."""
     lg = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(labels, dtype=torch.long if np.asarray(labels).ndim == 1 else torch.float64)
 
     def nll(log_t: float) -> float:
         return float(nn.functional.cross_entropy(lg / np.exp(log_t), y))

@@ -42,7 +42,7 @@ class TrainResult(Generic[ModelT]):
     metrics: dict[str, float]
     training: dict[str, Any]
     check_inputs: np.ndarray
-    novelty: NoveltyFit | None = None  # the novelty head and its threshold (models/novelty.py)
+    novelty: NoveltyFit | None = field(default=None, kw_only=True)  # the novelty head and its threshold (models/novelty.py)
 
 
 class EpochRecipe(Protocol):
