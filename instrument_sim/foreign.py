@@ -147,3 +147,100 @@ def loops_outside_phase(n: int, rng: np.random.Generator, *, axis: Axis | None =
     dj = rng.uniform(0.0, dj_max, n)
     dh = rng.uniform(0.0, dh_max, n)
     return _with_noise(simulate_loops(j0, dj, dh, axis=axis, rng=rng), rng, noise)
+
+
+# --------------------------------------------------------------------------- band excitation (bepfm-mlp)
+#
+# Every bepfm_* generator returns ``[n, axis.size, 2]`` float32 (amplitude a.u., phase rad), components
+# ("amplitude", "phase") as the BE-PFM simulator (:mod:`scanlens.sim.bepfm`) has them, on ``axis``'s
+# frequencies (default: the simulator's band, 310-389.375 kHz): a complex response H(f) plus complex
+# Gaussian measurement noise n of rms ``sigma`` a.u. per bin (``sigma / sqrt(2)`` in each of the real and
+# imaginary parts), reported as ``|H + n|`` and the continuous phase ``arg H + arg(1 + n / H)``, exactly as
+# the simulator measures it. Each response draws its own ``sigma`` log-uniformly from ``noise_range``
+# (default 0.6-1.8 a.u., the simulator's default 1.0 a.u. times bepfm-mlp's training range).
+
+BEPFM_NOISE_RANGE: tuple[float, float] = (0.6, 1.8)
+
+
+def _bepfm_freqs(axis: Axis | None) -> tuple[Axis, np.ndarray]:
+    from scanlens.sim.bepfm import DEFAULT_AXIS, axis_frequencies  # numpy only, imported here as for the loops
+
+    axis = DEFAULT_AXIS if axis is None else axis
+    return axis, axis_frequencies(axis)
+
+
+def _bepfm_measure(h: np.ndarray, phase_model: np.ndarray, rng: np.random.Generator,
+                   noise_range: tuple[float, float]) -> np.ndarray:
+    """The simulator's measurement of complex responses ``h`` ``[n, bins]`` whose continuous phase is
+    ``phase_model``, with a noise rms drawn per response from ``noise_range`` (a.u., log-uniform)."""
+    n = h.shape[0]
+    sigma = np.exp(rng.uniform(np.log(noise_range[0]), np.log(noise_range[1]), (n, 1)))
+    z = h + sigma / np.sqrt(2.0) * (rng.standard_normal(h.shape) + 1j * rng.standard_normal(h.shape))
+    out = np.empty((*h.shape, 2), np.float32)
+    out[..., 0] = np.abs(z)
+    out[..., 1] = phase_model + np.angle(z * np.conj(h))
+    return out
+
+
+def _sho(f: np.ndarray, a0: np.ndarray, f0: np.ndarray, q: np.ndarray, phi0: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """Complex SHO response and its continuous phase ``[n, bins]`` (the simulator's oscillator)."""
+    ff, a0, f0, q, phi0 = f[None, :], a0[:, None], f0[:, None], q[:, None], phi0[:, None]
+    re, im = f0**2 - ff**2, ff * f0 / q
+    h = a0 * f0**2 * np.exp(1j * phi0) / (re + 1j * im)
+    return h, phi0 - np.arctan2(im, re)
+
+
+def bepfm_flat_noise(n: int, rng: np.random.Generator, *, axis: Axis | None = None,
+                     noise_range: tuple[float, float] = BEPFM_NOISE_RANGE) -> np.ndarray:
+    """A disconnected tip (or a broken drive): no resonance in the band, only a constant complex offset of
+    the lock-in (magnitude 0.1-3 a.u., any phase) and the measurement noise; the phase is that of the offset
+    plus the noise's, so it wanders over up to ±pi where the offset is below the noise."""
+    axis, f = _bepfm_freqs(axis)
+    c = rng.uniform(0.1, 3.0, (n, 1)) * np.exp(1j * rng.uniform(-np.pi, np.pi, (n, 1)))
+    h = np.broadcast_to(c, (n, f.size))
+    return _bepfm_measure(h, np.broadcast_to(np.angle(c), h.shape), rng, noise_range)
+
+
+def bepfm_cantilever_mode(n: int, rng: np.random.Generator, *, axis: Axis | None = None,
+                          noise_range: tuple[float, float] = BEPFM_NOISE_RANGE) -> np.ndarray:
+    """Another instrument's response dominated by a different resonance: a higher flexural mode of a free
+    (out-of-contact) cantilever in air, a sharp SHO with Q 400-1500 (the contact resonance's training Q is
+    20-200) at f0 330-370 kHz, its peak A0 Q 20-300 a.u., any phase offset (another instrument's phase
+    reference), over a weak flat background (0-1 a.u.)."""
+    axis, f = _bepfm_freqs(axis)
+    q = np.exp(rng.uniform(np.log(400.0), np.log(1500.0), n))
+    f0 = rng.uniform(330.0, 370.0, n)
+    a0 = np.exp(rng.uniform(np.log(20.0), np.log(300.0), n)) / q
+    phi0 = rng.uniform(-np.pi, np.pi, n)
+    h, phase = _sho(f, a0, f0, q, phi0)
+    h = h + rng.uniform(0.0, 1.0, (n, 1)) * np.exp(1j * phi0[:, None])
+    return _bepfm_measure(h, phase, rng, noise_range)
+
+
+def bepfm_electrostatic(n: int, rng: np.random.Generator, *, axis: Axis | None = None,
+                        noise_range: tuple[float, float] = BEPFM_NOISE_RANGE) -> np.ndarray:
+    """Another instrument's response shape: a non-resonant electrostatic tip-sample force read far from any
+    mode, a flat amplitude (3-40 a.u., with a tilt of ±20 % across the band) whose phase is linear in
+    frequency, ``phi0 - 2 pi f tau``, from a signal delay tau of 2-20 µs (0.8-8 rad across 66 kHz)."""
+    axis, f = _bepfm_freqs(axis)
+    fc = 0.5 * (f[0] + f[-1])
+    amp = rng.uniform(3.0, 40.0, (n, 1)) * (1.0 + rng.uniform(-0.2, 0.2, (n, 1)) * (f[None, :] - fc) / (f[-1] - fc))
+    tau_ms = rng.uniform(2e-3, 20e-3, (n, 1))  # kHz x ms = cycles
+    phase = rng.uniform(-np.pi, np.pi, (n, 1)) - 2.0 * np.pi * (f[None, :] - fc) * tau_ms
+    return _bepfm_measure(amp * np.exp(1j * phase), phase, rng, noise_range)
+
+
+def bepfm_hard_ferroelectric(n: int, rng: np.random.Generator, *, axis: Axis | None = None,
+                             noise_range: tuple[float, float] = BEPFM_NOISE_RANGE) -> np.ndarray:
+    """A phase outside bepfm-mlp's training set: a hard ferroelectric film (PZT-like), whose piezoresponse
+    is 10-50 times the bacteria's and substrate's (quasi-static A0 4-20 a.u. against 0.1-1.5) on a stiff
+    contact of Q 250-600 (training 20-200), at f0 330-372 kHz, with the domain's phase offset 0 or pi
+    (up or down polarisation, ±0.1 rad)."""
+    axis, f = _bepfm_freqs(axis)
+    a0 = np.exp(rng.uniform(np.log(4.0), np.log(20.0), n))
+    q = np.exp(rng.uniform(np.log(250.0), np.log(600.0), n))
+    f0 = rng.uniform(330.0, 372.0, n)
+    phi0 = np.pi * rng.integers(0, 2, n) + rng.normal(0.0, 0.1, n)
+    h, phase = _sho(f, a0, f0, q, phi0)
+    return _bepfm_measure(h, phase, rng, noise_range)

@@ -8,6 +8,14 @@ rendered on the simulator's band and on other frequency axes (one of them in Hz)
 the model axis by linear interpolation with the service's own ``AxisMap``. Normalisation
 (``asinh`` of the amplitude, per-feature standardisation) is inside the graph, so the ONNX input is
 the raw ``[n, 112, 2]`` (amplitude a.u., phase rad) response.
+
+Honesty (``models/novelty.py``, issue 11): the class probabilities are temperature-calibrated on held-out
+training-like scans (their own seeds, never trained on), and a novelty head scores each response's
+distance from the training responses (``BEPFMNet.novelty_features``: the network's standardised input,
+the standardised lock-in quadratures and the response's amplitude scale, against their principal
+subspace); the card records its threshold and the flagged fractions on the held-out scan and on foreign
+data (``foreign_data``: a disconnected tip, a free cantilever mode, an electrostatic response, a hard
+ferroelectric film; ``scanlens.sim.foreign``).
 """
 
 from __future__ import annotations
@@ -23,6 +31,14 @@ import torch
 from torch import nn
 
 from scanlens.sim.bepfm import CLASSES, COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
+from scanlens.sim.foreign import (
+    bepfm_cantilever_mode,
+    bepfm_electrostatic,
+    bepfm_flat_noise,
+    bepfm_hard_ferroelectric,
+)
+from scanlens.models.novelty import WithNovelty, fit_novelty, fit_temperature, novelty_output
+from scanlens.models.scoring import expected_calibration_error
 from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting
 from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
 from scanlens.models.training import trainer
@@ -50,6 +66,13 @@ HIDDEN = (128, 64)
 INPUT_NAME = "response"
 OUTPUT_NAMES = ("probabilities",)
 NOISE_RANGE = (0.6, 1.8)  # x BEPFMConfig().noise, log-uniform
+NOVELTY_COMPONENTS = 16
+NOVELTY_FEATURES = (
+    "the network's standardised input (asinh amplitude, phase; 224), the standardised asinh of the lock-in's "
+    "in-phase and quadrature parts A cos(phase), A sin(phase) (224), and the standardised amplitude scale "
+    "(max, mean, min of asinh amplitude over the band; 3) with its square (3)"
+)
+FOREIGN_SEED = 4242  # the foreign data the card's flagged fractions are measured on
 NORMALIZATION = (
     "amplitude -> asinh(amplitude), phase unchanged (radians); then per-feature (x - mean) / std over the "
     "112 x 2 features with training-set constants stored in the graph"
@@ -65,10 +88,13 @@ class Recipe:
     epochs: int
     batch: int = 1024
     lr: float = 4e-3
+    #: held-out training-like scans (seeds TRAIN_SEED_BASE + seed * 100 + 50 + k, randomised like the training
+    #: scans, every pixel, never trained on): the temperature and the novelty threshold are fitted on them
+    n_calibration_scans: int = 3
 
 
 FULL = Recipe(n_scans=16, bg_keep=0.35, epochs=20)
-QUICK = Recipe(n_scans=2, bg_keep=0.35, epochs=3)
+QUICK = Recipe(n_scans=2, bg_keep=0.35, epochs=3, n_calibration_scans=1)
 
 
 # --------------------------------------------------------------------------- data
@@ -128,7 +154,8 @@ def build_dataset(
 
 
 class BEPFMNet(nn.Module):
-    """asinh(amplitude) and phase, standardised per feature, then an MLP and a softmax over the classes."""
+    """asinh(amplitude) and phase, standardised per feature, then an MLP and a softmax over the classes of the
+    logits divided by the fitted ``temperature``. Also holds the standardisation of the novelty features."""
 
     def __init__(self, n_in: int = MODEL_AXIS.size, hidden: tuple[int, ...] = HIDDEN, n_out: int = len(CLASSES)):
         super().__init__()
@@ -137,28 +164,86 @@ class BEPFMNet(nn.Module):
         self.register_buffer("std", torch.ones(n_feat))
         self.body, width = silu_mlp(n_feat, hidden)
         self.head = nn.Linear(width, n_out)
+        self.register_buffer("temperature", torch.ones(()))  # logits / T (fitted after training)
+        self.register_buffer("xy_mean", torch.zeros(n_feat))  # novelty features' standardisation
+        self.register_buffer("xy_std", torch.ones(n_feat))
+        self.register_buffer("scale_mean", torch.zeros(3))
+        self.register_buffer("scale_std", torch.ones(3))
 
     @staticmethod
     def features(response: torch.Tensor) -> torch.Tensor:
         """``[n, channels, 2]`` -> ``[n, 2 * channels]``: asinh(amplitude) then phase."""
         return torch.cat([torch.asinh(response[..., 0]), response[..., 1]], dim=-1)
 
+    @staticmethod
+    def lockin_features(response: torch.Tensor) -> torch.Tensor:
+        """``[n, channels, 2]`` -> ``[n, 2 * channels]``: asinh of the in-phase part A cos(phase) then of the
+        quadrature A sin(phase) (a.u.), the lock-in's X and Y, in which the measurement noise is additive."""
+        amp, phase = response[..., 0], response[..., 1]
+        return torch.cat([torch.asinh(amp * torch.cos(phase)), torch.asinh(amp * torch.sin(phase))], dim=-1)
+
+    @staticmethod
+    def scale_features(response: torch.Tensor) -> torch.Tensor:
+        """``[n, channels, 2]`` -> ``[n, 3]``: the largest, mean and smallest asinh(amplitude) over the band."""
+        a = torch.asinh(response[..., 0])
+        return torch.stack([a.amax(dim=-1), a.mean(dim=-1), a.amin(dim=-1)], dim=-1)
+
     def logits(self, response: torch.Tensor) -> torch.Tensor:
         return self.head(self.body((self.features(response) - self.mean) / self.std))
 
     def forward(self, response: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(response), dim=-1)
+        return torch.softmax(self.logits(response) / self.temperature, dim=-1)
+
+    def novelty_features(self, response: torch.Tensor) -> torch.Tensor:
+        """What the novelty head measures, ``[n, 454]`` (``NOVELTY_FEATURES``): what ``forward`` feeds the first
+        layer, the standardised lock-in quadratures, and the standardised amplitude scale ``s`` with ``s**2``
+        (a scale far outside the training's range leaves the subspace, not only moves along it)."""
+        s = (self.scale_features(response) - self.scale_mean) / self.scale_std
+        return torch.cat([(self.features(response) - self.mean) / self.std,
+                          (self.lockin_features(response) - self.xy_mean) / self.xy_std, s, s * s], dim=-1)
 
     @torch.no_grad()
     def fit_normalization(self, response: torch.Tensor) -> None:
-        z = self.features(response)
-        self.mean.copy_(z.mean(dim=0))
-        self.std.copy_(z.std(dim=0).clamp_min(1e-3))
+        """Per-feature mean and std of the network's input and of the novelty features on the training data."""
+        for feats, mean, std in ((self.features, self.mean, self.std),
+                                 (self.lockin_features, self.xy_mean, self.xy_std),
+                                 (self.scale_features, self.scale_mean, self.scale_std)):
+            z = feats(response)
+            mean.copy_(z.mean(dim=0))
+            std.copy_(z.std(dim=0).clamp_min(1e-3))
+
+
+@torch.no_grad()
+def novelty_features(model: BEPFMNet, x: np.ndarray, batch: int = 16384) -> np.ndarray:
+    """``model.novelty_features`` of raw responses ``x`` ``[n, 112, 2]`` as numpy ``[n, 454]`` float32."""
+    if not len(x):
+        return np.zeros((0, 4 * MODEL_AXIS.size + 6), np.float32)
+    return np.concatenate([model.novelty_features(torch.from_numpy(np.ascontiguousarray(x[s : s + batch]))).numpy()
+                           for s in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def logits_of(model: BEPFMNet, x: np.ndarray, batch: int = 16384) -> np.ndarray:
+    """Uncalibrated logits ``[n, 3]`` of raw responses ``x``."""
+    return np.concatenate([model.logits(torch.from_numpy(x[s : s + batch])).numpy() for s in range(0, len(x), batch)])
+
+
+def foreign_data(n: int = 4000, seed: int = FOREIGN_SEED) -> dict[str, np.ndarray]:
+    """Responses the model was not trained on, ``n`` of each kind, rendered on the simulator's band and
+    resampled onto the model axis as the service would feed them (``scanlens.sim.foreign``, noise 0.6-1.8
+    a.u. as in training): ``flat_noise`` (a disconnected tip: no resonance, an offset and the noise),
+    ``cantilever_mode`` (a free cantilever's sharp mode, Q 400-1500), ``electrostatic`` (a flat amplitude with
+    a phase linear in frequency) and ``hard_ferroelectric`` (a phase outside the training set: a PZT-like film,
+    A0 4-20 a.u. and Q 250-600)."""
+    rng = np.random.default_rng(seed)
+    kinds = {"flat_noise": bepfm_flat_noise, "cantilever_mode": bepfm_cantilever_mode,
+             "electrostatic": bepfm_electrostatic, "hard_ferroelectric": bepfm_hard_ferroelectric}
+    return {name: resample(gen(n, rng), DEFAULT_AXIS) for name, gen in kinds.items()}
 
 
 def architecture() -> str:
     dims = " -> ".join(str(d) for d in (MODEL_AXIS.size * len(COMPONENTS), *HIDDEN, len(CLASSES)))
-    return f"MLP {dims} (SiLU, softmax); asinh(amplitude) + standardisation in graph"
+    return f"MLP {dims} (SiLU, temperature-scaled softmax); asinh(amplitude) + standardisation in graph"
 
 
 @torch.no_grad()
@@ -193,7 +278,9 @@ def scan_metrics(probs: np.ndarray, truth: BEPFMSample) -> dict[str, float]:
 
 
 def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None) -> TrainResult[BEPFMNet]:
-    """Generate the data, train the network (deterministic for a seed) and score it on the held-out scan."""
+    """Generate the data, train the network (deterministic for a seed), calibrate it (temperature and novelty
+    threshold on held-out randomised scans, see ``Recipe.n_calibration_scans``) and score it on the held-out
+    scan (seed ``HELDOUT_SEED``: accuracy, ECE before and after calibration) and on ``foreign_data``."""
     recipe = QUICK if quick else FULL
     with seeded_run(seed) as clock:
         x_np, y_np, seeds = build_dataset(recipe, seed, progress)
@@ -212,9 +299,34 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
 
         heldout = BEPFMSample(BEPFMConfig(seed=HELDOUT_SEED))
         x_val = scan_responses(heldout)
-        metrics = scan_metrics(predict(model, x_val), heldout)
+        gt_val = heldout.label.reshape(-1)
+        probs = predict(model, x_val)
+        ece_before = expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == gt_val)
+
+        # honesty, on held-out training-like scans (own seeds, randomised like the training's, every pixel):
+        # the temperature, then the novelty threshold; the subspace itself is fitted on the training pixels
+        cal_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(11,)))
+        cal_seeds = [TRAIN_SEED_BASE + seed * 100 + 50 + k for k in range(recipe.n_calibration_scans)]
+        cal_scans = [make_scan_pixels(cal_rng, s, 1.0) for s in cal_seeds]
+        x_cal, y_cal = np.concatenate([x for x, _ in cal_scans]), np.concatenate([y for _, y in cal_scans])
+        model.temperature.fill_(fit_temperature(logits_of(model, x_cal), y_cal))
+        novelty = fit_novelty(novelty_features(model, x_np), novelty_features(model, x_cal),
+                              components=NOVELTY_COMPONENTS, features=NOVELTY_FEATURES, seed=seed)
+        novelty.calibration["heldout_scan_flagged"] = novelty.flagged(novelty_features(model, x_val))
+        for name, x_foreign in foreign_data().items():
+            novelty.calibration[f"{name}_flagged"] = novelty.flagged(novelty_features(model, x_foreign))
+        emit(progress, TrainProgress("calibrate", 1, 1, message=f"temperature {float(model.temperature):.3f}, "
+                                     f"novelty threshold {novelty.threshold:.3g}"))
+        clock.lap("calibration")
+
+        probs = predict(model, x_val)
+        metrics = scan_metrics(probs, heldout)
+        metrics["ece"] = expected_calibration_error(probs.max(axis=1), probs.argmax(axis=1) == gt_val)
+        metrics["ece_uncalibrated"] = ece_before
+        metrics["ece_pixels"] = float(len(x_val))
+        metrics["temperature"] = float(model.temperature)
         metrics["final_train_loss"] = float(loss_value)
-        log.info("%s; held-out %s", clock, metrics)
+        log.info("%s; held-out %s; novelty %s", clock, metrics, novelty.calibration)
 
     counts = np.bincount(y_np, minlength=len(CLASSES))
     training: dict[str, Any] = {
@@ -231,9 +343,16 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "noise_range": [NOISE_RANGE[0] * BEPFMConfig().noise, NOISE_RANGE[1] * BEPFMConfig().noise],
         "source_axes": [ax.model_dump() for ax in TRAIN_AXES],
         "resampling": "service.pipeline.axis.AxisMap (linear) at the model axis channel positions",
+        "calibration": f"temperature (NLL of softmax(logits / T)) and novelty threshold on the {len(x_cal)} pixels "
+                       f"of {len(cal_seeds)} held-out randomised scans (seeds {cal_seeds}, never trained on); the "
+                       f"novelty subspace on the training pixels; ece (15 equal-width bins) before and after on "
+                       f"the {len(x_val)} pixels of the held-out scan (seed {HELDOUT_SEED}, simulator defaults)",
+        "calibration_seeds": cal_seeds,
+        "foreign_data": f"scanlens.models.bepfm.foreign_data(seed={FOREIGN_SEED}): 4000 responses of each kind",
         "torch": torch.__version__,
     }
-    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed))
+    return TrainResult(model=model, metrics=metrics, training=training, check_inputs=parity_inputs(x_val, 4096, seed),
+                       novelty=novelty)
 
 
 def model_card(result: TrainResult[BEPFMNet]) -> ModelCard:
@@ -254,17 +373,20 @@ def model_card(result: TrainResult[BEPFMNet]) -> ModelCard:
                 name="probabilities",
                 role="class_probabilities",
                 labels=list(CLASSES),
-                description="softmax over substrate and the two bacteria",
+                description="softmax over substrate and the two bacteria (temperature-calibrated)",
             ),
+            novelty_output(),
         ],
         training=result.training,
         metrics=result.metrics,
+        novelty=result.novelty.spec(),
     )
 
 
 def export(result: TrainResult[BEPFMNet], out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    return export_reporting(result.model, result.check_inputs, out_path, model_card(result), OUTPUT_NAMES, progress)
+    return export_reporting(WithNovelty(result.model, result.novelty.head), result.check_inputs, out_path,
+                            model_card(result), (*OUTPUT_NAMES, "novelty"), progress)
 
 
 train = trainer(NAME, fit, export)

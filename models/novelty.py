@@ -12,7 +12,9 @@ with ``m`` the training mean, ``B`` the top ``k`` principal directions and ``v``
 variance, all fitted on training features and stored in the ONNX graph. Its threshold is the
 ``QUANTILE`` quantile of the scores of *held-out* training-like samples (not used for the fit), so that
 share of the model's own kind of data is flagged; the card records it with the flagged fractions on
-held-out scans and on foreign data (``NoveltySpec``).
+held-out scans and on foreign data (``NoveltySpec``). The fit itself is numpy (``fit_subspace``: the
+constants as a ``Subspace``); ``fit_novelty`` wraps them in the torch head for networks, and
+``fit_subspace_novelty`` keeps them in numpy for a hand-built graph (eels-fit, ``models/physics_fit.py``).
 
 **Calibration** (``fit_temperature``): the classifier's logits are divided by one temperature, fitted by
 minimising the negative log-likelihood on held-out samples; the expected calibration error before and
@@ -81,10 +83,33 @@ def novelty_output(description: str = "") -> OutputSpec:
                                                  "feature, in units of the training residual")
 
 
-def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
-                quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> NoveltyFit:
-    """Fit the subspace on (at most ``max_fit`` of) the training features ``fit`` ``[n, d]``, the threshold on
-    the held-out features ``held_out``; ``features`` says what they are (for the card's method)."""
+@dataclass
+class Subspace:
+    """The fitted constants of a novelty score, in numpy (float64): the training features' ``mean`` ``[d]``,
+    the top principal directions ``basis`` ``[d, k]`` (orthonormal columns), the per-feature residual variance
+    ``residual_var`` ``[d]`` (in the features' units squared) and the number of samples ``n_fit`` they were
+    fitted on. What :class:`SubspaceNovelty` (torch) or a hand-built ONNX graph (eels-fit,
+    ``models/physics_fit.py``) stores."""
+
+    mean: np.ndarray
+    basis: np.ndarray
+    residual_var: np.ndarray
+    n_fit: int
+
+    def scores(self, features: np.ndarray, batch: int = 16384) -> np.ndarray:
+        """The novelty score of each row of ``features`` ``[n, d]`` (see the module docstring), float64 ``[n]``."""
+        inv_var = 1.0 / self.residual_var
+        out = np.zeros(len(features))
+        for i in range(0, len(features), batch):
+            z = np.asarray(features[i:i + batch], np.float64) - self.mean
+            residual = z - (z @ self.basis) @ self.basis.T
+            out[i:i + batch] = (residual * residual * inv_var).mean(axis=-1)
+        return out
+
+
+def fit_subspace(fit: np.ndarray, *, components: int, max_fit: int = 50_000, seed: int = 0) -> Subspace:
+    """The mean, ``components`` principal directions and per-feature residual variance of (at most ``max_fit``
+    of, drawn with ``seed``) the training features ``fit`` ``[n, d]``: numpy only, no torch module."""
     rng = np.random.default_rng(seed)
     if len(fit) > max_fit:
         fit = fit[rng.choice(len(fit), max_fit, replace=False)]
@@ -95,16 +120,66 @@ def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, featu
     z = fit - mean
     residual = z - (z @ basis) @ basis.T
     residual_var = np.maximum((residual**2).mean(axis=0), 1e-12 + 1e-6 * float((residual**2).mean()))
-    head = SubspaceNovelty(mean, basis, residual_var).eval()
+    return Subspace(mean, basis, residual_var, len(fit))
+
+
+def _threshold_figures(held: np.ndarray, *, components: int, n_fit: int, features: str,
+                       quantile: float) -> tuple[float, str, dict[str, float]]:
+    """The threshold at ``quantile`` of the held-out scores ``held``, the card's method text and figures."""
+    threshold = float(np.quantile(held, quantile))
+    method = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
+              f"the training data, per feature in units of the training residual; threshold at the "
+              f"{quantile:g} quantile of held-out training-like samples")
+    calibration = {"quantile": quantile, "components": float(components), "n_fit": float(n_fit),
+                   "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > threshold))}
+    return threshold, method, calibration
+
+
+def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
+                quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> NoveltyFit:
+    """Fit the subspace on (at most ``max_fit`` of) the training features ``fit`` ``[n, d]``
+    (:func:`fit_subspace`), the threshold on the held-out features ``held_out`` scored by the torch head;
+    ``features`` says what they are (for the card's method)."""
+    sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed)
+    head = SubspaceNovelty(sub.mean, sub.basis, sub.residual_var).eval()
     result = NoveltyFit(head, 0.0, "")
     held = result.scores(np.asarray(held_out, np.float32))
-    result.threshold = float(np.quantile(held, quantile))
-    result.method = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
-                     f"the training data, per feature in units of the training residual; threshold at the "
-                     f"{quantile:g} quantile of held-out training-like samples")
-    result.calibration = {"quantile": quantile, "components": float(components), "n_fit": float(len(fit)),
-                          "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > result.threshold))}
+    result.threshold, result.method, result.calibration = _threshold_figures(
+        held, components=components, n_fit=sub.n_fit, features=features, quantile=quantile)
     return result
+
+
+@dataclass
+class SubspaceFit:
+    """A fitted novelty score without a torch module (:func:`fit_subspace_novelty`): its constants, threshold
+    and the figures for the card, as :class:`NoveltyFit` has them."""
+
+    subspace: Subspace
+    threshold: float
+    method: str
+    calibration: dict[str, float] = field(default_factory=dict)
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return self.subspace.scores(features)
+
+    def flagged(self, features: np.ndarray) -> float:
+        """The share of these samples (features) whose score is above the threshold."""
+        return float(np.mean(self.scores(features) > self.threshold))
+
+    def spec(self) -> NoveltySpec:
+        return NoveltySpec(output=OUTPUT_NAME, threshold=self.threshold, method=self.method,
+                           calibration=dict(self.calibration))
+
+
+def fit_subspace_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
+                         quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> SubspaceFit:
+    """:func:`fit_novelty` in numpy alone: the subspace (:func:`fit_subspace`) on the training features ``fit``,
+    the threshold at ``quantile`` of the float64 scores of the held-out features ``held_out``."""
+    sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed)
+    held = sub.scores(held_out)
+    threshold, method, calibration = _threshold_figures(held, components=components, n_fit=sub.n_fit,
+                                                        features=features, quantile=quantile)
+    return SubspaceFit(sub, threshold, method, calibration)
 
 
 class WithNovelty(nn.Module):

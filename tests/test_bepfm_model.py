@@ -1,4 +1,5 @@
-"""The bepfm-mlp recognizer: committed ONNX file and card, demo-scan accuracy, quick training, ONNX/torch parity."""
+"""The bepfm-mlp recognizer: committed ONNX file and card, demo-scan accuracy, quick training, ONNX/torch parity,
+and its honesty figures (issue 11): calibrated confidence and the novelty section, computed by the training code."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from scanlens.models.export import make_session, read_card
 from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 
-from .model_checks import QuickRun, check_committed_file, check_onnx_matches_torch, check_progress_events
-from .model_checks import committed_card, quick_run
+from .model_checks import QuickRun, check_committed_file, check_novelty_card, check_onnx_matches_torch
+from .model_checks import check_progress_events, committed_card, quick_run
 
 MODEL_PATH = MODEL_DIR / "bepfm-mlp.onnx"
 MODEL_AXIS = Axis(size=112, offset=316.0, scale=0.6, units="kHz")
@@ -30,6 +31,12 @@ def _check_probs(probs: np.ndarray, n: int) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
+def _check_outputs(probs: np.ndarray, novelty: np.ndarray, n: int) -> None:
+    _check_probs(probs, n)
+    assert novelty.shape == (n,) and novelty.dtype == np.float32
+    assert np.all(np.isfinite(novelty)) and np.all(novelty >= 0)
+
+
 # --------------------------------------------------------------------------- the committed model (no torch)
 
 
@@ -38,12 +45,12 @@ def test_committed_model_loads_in_onnxruntime() -> None:
     (inp,) = session.get_inputs()
     assert inp.name == "response" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [112, 2], "batch dimension is dynamic"
-    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "novelty"]
     for n in (1, 5):
         x = np.zeros((n, 112, 2), dtype=np.float32)
         x[..., 0] = 3.0
-        (probs,) = session.run(None, {"response": x})
-        _check_probs(probs, n)
+        probs, novelty = session.run(None, {"response": x})
+        _check_outputs(probs, novelty, n)
 
 
 def test_committed_card_describes_the_model() -> None:
@@ -53,9 +60,10 @@ def test_committed_card_describes_the_model() -> None:
     assert card.input.axis == MODEL_AXIS
     assert card.input.components == ["amplitude", "phase"]
     assert "asinh" in card.input.normalization
-    (out,) = card.outputs
+    out, nov = card.outputs
     assert out.name == "probabilities" and out.role == "class_probabilities"
     assert out.labels == list(CLASSES)
+    assert nov.name == "novelty" and nov.role == "novelty"
     t = card.training
     assert t["generator"] == "instrument_sim.bepfm" and t["quick"] is False
     assert 0 not in t["scan_seeds"] and t["heldout_seed"] not in t["scan_seeds"]
@@ -63,6 +71,35 @@ def test_committed_card_describes_the_model() -> None:
     assert t["n_samples"] > 50_000
     assert card.metrics["accuracy"] >= 0.98
     assert card.metrics["balanced_accuracy"] >= 0.97
+
+
+def test_committed_card_has_calibrated_confidence_and_novelty() -> None:
+    card = committed_card(MODEL_PATH)
+    m, t = card.metrics, card.training
+    # confidence: ECE (15 bins) on >= 10 000 held-out pixels, after the temperature fitted on other scans
+    assert m["ece"] <= 0.03 and m["ece_pixels"] >= 10_000, m
+    assert np.isfinite(m["ece_uncalibrated"]) and m["temperature"] > 0
+    cal = t["calibration_seeds"]
+    assert cal and not set(cal) & set(t["scan_seeds"]) and t["heldout_seed"] not in cal
+    assert str(t["heldout_seed"]) in t["calibration"] and "temperature" in t["calibration"]
+    # novelty: <= 2 % of the held-out scan, >= 95 % of each foreign kind (all four of them) flagged
+    check_novelty_card(card)
+    flagged = {k for k in card.novelty.calibration if k.endswith("_flagged") and not k.startswith("heldout")}
+    assert flagged == {"flat_noise_flagged", "cantilever_mode_flagged", "electrostatic_flagged",
+                       "hard_ferroelectric_flagged"}
+    assert card.novelty.calibration["n_heldout"] >= 3 * 128 * 128
+
+
+def test_committed_model_novelty_on_the_demo_scan_and_on_a_flat_response() -> None:
+    sample = BEPFMSample(BEPFMConfig())  # the demo scan, never trained on
+    card = committed_card(MODEL_PATH)
+    session = make_session(MODEL_PATH)
+    _, novelty = session.run(None, {"response": _scan(sample)})
+    assert np.mean(novelty > card.novelty.threshold) <= 0.02
+    flat = np.zeros((4, 112, 2), np.float32)
+    flat[..., 0] = np.array([0.5, 1.0, 2.0, 4.0])[:, None]  # no resonance: a constant amplitude, a.u.
+    _, novelty = session.run(None, {"response": flat})
+    assert np.all(novelty > card.novelty.threshold)
 
 
 def test_model_axis_lies_inside_the_simulator_band() -> None:
@@ -73,7 +110,7 @@ def test_model_axis_lies_inside_the_simulator_band() -> None:
 def test_committed_model_recognizes_the_demo_scan() -> None:
     sample = BEPFMSample(BEPFMConfig())  # the demo: defaults, seed 0, never used in training
     x = _scan(sample)
-    (probs,) = make_session(MODEL_PATH).run(None, {"response": x})
+    probs, _ = make_session(MODEL_PATH).run(None, {"response": x})
     _check_probs(probs, x.shape[0])
     pred, truth = probs.argmax(axis=1), sample.label.reshape(-1)
     accuracy = float(np.mean(pred == truth))
@@ -93,7 +130,7 @@ def test_committed_model_tolerates_other_axes_and_noise() -> None:
         BEPFMConfig(rows=48, noise=1.5, seed=5),
     ):
         sample = BEPFMSample(cfg)
-        (probs,) = session.run(None, {"response": _scan(sample)})
+        probs, _ = session.run(None, {"response": _scan(sample)})
         assert np.mean(probs.argmax(axis=1) == sample.label.reshape(-1)) >= 0.97
 
 
@@ -114,6 +151,12 @@ def test_quick_training_exports_a_model_with_its_card(quick: QuickRun) -> None:
     assert set(card.training["class_counts"]) == set(CLASSES)
     assert {"accuracy", "balanced_accuracy", "rim_accuracy", "final_train_loss"} <= set(card.metrics)
     assert card.metrics["accuracy"] > 0.9
+    # honesty figures computed by this run's training code (a quick run: looser bounds than the shipped card's)
+    assert {"ece", "ece_uncalibrated", "temperature", "ece_pixels"} <= set(card.metrics)
+    assert card.metrics["ece_pixels"] >= 10_000 and card.metrics["ece"] <= 0.05
+    assert card.metrics["temperature"] == pytest.approx(float(quick.result.model.temperature))
+    assert card.novelty == quick.result.novelty.spec()
+    check_novelty_card(card, heldout_at_most=0.05, foreign_at_least=0.9)
     check_progress_events(quick.events, card.training["epochs"])
 
 
@@ -123,8 +166,11 @@ def test_quick_onnx_matches_torch_on_the_same_inputs(quick: QuickRun) -> None:
     odd = np.zeros((3, 112, 2), np.float32)  # all zero, huge amplitude, wrapped-looking phase
     odd[1, :, 0] = 1e4
     odd[2, :, 1] = rng.uniform(-np.pi, np.pi, 112)
-    inputs = np.concatenate([scan, odd])
-    check_onnx_matches_torch(quick, inputs, "response", ["probabilities"], _check_probs)
+    from scanlens.models.bepfm import foreign_data
+
+    foreign = np.concatenate([x[:8] for x in foreign_data(n=8, seed=12).values()])  # large novelty scores
+    inputs = np.concatenate([scan, odd, foreign])
+    check_onnx_matches_torch(quick, inputs, "response", ["probabilities", "novelty"], _check_outputs)
 
 
 def test_resample_equals_np_interp_per_component() -> None:

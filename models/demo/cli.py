@@ -112,6 +112,8 @@ def report_of(result: ScanResult | MovieResult, snapshot: ControlReply, truth: d
         "scan_id": s.scan_id, "state": s.state, "pixels": s.pixels_expected, "recognized": s.pixels_recognized,
         "lost": s.n_lost, "rejected": len(s.rejected), "unrecognized_pixels": s.pixels_expected - s.pixels_recognized,
         "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
+        # the share of pixels (frames) unlike the recognizer's training data (None: the model has no novelty head)
+        "novel_fraction": s.recognizers[recognizer].novel_fraction if recognizer in s.recognizers else None,
     }
     report.update(scenario.score(result, snapshot, truth, recognizer))
     from .scenarios import pca_score
@@ -121,7 +123,8 @@ def report_of(result: ScanResult | MovieResult, snapshot: ControlReply, truth: d
 
 
 HEADLINE = ("accuracy", "abundance_rmse", "chi2_auc", "r2_J0", "r2_dJ", "r2_dh", "f1", "defect_accuracy",
-            "diffusion_max_rel_error", "transition_max_abs_error", "low_dose_f1", "low_dose_classical_f1")
+            "diffusion_max_rel_error", "transition_max_abs_error", "low_dose_f1", "low_dose_classical_f1",
+            "novel_fraction")
 
 
 def _headline(report: dict[str, Any]) -> str:
