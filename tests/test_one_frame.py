@@ -76,7 +76,7 @@ def test_quick_training_writes_a_recognizer_with_its_card(quick: dict[str, Any])
     assert (card.name, card.modality) == ("quick-frame", "haadf")
     assert card.input.name == "image" and card.input.pixel_size is not None
     assert (card.input.pixel_size.size, card.input.pixel_size.units) == (0.025, "nm")
-    assert "Anscombe" in card.input.normalization and "one labelled 96 x 96 frame" in card.description
+    assert "scale" in card.input.normalization and "one labelled 96 x 96 frame" in card.description
     (out,) = card.outputs
     assert (out.name, out.role, out.labels) == ("probabilities", "segmentation", list(SEG_CLASSES))
     # post-processing scaled to this frame's lattice: 0.6 x the nn spacing measured in the labels

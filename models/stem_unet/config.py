@@ -64,9 +64,16 @@ TARGET_SIGMA_PX = 1.5
 CLASS_WEIGHTS = (1.0, 1.0, 1.5, 8.0, 8.0, 8.0, 8.0)
 
 NORMALIZATION = (
-    "raw HAADF counts x -> z = 2 sqrt(max(x, 0) + 3/8) (Anscombe), then per image (z - mean(z)) / "
-    "sqrt(var(z) + 0.01) over the frame's pixels"
+    "any intensity unit (counts, fractions of the beam): x -> z = sqrt(max(x, 0) / mean(max(x, 0))), then per "
+    "image (z - mean(z)) / sqrt(var(z) + 1e-6) over the frame's pixels, so the frame's scale does not matter"
 )
+#: Frames for the novelty head and the temperature: crops of the training pool (fit), pool-like frames from
+#: seeds never trained on (threshold), and foreign frames (the card's figures).
+NOVELTY_FIT_CROPS = {"full": 384, "quick": 24}
+NOVELTY_HELDOUT_FRAMES = {"full": 400, "quick": 24}
+NOVELTY_COMPONENTS = 8
+NOVELTY_SEED_BASE = 500_000
+FOREIGN_FRAMES = {"full": 100, "quick": 8}
 
 #: SEG_CLASSES index of each ATOM_CLASSES class and of each DEFECT_CLASSES class.
 SEG_OF_ATOM = np.array([SEG_CLASSES.index(c) for c in ATOM_CLASSES], dtype=np.int64)

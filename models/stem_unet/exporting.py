@@ -13,9 +13,12 @@ from scanlens.models.export import ProgressFn, TrainProgress, check_parity, emit
 from scanlens.protocol.model_card import InputSpec, ModelCard, OutputSpec
 from scanlens.sim.stem import SEG_CLASSES
 
+from scanlens.models.novelty import OUTPUT_NAME as NOVELTY_OUTPUT
+from scanlens.models.novelty import novelty_output
+
 from .config import INPUT_NAME, MODALITY, MODEL_PIXEL, NAME, NORMALIZATION, OUTPUT_NAMES, SIZE_MULTIPLE, VERSION
 from .fitting import SegmentationResult
-from .network import architecture
+from .network import WithFrameNovelty, architecture
 
 
 def model_card(result: SegmentationResult) -> ModelCard:
@@ -32,10 +35,13 @@ def model_card(result: SegmentationResult) -> ModelCard:
         architecture=architecture(),
         input=InputSpec(name=INPUT_NAME, pixel_size=MODEL_PIXEL, normalization=NORMALIZATION),
         outputs=[OutputSpec(name=OUTPUT_NAMES[0], role="segmentation", labels=list(SEG_CLASSES),
-                            description="softmax over SEG_CLASSES per pixel, [n, 7, h, w]")],
+                            description="softmax over SEG_CLASSES per pixel (temperature-calibrated), [n, 7, h, w]"),
+                 novelty_output("one score per frame, [n]: distance of the frame's deepest U-Net features from "
+                                "those of the training frames")],
         training=result.training,
         metrics=result.metrics,
         postprocess=result.postprocess,
+        novelty=result.novelty.spec(),
     )
 
 
@@ -53,19 +59,22 @@ def export_model(model: nn.Module, check_inputs: np.ndarray, path: str | PathLik
     hb = torch.export.Dim("h16", min=1, max=1 << 10)
     wb = torch.export.Dim("w16", min=1, max=1 << 10)
     example = torch.from_numpy(np.ascontiguousarray(check_inputs[:2], dtype=np.float32))
-    path = export_onnx_file(model, example, path, card, output_names=OUTPUT_NAMES,
+    names = [*OUTPUT_NAMES, *([NOVELTY_OUTPUT] if card.novelty is not None else [])]
+    path = export_onnx_file(model, example, path, card, output_names=names,
                             dynamic_shapes=({0: batch, 2: SIZE_MULTIPLE * hb, 3: SIZE_MULTIPLE * wb},))
     session = make_session(path)
     worst = 0.0
     for x in (check_inputs, check_inputs[:1, :, :48, :80]):
         x = np.ascontiguousarray(x, dtype=np.float32)
         with torch.no_grad():
-            ref = model(torch.from_numpy(x)).numpy()
-        worst = max(worst, check_parity(session, {OUTPUT_NAMES[0]: ref}, {INPUT_NAME: x}))
+            ref = model(torch.from_numpy(x))
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        worst = max(worst, check_parity(session, {n: r.numpy() for n, r in zip(names, ref)}, {INPUT_NAME: x}))
     emit(progress, TrainProgress("export", 1, 1, message=f"ONNX Runtime matches torch (max |diff| {worst:.2g})"))
     return worst
 
 
 def export(result: SegmentationResult, out_path: str | PathLike[str], progress: ProgressFn | None = None) -> float:
     """Write the single-file ONNX with its card, check ONNX Runtime against torch; return the max difference."""
-    return export_model(result.model, result.check_inputs, out_path, model_card(result), progress)
+    model = result.model if result.novelty is None else WithFrameNovelty(result.model, result.novelty.head)
+    return export_model(model, result.check_inputs, out_path, model_card(result), progress)

@@ -33,8 +33,9 @@ from .config import (
     TUNING_SEEDS,
     Recipe,
 )
-from .data import build_pool, sample_batch
+from .data import PoolFrame, build_pool, sample_batch
 from .evaluation import heldout_metrics, simulated_frame, tune_postprocess
+from .honesty import calibration_errors, fit_frame_novelty, fit_pixel_temperature
 from .network import STEMUNet, loss_fn
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def train_network(next_batch: Callable[[], tuple[np.ndarray, np.ndarray, np.ndar
 
 def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = None,
         recipe: Recipe | None = None, threads: int = 2) -> SegmentationResult:
-    """Simulate the pool, train the network (deterministic for a seed), tune post-processing, score held-out frames."""
+    """Simulate the pool, train the network (deterministic for a seed), then :func:`finish` it."""
     recipe = recipe or (QUICK if quick else FULL)
     with seeded_run(seed, threads) as clock:
         pool, seeds = build_pool(recipe, seed, progress)
@@ -90,14 +91,33 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         model, loss_value = train_network(lambda: sample_batch(pool, rng, recipe), steps=recipe.steps, lr=recipe.lr,
                                           pct_start=0.1, class_weights=CLASS_WEIGHTS, progress=progress)
         t_train = clock.lap("train")
-        model.eval()
+        return finish(model, pool, seeds, recipe, seed=seed, quick=quick, final_loss=loss_value,
+                      seconds={"data": t_data, "train": t_train}, progress=progress)
 
-        tuning = [simulated_frame(s, size=recipe.eval_size) for s in TUNING_SEEDS]
-        spec, tuning_scores = tune_postprocess(model, tuning)
-        metrics = heldout_metrics(model, spec, recipe)
-        metrics.update(tuning_scores)
-        metrics["final_train_loss"] = float(loss_value)
-        log.info("data %.1fs, training %.1fs; held-out %s", t_data, t_train, metrics)
+
+def finish(model: STEMUNet, pool: list[PoolFrame], seeds: Sequence[int], recipe: Recipe, *, seed: int, quick: bool,
+           final_loss: float, seconds: dict[str, float], progress: ProgressFn | None = None) -> SegmentationResult:
+    """Everything after training a network on ``pool`` (the frames of ``seeds``): the temperature, the
+    post-processing tuned on the calibrated probabilities, the held-out scores, the calibration error and the
+    frame novelty head (models/stem_unet/honesty.py), and the training record. Run inside :func:`fit`'s seeded
+    run; a separate function so a trained network's calibration can be redone without retraining it."""
+    model.eval()
+    kind = "quick" if quick else "full"
+    uncalibrated = calibration_errors(model, recipe.eval_size)["ece"]
+    temperature = fit_pixel_temperature(model, seed)
+    tuning = [simulated_frame(s, size=recipe.eval_size) for s in TUNING_SEEDS]
+    spec, tuning_scores = tune_postprocess(model, tuning)
+    metrics = heldout_metrics(model, spec, recipe)
+    metrics.update(tuning_scores)
+    metrics.update(calibration_errors(model, recipe.eval_size))
+    metrics["ece_uncalibrated"] = uncalibrated
+    metrics["temperature"] = temperature
+    novelty = fit_frame_novelty(model, pool, kind, seed)
+    emit(progress, TrainProgress("calibrate", 1, 1, message=f"temperature {temperature:.3f}, novelty "
+                                 f"threshold {novelty.threshold:.3g}"))
+    metrics["final_train_loss"] = float(final_loss)
+    log.info("data %.1fs, training %.1fs; held-out %s; novelty %s", seconds["data"], seconds["train"], metrics,
+             novelty.calibration)
 
     training: dict[str, Any] = {
         "generator": "instrument_sim.stem",
@@ -127,10 +147,19 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         "augmentation": "fresh dose, background and Poisson noise per crop; random flips",
         "padded_share": PADDED_SHARE,
         "padding": "reflect to a multiple of 16 from a random 0-15 px short edge (as the service), no loss there",
-        "data_seconds": round(t_data, 1),
-        "train_seconds": round(t_train, 1),
+        "calibration": ("temperature on the tuning frames against their soft truth (the column profiles the "
+                        "network is trained on); ece (15 bins) on every pixel of the held-out default-dose frames: "
+                        "each pixel's confidence against the probability its predicted class has under the soft "
+                        "truth (the expected accuracy when a pixel's class is drawn from its target distribution); "
+                        "ece_hard_labels against the label disks instead, whose outer pixels the network calls "
+                        "background by design; frame novelty fitted on training-pool crops, threshold on "
+                        "pool-like frames of seeds never trained on, flagged shares on held-out movie frames and "
+                        "scanlens.sim.foreign_frames"),
+        "data_seconds": round(seconds["data"], 1),
+        "train_seconds": round(seconds["train"], 1),
         "torch": torch.__version__,
     }
     check = np.stack([simulated_frame(HELDOUT_SEEDS[0], size=64 if quick else 128, dose=d)[0]
                       for d in (15.0, 200.0)])[:, None]
-    return SegmentationResult(model=model, postprocess=spec, metrics=metrics, training=training, check_inputs=check)
+    return SegmentationResult(model=model, postprocess=spec, metrics=metrics, training=training, check_inputs=check,
+                              novelty=novelty)

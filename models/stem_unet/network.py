@@ -1,5 +1,6 @@
-"""stem-unet's network and loss: the U-Net (Anscombe + per-image standardisation inside the graph, softmax
-over SEG_CLASSES) and the class-weighted cross-entropy against soft, centre-peaked targets."""
+"""stem-unet's network and loss: the U-Net (scale-free intensity normalisation inside the graph, softmax
+over SEG_CLASSES), the class-weighted cross-entropy against soft, centre-peaked targets, and the export
+wrapper that adds the frame's novelty score (``models/novelty.py``) from the U-Net's deepest features."""
 
 from __future__ import annotations
 
@@ -44,8 +45,14 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+#: What the frame novelty head measures (``frame_features``).
+NOVELTY_FEATURES = ("log(0.01 + mean) and log(0.01 + standard deviation) over the frame of each channel of "
+                    "the U-Net's deepest encoder block")
+
+
 class STEMUNet(nn.Module):
-    """Anscombe + per-image standardisation, a U-Net, softmax over :data:`SEG_CLASSES` per pixel."""
+    """Scale-free intensity normalisation, a U-Net, softmax over :data:`SEG_CLASSES` per pixel (logits
+    divided by ``temperature``, fitted after training)."""
 
     def __init__(self, base: int = BASE_CHANNELS, levels: int = LEVELS, n_classes: int = len(SEG_CLASSES)):
         super().__init__()
@@ -56,35 +63,63 @@ class STEMUNet(nn.Module):
         self.dec = nn.ModuleList([_block(2 * ch[i], ch[i]) for i in range(levels)])
         self.head = nn.Conv2d(ch[0], n_classes, 1)
         self.pool = nn.MaxPool2d(2)
+        self.register_buffer("temperature", torch.ones(()))
 
     @staticmethod
     def normalize(image: torch.Tensor) -> torch.Tensor:
-        """Anscombe transform, then per-image standardisation. The mean and variance are reduced in
-        float64: ONNX Runtime's float32 ReduceMean over a 512 x 512 frame is off by ~1e-4, which the
-        network would amplify past the parity limit."""
-        z = 2.0 * torch.sqrt(torch.clamp(image, min=0.0) + 0.375)
-        z64 = z.to(torch.float64)
-        mean = z64.mean(dim=(2, 3), keepdim=True)
-        var = ((z64 - mean) ** 2).mean(dim=(2, 3), keepdim=True)
-        return (z - mean.to(torch.float32)) / torch.sqrt(var + 0.01).to(torch.float32)
+        """Scale-free: the square root of the image in units of its own mean (so detector counts and
+        fractions of the beam give the same input; the root tames the Z contrast as the Anscombe
+        transform did), then per-image standardisation. In float64: ONNX Runtime's float32 ReduceMean
+        over a 512 x 512 frame is off by ~1e-4, which the network would amplify past the parity limit,
+        and frames in fractions of the beam are ~1e-4 counts."""
+        s = torch.clamp(image, min=0.0).to(torch.float64)
+        z = torch.sqrt(s / s.mean(dim=(2, 3), keepdim=True).clamp_min(1e-30))
+        mean = z.mean(dim=(2, 3), keepdim=True)
+        var = ((z - mean) ** 2).mean(dim=(2, 3), keepdim=True)
+        return ((z - mean) / torch.sqrt(var + 1e-6)).to(torch.float32)
 
-    def logits(self, image: torch.Tensor) -> torch.Tensor:
+    def logits_and_features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits (divided by the temperature) and the frame's novelty features ``[n, 2 C]``."""
         x = self.normalize(image)
         skips = []
         for i, enc in enumerate(self.enc):
             x = enc(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
+        deep = x.to(torch.float64)
+        mean = deep.mean(dim=(2, 3))
+        std = torch.sqrt(((deep - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)))
+        features = torch.log(torch.cat([mean, std], dim=1) + 0.01).to(torch.float32)
         for i in reversed(range(self.levels)):
             x = self.dec[i](torch.cat([self.up[i](x), skips[i]], dim=1))
-        return self.head(x)
+        return self.head(x) / self.temperature, features
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_features(image)[0]
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
         """Softmax over the class axis, written out: ONNX Runtime's Softmax on axis 1 of NCHW
         transposes the tensor twice and costs ~10 % of a frame."""
-        logits = self.logits(image)
         e = torch.exp(logits - logits.amax(dim=1, keepdim=True))
         return e / e.sum(dim=1, keepdim=True)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.probabilities(self.logits(image))
+
+
+class WithFrameNovelty(nn.Module):
+    """The exported graph: per-pixel probabilities ``[n, C, h, w]`` and each frame's novelty ``[n]``, from
+    one pass of the network (the novelty head reads its deepest features)."""
+
+    def __init__(self, net: STEMUNet, head: nn.Module):
+        super().__init__()
+        self.net = net
+        self.head = head
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.net.logits_and_features(image)
+        return self.net.probabilities(logits), self.head(features)
 
 
 def architecture() -> str:
@@ -92,4 +127,5 @@ def architecture() -> str:
     ch = "-".join(str(BASE_CHANNELS * 2**i) for i in range(LEVELS + 1))
     return (f"U-Net, {LEVELS} levels ({ch} channels; 2 x (3x3 conv, batch norm, ReLU) per block, 2x2 max-pool, "
             f"2x2 transposed-conv up-sampling, skip connections), 1x1 head, softmax over {len(SEG_CLASSES)} "
-            "classes; Anscombe + per-image standardisation in the graph")
+            "classes; scale-free intensity normalisation (sqrt of the image over its mean, standardised) in the graph; "
+            "a frame novelty head on the deepest features")
