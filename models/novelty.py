@@ -52,8 +52,28 @@ class SubspaceNovelty(nn.Module):
         return (residual * residual * self.inv_var).mean(dim=-1)
 
 
+class _Thresholded:
+    """What a fitted novelty score gives the training code: the share flagged and the card's section (the
+    subclasses provide ``scores``, ``threshold``, ``method`` and ``calibration``)."""
+
+    threshold: float
+    method: str
+    calibration: dict[str, float]
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def flagged(self, features: np.ndarray) -> float:
+        """The share of these samples (features) whose score is above the threshold."""
+        return float(np.mean(self.scores(features) > self.threshold))
+
+    def spec(self) -> NoveltySpec:
+        return NoveltySpec(output=OUTPUT_NAME, threshold=self.threshold, method=self.method,
+                           calibration=dict(self.calibration))
+
+
 @dataclass
-class NoveltyFit:
+class NoveltyFit(_Thresholded):
     """A fitted head, its threshold and the figures for the card."""
 
     head: SubspaceNovelty
@@ -67,13 +87,6 @@ class NoveltyFit:
                                                                               np.float32))).numpy()
                                for i in range(0, len(features), batch)]) if len(features) else np.zeros(0)
 
-    def flagged(self, features: np.ndarray) -> float:
-        """The share of these samples (features) whose score is above the threshold."""
-        return float(np.mean(self.scores(features) > self.threshold))
-
-    def spec(self) -> NoveltySpec:
-        return NoveltySpec(output=OUTPUT_NAME, threshold=self.threshold, method=self.method,
-                           calibration=dict(self.calibration))
 
 
 def novelty_output(description: str = "") -> OutputSpec:
@@ -150,7 +163,7 @@ def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, featu
 
 
 @dataclass
-class SubspaceFit:
+class SubspaceFit(_Thresholded):
     """A fitted novelty score without a torch module (:func:`fit_subspace_novelty`): its constants, threshold
     and the figures for the card, as :class:`NoveltyFit` has them."""
 
@@ -161,14 +174,6 @@ class SubspaceFit:
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return self.subspace.scores(features)
-
-    def flagged(self, features: np.ndarray) -> float:
-        """The share of these samples (features) whose score is above the threshold."""
-        return float(np.mean(self.scores(features) > self.threshold))
-
-    def spec(self) -> NoveltySpec:
-        return NoveltySpec(output=OUTPUT_NAME, threshold=self.threshold, method=self.method,
-                           calibration=dict(self.calibration))
 
 
 def fit_subspace_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,

@@ -109,3 +109,25 @@ def check_onnx_matches_torch(quick: QuickRun, inputs: np.ndarray, input_name: st
             assert g.shape == r.shape
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)  # relative: novelty scores of extreme inputs are large
         check_outputs(*got, len(batch))
+
+
+# --------------------------------------------------------------------------- novelty through the service
+
+
+async def recognize_scan(clients: Any, scan_id: str, modality: str, lines: np.ndarray, axis: Any, recognizer: str,
+                         *, components: Sequence[str] | None = None, timeout: float = 60.0) -> Any:
+    """Send ``lines`` ``[rows, cols, ...]`` as one spectral scan to ``recognizer`` through the clients of
+    ``scanlens.testing.connected`` and collect it (``Subscriber.collect_scan``) until its summary."""
+    inst, sub, _ = clients
+    extra = {"components": list(components)} if components is not None else {}
+    async with inst.scan(scan_id, modality, lines.shape[:2], axis, recognizers=[recognizer], **extra) as scan:
+        for row, line in enumerate(lines):
+            await scan.send_line(row, line)
+    return await sub.collect_scan(scan_id, timeout=timeout)
+
+
+def foreign_events(events: Sequence[Any]) -> list[Any]:
+    """The ``mostly_foreign`` events among ``events`` (a scan result's ``events``, or any messages)."""
+    from scanlens.protocol.messages import Event
+
+    return [e for e in events if isinstance(e, Event) and e.code == "mostly_foreign"]

@@ -17,7 +17,7 @@ import pytest
 
 from scanlens.model_files import MODEL_DIR
 from scanlens.models.scoring import expected_calibration_error
-from scanlens.protocol.messages import Axis, Event
+from scanlens.protocol.messages import Axis
 from scanlens.sim.bepfm import COMPONENTS, DEFAULT_AXIS, BEPFMConfig, BEPFMSample
 from scanlens.sim.foreign import (
     bepfm_cantilever_mode,
@@ -27,7 +27,7 @@ from scanlens.sim.foreign import (
 )
 from scanlens.testing import connected, loopback_settings, serving
 
-from .model_checks import committed_card
+from .model_checks import committed_card, foreign_events, recognize_scan
 
 MODEL = "bepfm-mlp"
 BEPFM_HELDOUT_SEED = 999  # bepfm-mlp's card: training.heldout_seed
@@ -36,21 +36,9 @@ FOREIGN = {"flat noise": bepfm_flat_noise, "cantilever mode": bepfm_cantilever_m
            "electrostatic": bepfm_electrostatic, "hard ferroelectric": bepfm_hard_ferroelectric}
 
 
-async def _recognize(clients, scan_id: str, lines: np.ndarray, axis: Axis):
-    inst, sub, _ = clients
-    async with inst.scan(scan_id, "bepfm", lines.shape[:2], axis, components=list(COMPONENTS),
-                         recognizers=[MODEL]) as scan:
-        for row, line in enumerate(lines):
-            await scan.send_line(row, line)
-    return await sub.collect_scan(scan_id, timeout=60)
-
-
 def _lines(sample: BEPFMSample) -> np.ndarray:
     return np.stack([sample.line(r) for r in range(sample.cfg.rows)])
 
-
-def _foreign_events(result) -> list[Event]:
-    return [e for e in result.events if isinstance(e, Event) and e.code == "mostly_foreign"]
 
 
 def test_the_seeds_here_are_not_the_cards() -> None:
@@ -91,19 +79,20 @@ async def test_bepfm_mlp_flags_foreign_responses_and_not_its_own():
     rng = np.random.default_rng(77)
     rows, cols = 16, 32
     async with serving(settings) as server, connected(server) as clients:
-        result = await _recognize(clients, "own", _lines(held), held.cfg.axis)
+        result = await recognize_scan(clients, "own", "bepfm", _lines(held), held.cfg.axis, MODEL, components=COMPONENTS)
         novel = result.maps[MODEL]["novel"]
         assert novel.shape == (held.cfg.rows, held.cfg.cols)
         assert novel.mean() <= 0.02, novel.mean()
         assert result.summary.recognizers[MODEL].novel_fraction == pytest.approx(novel.mean())
-        assert not _foreign_events(result)
+        assert not foreign_events(result.events)
         for kind, gen in FOREIGN.items():
             lines = gen(rows * cols, rng).reshape(rows, cols, DEFAULT_AXIS.size, 2)
-            result = await _recognize(clients, kind.replace(" ", "-"), lines, DEFAULT_AXIS)
+            result = await recognize_scan(clients, kind.replace(" ", "-"), "bepfm", lines, DEFAULT_AXIS, MODEL,
+                                          components=COMPONENTS)
             flagged = result.maps[MODEL]["novel"].mean()
             assert flagged >= 0.95, (kind, flagged)
             assert result.summary.recognizers[MODEL].novel_fraction == pytest.approx(flagged)
-            assert len(_foreign_events(result)) == 1, kind
+            assert len(foreign_events(result.events)) == 1, kind
 
 
 @pytest.mark.timeout(300)
@@ -111,7 +100,8 @@ async def test_bepfm_mlp_confidence_is_calibrated_through_the_service():
     settings = loopback_settings(MODEL_DIR, models=[MODEL])
     sample = BEPFMSample(BEPFMConfig(seed=ECE_SEED))
     async with serving(settings) as server, connected(server) as clients:
-        result = await _recognize(clients, "calibration", _lines(sample), sample.cfg.axis)
+        result = await recognize_scan(clients, "calibration", "bepfm", _lines(sample), sample.cfg.axis, MODEL,
+                                          components=COMPONENTS)
     maps = result.maps[MODEL]
     confidence, klass = maps["confidence"].reshape(-1), maps["class"].reshape(-1)
     assert confidence.size >= 10_000

@@ -14,26 +14,16 @@ import numpy as np
 import pytest
 
 from scanlens.model_files import MODEL_DIR
-from scanlens.protocol.messages import Event
 from scanlens.sim.eels import DEFAULT_AXIS as EELS_SIM_AXIS
 from scanlens.sim.eels import EELSConfig, EELSSample, simulate_spectra
 from scanlens.sim.foreign import OTHER_EELS_AXIS, eels_other_instrument, flat_noise
 from scanlens.testing import connected, loopback_settings, serving
 
+from .model_checks import foreign_events, recognize_scan
+
 MODEL = "eels-fit"
 HELDOUT_SEED = 999  # eels-fit's card: training.heldout_seed
 
-
-async def _recognize(clients, scan_id: str, lines: np.ndarray, axis):
-    inst, sub, _ = clients
-    async with inst.scan(scan_id, "eels", lines.shape[:2], axis, recognizers=[MODEL]) as scan:
-        for row, line in enumerate(lines):
-            await scan.send_line(row, line)
-    return await sub.collect_scan(scan_id, timeout=60)
-
-
-def _foreign_events(result) -> list[Event]:
-    return [e for e in result.events if isinstance(e, Event) and e.code == "mostly_foreign"]
 
 
 @pytest.mark.timeout(180)
@@ -51,7 +41,7 @@ async def test_eels_fit_flags_foreign_spectra_and_not_its_own():
                "another instrument": (eels_other_instrument(n, rng), OTHER_EELS_AXIS),
                "unknown phase": (lao, EELS_SIM_AXIS)}
     async with serving(settings) as server, connected(server) as clients:
-        result = await _recognize(clients, "own", own, EELS_SIM_AXIS)
+        result = await recognize_scan(clients, "own", "eels", own, EELS_SIM_AXIS, MODEL)
         maps = result.maps[MODEL]
         novel = maps["novel"]
         assert novel.shape == (held.cfg.rows, held.cfg.cols) and novel.dtype == np.uint8
@@ -59,12 +49,12 @@ async def test_eels_fit_flags_foreign_spectra_and_not_its_own():
         assert novel.mean() <= 0.02, novel.mean()
         assert result.summary.state == "complete"
         assert result.summary.recognizers[MODEL].novel_fraction == pytest.approx(novel.mean())
-        assert not _foreign_events(result)
+        assert not foreign_events(result.events)
         for kind, (spectra, axis) in foreign.items():
-            result = await _recognize(clients, kind.replace(" ", "-"), spectra.reshape(16, 32, -1), axis)
+            result = await recognize_scan(clients, kind.replace(" ", "-"), "eels", spectra.reshape(16, 32, -1), axis, MODEL)
             flagged = result.maps[MODEL]["novel"].mean()
             assert flagged >= 0.95, (kind, flagged)
             assert result.summary.recognizers[MODEL].novel_fraction == pytest.approx(flagged)
-            events = _foreign_events(result)
+            events = foreign_events(result.events)
             assert len(events) == 1, (kind, events)
             assert MODEL in events[0].reason

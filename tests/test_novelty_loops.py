@@ -22,28 +22,17 @@ import pytest
 from scanlens.model_files import MODEL_DIR
 from scanlens.models.export import make_session, read_card
 from scanlens.models.scoring import interval_coverage
-from scanlens.protocol.messages import Event
 from scanlens.sim.foreign import (loops_antiferroelectric, loops_flat_noise, loops_imprinted, loops_linear_dielectric,
                                   loops_outside_phase)
 from scanlens.sim.loops import COMPONENTS, DEFAULT_AXIS, PARAMS, LoopsConfig, LoopsSample, simulate_loops_parallel
 from scanlens.testing import connected, loopback_settings, serving
 
+from .model_checks import foreign_events, recognize_scan
+
 MODEL_PATH = MODEL_DIR / "loops-mlp.onnx"
 HELDOUT_SEED = 999  # loops-mlp's card: training.heldout_seed
 COVERAGE_SEED = 6060  # not one of the card's calibration_seeds (checked below)
 
-
-async def _recognize(clients, scan_id: str, lines: np.ndarray):
-    inst, sub, _ = clients
-    async with inst.scan(scan_id, "loops", lines.shape[:2], DEFAULT_AXIS, components=list(COMPONENTS),
-                         recognizers=["loops-mlp"]) as scan:
-        for row, line in enumerate(lines):
-            await scan.send_line(row, line)
-    return await sub.collect_scan(scan_id, timeout=120)
-
-
-def _foreign_events(result) -> list[Event]:
-    return [e for e in result.events if isinstance(e, Event) and e.code == "mostly_foreign"]
 
 
 @pytest.mark.timeout(300)
@@ -63,22 +52,23 @@ async def test_loops_mlp_flags_foreign_loops_and_not_its_own():
         "hard ferroelectric": loops_outside_phase(n // 2, rng),  # half a scan: the simulator is slow
     }
     async with serving(loopback_settings(MODEL_DIR, models=["loops-mlp"])) as server, connected(server) as clients:
-        result = await _recognize(clients, "own", own)
+        result = await recognize_scan(clients, "own", "loops", own, DEFAULT_AXIS, "loops-mlp", components=COMPONENTS, timeout=120)
         maps = result.maps["loops-mlp"]
         novel = maps["novel"]
         assert novel.shape == (held.cfg.rows, held.cfg.cols)
         assert novel.mean() <= 0.02, novel.mean()
         assert result.summary.recognizers["loops-mlp"].novel_fraction == pytest.approx(novel.mean())
-        assert not _foreign_events(result)
+        assert not foreign_events(result.events)
         truth = np.stack([held.params[p] for p in PARAMS], axis=-1)
         r2 = 1 - np.mean((maps["parameters"] - truth) ** 2, axis=(0, 1)) / np.var(truth, axis=(0, 1))
         assert np.all(r2 >= 0.9), dict(zip(PARAMS, r2.round(3)))  # novelty costs nothing on its own data
         for kind, loops in foreign.items():
-            result = await _recognize(clients, kind.replace(" ", "-"), loops.reshape(-1, cols, *loops.shape[1:]))
+            result = await recognize_scan(clients, kind.replace(" ", "-"), "loops", loops.reshape(-1, cols, *loops.shape[1:]),
+                                          DEFAULT_AXIS, "loops-mlp", components=COMPONENTS, timeout=120)
             flagged = result.maps["loops-mlp"]["novel"].mean()
             assert flagged >= (0.8 if kind == "hard ferroelectric" else 0.95), (kind, flagged)
             assert result.summary.recognizers["loops-mlp"].novel_fraction == pytest.approx(flagged)
-            assert len(_foreign_events(result)) == 1, kind
+            assert len(foreign_events(result.events)) == 1, kind
 
 
 @pytest.mark.timeout(300)

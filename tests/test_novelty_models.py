@@ -14,25 +14,15 @@ import numpy as np
 import pytest
 
 from scanlens.model_files import MODEL_DIR
-from scanlens.protocol.messages import Event
 from scanlens.sim.eels import DEFAULT_AXIS as EELS_SIM_AXIS
 from scanlens.sim.eels import EELSConfig, EELSSample, simulate_spectra
 from scanlens.sim.foreign import OTHER_EELS_AXIS, eels_other_instrument, flat_noise
 from scanlens.testing import connected, loopback_settings, serving
 
+from .model_checks import foreign_events, recognize_scan
+
 EELS_HELDOUT_SEED = 999  # eels-mlp's card: training.heldout_seed
 
-
-async def _recognize(server, clients, scan_id: str, lines: np.ndarray, axis, recognizer: str):
-    inst, sub, _ = clients
-    async with inst.scan(scan_id, "eels", lines.shape[:2], axis, recognizers=[recognizer]) as scan:
-        for row, line in enumerate(lines):
-            await scan.send_line(row, line)
-    return await sub.collect_scan(scan_id, timeout=60)
-
-
-def _foreign_events(result) -> list[Event]:
-    return [e for e in result.events if isinstance(e, Event) and e.code == "mostly_foreign"]
 
 
 async def test_eels_mlp_flags_foreign_spectra_and_not_its_own():
@@ -47,16 +37,16 @@ async def test_eels_mlp_flags_foreign_spectra_and_not_its_own():
                "another instrument": (eels_other_instrument(n, rng), OTHER_EELS_AXIS),
                "unknown phase": (lao, EELS_SIM_AXIS)}
     async with serving(settings) as server, connected(server) as clients:
-        result = await _recognize(server, clients, "own", own, EELS_SIM_AXIS, "eels-mlp")
+        result = await recognize_scan(clients, "own", "eels", own, EELS_SIM_AXIS, "eels-mlp")
         novel = result.maps["eels-mlp"]["novel"]
         assert novel.shape == (held.cfg.rows, held.cfg.cols)
         assert novel.mean() <= 0.02, novel.mean()
         assert result.summary.recognizers["eels-mlp"].novel_fraction == pytest.approx(novel.mean())
-        assert not _foreign_events(result)
+        assert not foreign_events(result.events)
         for kind, (spectra, axis) in foreign.items():
-            result = await _recognize(server, clients, kind.replace(" ", "-"), spectra.reshape(16, 32, -1), axis,
+            result = await recognize_scan(clients, kind.replace(" ", "-"), "eels", spectra.reshape(16, 32, -1), axis,
                                       "eels-mlp")
             flagged = result.maps["eels-mlp"]["novel"].mean()
             assert flagged >= 0.95, (kind, flagged)
             assert result.summary.recognizers["eels-mlp"].novel_fraction >= 0.95
-            assert len(_foreign_events(result)) == 1, kind
+            assert len(foreign_events(result.events)) == 1, kind

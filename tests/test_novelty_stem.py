@@ -21,6 +21,8 @@ from scanlens.sim.foreign_frames import foreign_frames
 from scanlens.sim.stem import STEMConfig, STEMMovie, nearest_neighbour_spacing_px
 from scanlens.testing import connected, loopback_settings, serving
 
+from .model_checks import foreign_events
+
 NAME = "stem-unet"
 
 # The code trains stem-unet with the scale-free normalisation and the frame novelty head, but the shipped
@@ -59,9 +61,6 @@ async def _movie(clients, scan_id: str, frames: list[np.ndarray]) -> tuple[list[
             return results, events, h
 
 
-def _foreign_events(events) -> list[Event]:
-    return [e for e in events if e.code == "mostly_foreign"]
-
 
 async def test_stem_unet_flags_foreign_frames_and_not_its_own():
     own = STEMMovie(STEMConfig(size=256, frames=50, seed=MOVIE_SEED))
@@ -72,14 +71,14 @@ async def test_stem_unet_flags_foreign_frames_and_not_its_own():
         assert all(np.isfinite(r.header.novelty) for r in results)
         assert novel.mean() <= 0.02, [r.header.novelty for r in results]
         assert summary.recognizers[NAME].novel_fraction == novel.mean()
-        assert not _foreign_events(events)
+        assert not foreign_events(events)
         for kind, frames in foreign_frames(20, FOREIGN_SEED).items():
             size = min(f.shape[0] for f in frames)  # one shape per scan: crop every frame to the smallest
             results, events, summary = await _movie(clients, kind, [f[:size, :size] for f in frames])
             flagged = np.mean([r.header.novel for r in results])
             assert flagged >= 0.95, (kind, flagged, [r.header.novelty for r in results])
             assert summary.recognizers[NAME].novel_fraction == flagged
-            assert len(_foreign_events(events)) == 1, kind  # once per scan
+            assert len(foreign_events(events)) == 1, kind  # once per scan
 
 
 async def test_the_same_atoms_at_any_intensity_scale():
