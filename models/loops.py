@@ -15,13 +15,11 @@ leaves almost no trace (dh up to ~1 k_BT under dJ ~ 3 k_BT, dJ up to ~1 under dh
 prior decides; it therefore mirrors the film model: each kind of disorder is either weak or strong,
 with a 10 % uniform share in between.
 
-Honesty (``models/novelty.py``, issue 11): a novelty head scores each loop's distance from the training
-loops (the network's own standardised input against its principal subspace), with its threshold set on
-held-out loops from the prior; the card records the flagged share of the held-out scan, of uniform draws
-over the parameter ranges and of foreign loops (``foreign_data``: a dead channel, a linear dielectric,
-an antiferroelectric double loop, an imprinted loop; and, recorded but not a target, a hard ferroelectric
-outside the prior, part of whose loops look like the prior's). The predicted sigma is calibrated after
-training on loops with parameters drawn uniformly over the card's ranges (:data:`UNIFORM_RANGES`, not only the
+Honesty (``models/novelty.py``, issue 11): a novelty head scores each loop's distance from its nearest
+neighbours in a bank of training loops, with its threshold set on held-out loops from the prior; the card
+records the flagged share of the held-out scan, of uniform draws over the parameter ranges and of foreign
+loops (``foreign_data``: a dead channel, a linear dielectric, an antiferroelectric double loop, an imprinted
+loop, a hard ferroelectric outside the prior). The predicted sigma is calibrated after training on loops with parameters drawn uniformly over the card's ranges (:data:`UNIFORM_RANGES`, not only the
 banded prior): ``sigma' = a sigma + b`` per parameter in standardised units (buffers ``sigma_scale`` and
 ``sigma_offset`` in the graph; the errors are heavy-tailed, so (a, b) balance the 1 and 2 sigma shares, see
 :func:`fit_sigma_calibration`), and R² and the 1 and 2 sigma coverage are measured on another, independent set
@@ -71,7 +69,7 @@ from scanlens.sim.foreign import (
     loops_outside_phase,
 )
 from scanlens.models.export import ProgressFn, TrainProgress, emit, export_reporting
-from scanlens.models.novelty import NoveltyFit, WithNovelty, fit_novelty, novelty_output
+from scanlens.models.novelty import NoveltyFit, WithNovelty, fit_nearest_novelty, novelty_output
 from scanlens.models.scoring import interval_coverage
 from scanlens.models.training import TrainResult, optimizer_record, parity_inputs, seeded_run, silu_mlp, train_epochs
 from scanlens.models.training import trainer
@@ -112,17 +110,15 @@ NOVELTY_SEED_BASE = 4000
 CALIBRATION_SEED_BASE = 2000
 UNIFORM_EVAL_SEED_BASE = 3000
 FOREIGN_SEED = 5151  # the foreign loops the card's flagged fractions are measured on
-NOVELTY_COMPONENTS = 4
-#: The novelty threshold's quantile of the held-out prior loops (1 % of them flagged): with 4 components the
-#: held-out scan stays unflagged and the linear dielectric and antiferroelectric loops pass 95 %.
+#: The novelty head (``models/novelty.py``, ``NearestNeighbourNovelty``): distance from the nearest training loops
+#: of a bank stored in the graph (4096 x 128 float32, 2 MiB). A principal subspace (3 to 40 components) left
+#: about 11 % of a hard ferroelectric's loops unflagged: they lie inside the span of the training loops, away
+#: from every one of them.
+NOVELTY_BANK = 4096
+NOVELTY_NEIGHBOURS = 5
+#: The novelty threshold's quantile of the held-out prior loops: 1 % of them flagged.
 NOVELTY_QUANTILE = 0.99
-#: Foreign kinds recorded in the card but not as targets: ``<kind>_flagged_share``, not ``<kind>_flagged`` (every
-#: ``*_flagged`` key but the ``heldout*`` ones is a >= 95 % target). The hard ferroelectric's loops (J0 5-8 k_B T)
-#: are in part indistinguishable from the prior's J0 <= 3.3 ones: about 89 % flagged at the chosen threshold, and
-#: no number of components from 3 to 40 (nor a 0.98 quantile) reaches 95 %.
-NEAR_FOREIGN = ("outside_phase",)
-NOVELTY_FEATURES = ("the network's standardised input ((P - training mean) / training std per field point and "
-                    "branch, 128 values)")
+NOVELTY_FEATURES = "the loop on the model axis (polarisation of both branches, 128 values)"
 #: The sigma calibration's targets: the Gaussian shares within 1 and 2 sigma.
 COVERAGE_TARGETS = (math.erf(1 / math.sqrt(2)), math.erf(2 / math.sqrt(2)))
 #: ... and the tolerances of issue 11 about them (0.68 +- 0.05, 0.95 +- 0.03).
@@ -292,13 +288,19 @@ class LoopsNet(nn.Module):
         self.head = nn.Linear(width, 2 * n_out)
         self.n_out = n_out
 
-    def novelty_features(self, loops: torch.Tensor) -> torch.Tensor:
-        """What the novelty head measures: the standardised input the first layer gets, ``[n, 128]``."""
+    def standardize(self, loops: torch.Tensor) -> torch.Tensor:
+        """The standardised input the first layer gets, ``[n, 128]``."""
         return (loops.flatten(1) - self.x_mean) / self.x_std
+
+    def novelty_features(self, loops: torch.Tensor) -> torch.Tensor:
+        """What the novelty head measures: the loop itself on the model axis, ``[n, 128]`` (polarisation, -1..1).
+        Not the standardised input: that magnifies the noise where the training loops barely vary (the
+        saturated ends of the sweep) until it drowns a foreign loop's shape."""
+        return loops.flatten(1)
 
     def raw(self, loops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised mean and clamped standardised log-variance (uncalibrated), ``[n, 3]`` each."""
-        out = self.head(self.body(self.novelty_features(loops)))
+        out = self.head(self.body(self.standardize(loops)))
         return out[:, : self.n_out], out[:, self.n_out :].clamp(*LOGVAR_RANGE)
 
     def forward(self, loops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -499,7 +501,7 @@ def calibrate(model: LoopsNet, x_train: np.ndarray, x_val: np.ndarray, x_scan: n
        ``sigma_scale`` and ``sigma_offset``; on ``recipe.n_uniform_eval`` other uniform draws (seed
        ``UNIFORM_EVAL_SEED_BASE + seed``) R², RMSE and the 1 / 2 sigma coverage, calibrated (``uniform_*``) and
        before (``uniform_coverage*_uncalibrated_*``).
-    2. The novelty head (``fit_novelty``) on the (noisy) training loops ``x_train``, its threshold on
+    2. The novelty head (``fit_nearest_novelty``) on the (noisy) training loops ``x_train``, its threshold on
        ``recipe.n_novelty`` held-out loops from the prior (seed ``NOVELTY_SEED_BASE + seed``); the flagged shares
        of the held-out scan ``x_scan``, of the prior validation loops ``x_val``, of the uniform evaluation draws
        and of each kind of :func:`foreign_data`.
@@ -532,14 +534,13 @@ def calibrate(model: LoopsNet, x_train: np.ndarray, x_val: np.ndarray, x_scan: n
         with torch.no_grad():
             return model.novelty_features(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
-    novelty = fit_novelty(features(x_train), features(x_nov), components=NOVELTY_COMPONENTS,
-                          features=NOVELTY_FEATURES, quantile=NOVELTY_QUANTILE, seed=seed)
+    novelty = fit_nearest_novelty(features(x_train), features(x_nov), bank=NOVELTY_BANK, k=NOVELTY_NEIGHBOURS,
+                                  features=NOVELTY_FEATURES, quantile=NOVELTY_QUANTILE, seed=seed)
     novelty.calibration["heldout_scan_flagged"] = novelty.flagged(features(x_scan))
     novelty.calibration["heldout_prior_flagged"] = novelty.flagged(features(x_val))
     novelty.calibration["heldout_uniform_flagged"] = novelty.flagged(features(x_eval))
     for name, x_foreign in foreign_data(recipe.n_foreign).items():
-        key = f"{name}_flagged_share" if name in NEAR_FOREIGN else f"{name}_flagged"
-        novelty.calibration[key] = novelty.flagged(features(x_foreign))
+        novelty.calibration[f"{name}_flagged"] = novelty.flagged(features(x_foreign))
     emit(progress, TrainProgress("calibrate", 3, 3, message=f"novelty threshold {novelty.threshold:.3g}"))
 
     record = {
@@ -549,11 +550,10 @@ def calibrate(model: LoopsNet, x_train: np.ndarray, x_val: np.ndarray, x_scan: n
             f"their tolerances (0.683 +- 0.05, 0.954 +- 0.03), fitted on {len(x_cal)} parameter sets "
             f"uniform over uniform_ranges (make_loops seed {cal_seed}), simulated as the training loops (random "
             f"training axis, noise rms uniform in noise_range); uniform_* metrics on {len(x_eval)} other uniform "
-            f"draws (seed {eval_seed}); novelty subspace on the noisy training loops, threshold on {len(x_nov)} "
-            f"held-out loops from the prior (seed {nov_seed}); heldout_scan_flagged on the held-out scan (seed "
+            f"draws (seed {eval_seed}); novelty bank of {NOVELTY_BANK} noisy training loops, threshold on "
+            f"{len(x_nov)} held-out loops from the prior (seed {nov_seed}); heldout_scan_flagged on the held-out scan (seed "
             f"{HELDOUT_SEED}), heldout_prior_flagged on the n_val prior loops, heldout_uniform_flagged on the "
-            f"uniform evaluation draws; foreign kinds in {list(NEAR_FOREIGN)} are recorded as "
-            f"<kind>_flagged_share (not a target: partly indistinguishable from the prior's loops)"
+            f"uniform evaluation draws, <kind>_flagged on each kind of foreign_data"
         ),
         "calibration_seeds": {"sigma": cal_seed, "uniform_eval": eval_seed, "novelty_threshold": nov_seed},
         "n_calibration": len(x_cal),

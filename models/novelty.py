@@ -16,6 +16,11 @@ held-out scans and on foreign data (``NoveltySpec``). The fit itself is numpy (`
 constants as a ``Subspace``); ``fit_novelty`` wraps them in the torch head for networks, and
 ``fit_subspace_novelty`` keeps them in numpy for a hand-built graph (eels-fit, ``models/physics_fit.py``).
 
+Where the training data do not lie near a linear subspace (loops-mlp: a hard ferroelectric's loops lie
+inside the span of the training loops but away from all of them), ``NearestNeighbourNovelty`` scores the
+root-mean-square distance per feature from the ``k`` nearest of a bank of training features stored in
+the graph (``fit_nearest_novelty``), thresholded the same way.
+
 **Calibration** (``fit_temperature``): the classifier's logits are divided by one temperature, fitted by
 minimising the negative log-likelihood on held-out samples; the expected calibration error before and
 after is measured on held-out scans (``scanlens.models.scoring.expected_calibration_error``).
@@ -52,6 +57,24 @@ class SubspaceNovelty(nn.Module):
         return (residual * residual * self.inv_var).mean(dim=-1)
 
 
+class NearestNeighbourNovelty(nn.Module):
+    """Root-mean-square distance per feature from the ``k`` nearest of a bank of training features (see
+    the module docstring). Input ``[n, d]`` features, output ``[n]`` scores."""
+
+    def __init__(self, bank: np.ndarray, k: int):
+        super().__init__()
+        bank = np.asarray(bank, np.float32)
+        self.register_buffer("bank_t", torch.as_tensor(np.ascontiguousarray(bank.T)))  # [d, m]
+        self.register_buffer("bank_sq", torch.as_tensor((bank.astype(np.float64) ** 2).sum(axis=1), dtype=torch.float32))
+        self.k = int(k)
+        self.n_features = bank.shape[1]
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        d2 = (features * features).sum(dim=-1, keepdim=True) + self.bank_sq - 2.0 * (features @ self.bank_t)
+        nearest = torch.topk(d2, self.k, dim=-1, largest=False).values.clamp_min(0.0)
+        return torch.sqrt(nearest / self.n_features).mean(dim=-1)
+
+
 class _Thresholded:
     """What a fitted novelty score gives the training code: the share flagged and the card's section (the
     subclasses provide ``scores``, ``threshold``, ``method`` and ``calibration``)."""
@@ -76,7 +99,7 @@ class _Thresholded:
 class NoveltyFit(_Thresholded):
     """A fitted head, its threshold and the figures for the card."""
 
-    head: SubspaceNovelty
+    head: nn.Module  # SubspaceNovelty or NearestNeighbourNovelty
     threshold: float
     method: str
     calibration: dict[str, float] = field(default_factory=dict)
@@ -162,6 +185,24 @@ def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, featu
     return result
 
 
+def fit_nearest_novelty(fit: np.ndarray, held_out: np.ndarray, *, bank: int, k: int, features: str,
+                        quantile: float = QUANTILE, seed: int = 0) -> NoveltyFit:
+    """The nearest-neighbour head (:class:`NearestNeighbourNovelty`) on a bank of ``bank`` rows of the
+    training features ``fit`` ``[n, d]`` (drawn with ``seed``), its threshold at ``quantile`` of the scores of
+    the held-out features ``held_out``; ``features`` says what they are (for the card's method)."""
+    rng = np.random.default_rng(seed)
+    fit = np.asarray(fit, np.float32)
+    rows = fit[rng.choice(len(fit), bank, replace=False)] if len(fit) > bank else fit
+    result = NoveltyFit(NearestNeighbourNovelty(rows, min(k, len(rows))).eval(), 0.0, "")
+    held = result.scores(np.asarray(held_out, np.float32), batch=2048)
+    result.threshold = float(np.quantile(held, quantile))
+    result.method = (f"root-mean-square distance per feature of {features} from the {k} nearest of {len(rows)} "
+                     f"training samples; threshold at the {quantile:g} quantile of held-out training-like samples")
+    result.calibration = {"quantile": quantile, "neighbours": float(k), "n_fit": float(len(rows)),
+                          "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > result.threshold))}
+    return result
+
+
 @dataclass
 class SubspaceFit(_Thresholded):
     """A fitted novelty score without a torch module (:func:`fit_subspace_novelty`): its constants, threshold
@@ -191,7 +232,7 @@ class WithNovelty(nn.Module):
     """A recognizer network plus its novelty head: the network's outputs, then the novelty score. The
     network provides ``novelty_features(x)`` (``[n, d]``) from its raw input."""
 
-    def __init__(self, net: nn.Module, head: SubspaceNovelty):
+    def __init__(self, net: nn.Module, head: nn.Module):
         super().__init__()
         self.net = net
         self.head = head

@@ -22,10 +22,11 @@ from scanlens.protocol.model_card import CARD_KEY, ModelCard
 # --------------------------------------------------------------------------- the committed model (no torch)
 
 
-def check_committed_file(path: Path) -> ort.InferenceSession:
-    """One small ONNX file with no external data; returns a session on it, configured as the service's."""
+def check_committed_file(path: Path, max_bytes: int = 1_000_000) -> ort.InferenceSession:
+    """One small ONNX file (under ``max_bytes``) with no external data; returns a session on it, configured as
+    the service's."""
     assert path.is_file()
-    assert path.stat().st_size < 1_000_000
+    assert path.stat().st_size < max_bytes
     proto = onnx.load(str(path))
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
     return make_session(path)

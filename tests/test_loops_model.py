@@ -17,6 +17,8 @@ from .model_checks import QuickRun, check_committed_file, check_onnx_matches_tor
 from .model_checks import check_novelty_card, committed_card, quick_run
 
 MODEL_PATH = MODEL_DIR / "loops-mlp.onnx"
+#: The novelty head's bank of training loops (scanlens.models.loops.NOVELTY_BANK x 128 float32) is most of the file.
+MAX_BYTES = 3_000_000
 MODEL_AXIS = DEFAULT_AXIS
 
 
@@ -53,7 +55,7 @@ def _check_outputs(params: np.ndarray, sigma: np.ndarray, *rest: np.ndarray) -> 
 
 
 def test_committed_model_loads_in_onnxruntime() -> None:
-    session = check_committed_file(MODEL_PATH)
+    session = check_committed_file(MODEL_PATH, MAX_BYTES)
     (inp,) = session.get_inputs()
     assert inp.name == "loops" and inp.type == "tensor(float)"
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [64, 2], "batch dimension is dynamic"
@@ -98,9 +100,8 @@ def test_committed_card_has_honest_novelty_and_sigma() -> None:
     card = committed_card(MODEL_PATH)
     check_novelty_card(card)
     cal = card.novelty.calibration
-    assert {f"{k}_flagged" for k in ("flat_noise", "linear_dielectric", "antiferroelectric", "imprinted")} <= set(cal)
-    # the hard ferroelectric outside the prior is recorded, not a target (part of it looks like J0 <= 3.3 loops)
-    assert cal["outside_phase_flagged_share"] >= 0.8, cal
+    kinds = ("flat_noise", "linear_dielectric", "antiferroelectric", "imprinted", "outside_phase")
+    assert all(cal[f"{k}_flagged"] >= 0.95 for k in kinds), cal
     assert 0 <= cal["heldout_uniform_flagged"] <= 1
     training, m = card.training, card.metrics
     assert training["n_calibration"] >= 2000 and training["n_uniform_eval"] >= 2000
@@ -161,7 +162,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
 
 
 def test_quick_training_exports_a_model_with_its_card(quick: QuickRun) -> None:
-    assert quick.path.is_file() and quick.path.stat().st_size < 1_000_000
+    assert quick.path.is_file() and quick.path.stat().st_size < MAX_BYTES
     card = read_card(quick.path)
     assert card.name == "loops-mlp" and card.input.axis == MODEL_AXIS and card.input.components == ["up", "down"]
     assert card.training["quick"] is True and card.training["n_samples"] >= 2000
@@ -183,9 +184,9 @@ def test_quick_card_has_the_calibration_computed_by_training(quick: QuickRun) ->
     nov = card.novelty
     assert nov is not None and nov.output == "novelty" and nov.threshold > 0
     assert [o.name for o in card.outputs] == OUTPUTS and card.outputs[2].role == "novelty"
-    kinds = ("flat_noise", "linear_dielectric", "antiferroelectric", "imprinted")
+    kinds = ("flat_noise", "linear_dielectric", "antiferroelectric", "imprinted", "outside_phase")
     expected = {"heldout_flagged", "heldout_scan_flagged", "heldout_prior_flagged", "heldout_uniform_flagged",
-                "outside_phase_flagged_share", *(f"{k}_flagged" for k in kinds)}
+                *(f"{k}_flagged" for k in kinds)}
     assert expected <= set(nov.calibration)
     assert all(0.0 <= nov.calibration[k] <= 1.0 for k in expected)
     assert nov.calibration["flat_noise_flagged"] >= 0.9, "even a quick model's novelty head sees a dead channel"
