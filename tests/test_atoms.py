@@ -3,6 +3,8 @@ with known answers: sub-pixel atom centres, touching atoms split, classes, vacan
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -86,3 +88,19 @@ def test_nothing_above_threshold_gives_empty_lists() -> None:
     p = probabilities((32, 32))
     class_map, atoms, defects = postprocess(p, PP)
     assert atoms.shape == (0, 3) and defects.shape == (0, 4) and not class_map.any()
+
+
+def test_defects_at_the_frame_edge_are_not_reported() -> None:
+    """A dopant on the last column (a column the frame cuts, or its reflection in the padding) and a vacancy
+    region at the top edge are dropped with ``edge_margin_px``; the atoms stay, and a dopant inside is kept."""
+    p = probabilities((40, 40), metal=[[10.0, 10.0]], dopant=[[39.0, 20.0], [20.0, 20.0]],
+                      vacancy_boxes=[(0, 3, 18, 22)])
+    pp = dataclasses.replace(PP, edge_margin_px=4.0)
+    _, atoms_all, defects_all = postprocess(p, PP)
+    _, atoms, defects = postprocess(p, pp)
+    assert len(defects_all) == 3 and len(atoms_all) == len(atoms) == 3
+    np.testing.assert_array_equal(atoms, atoms_all)
+    assert len(defects) == 1 and defects[0, 2] == 1
+    np.testing.assert_allclose(defects[0, :2], [20.0, 20.0], atol=0.05)
+    assert PostProcess.from_card(LABELS, {"atom_classes": ["metal"], "defect_classes": ["vacancy"],
+                                          "edge_margin_px": 4.0}).edge_margin_px == 4.0

@@ -37,6 +37,7 @@ from scanlens.models.scoring import (
 from scanlens.pipeline import PostProcess
 from scanlens.pipeline import FrameRecognizer
 from scanlens.pipeline import open_recognizer
+from .model_checks import check_novelty_card
 
 
 MODEL_PATH = MODEL_DIR / "stem-unet.onnx"
@@ -70,14 +71,15 @@ def test_committed_model_is_one_small_file_with_dynamic_image_dims() -> None:
     (inp,) = session.get_inputs()
     assert inp.name == "image" and inp.type == "tensor(float)"
     assert inp.shape[1] == 1 and all(isinstance(d, str) for d in (inp.shape[0], inp.shape[2], inp.shape[3]))
-    assert [o.name for o in session.get_outputs()] == ["probabilities"]
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "novelty"]
     rng = np.random.default_rng(0)
     for shape in ((1, 1, 64, 64), (2, 1, 48, 112)):
         x = rng.poisson(20.0, shape).astype(np.float32)
-        (probs,) = session.run(None, {"image": x})
+        probs, novelty = session.run(None, {"image": x})
         assert probs.shape == (shape[0], len(SEG_CLASSES), *shape[2:]) and probs.dtype == np.float32
         assert np.all(np.isfinite(probs)) and probs.min() >= 0
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert novelty.shape == (shape[0],) and np.all(np.isfinite(novelty))
 
 
 def test_committed_card_describes_the_model(recognizer: FrameRecognizer) -> None:
@@ -87,10 +89,12 @@ def test_committed_card_describes_the_model(recognizer: FrameRecognizer) -> None
     assert card.input.name == "image"
     assert card.input.pixel_size is not None
     assert (card.input.pixel_size.size, card.input.pixel_size.units) == (0.02, "nm")
-    # the shipped file predates the scale-free normalisation and the novelty head (issue 11, still open)
-    assert "Anscombe" in card.input.normalization and "per image" in card.input.normalization
-    (out,) = card.outputs
+    # scale-free: counts and fractions of the beam give the same input (issue 11)
+    assert "sqrt" in card.input.normalization and "scale" in card.input.normalization
+    out, nov = card.outputs
     assert (out.name, out.role, out.labels) == ("probabilities", "segmentation", list(SEG_CLASSES))
+    assert (nov.name, nov.role) == ("novelty", "novelty")
+    check_novelty_card(card, heldout_at_most=0.02, foreign_at_least=0.95)
     pp = card.postprocess
     assert pp["atom_classes"] == list(ATOM_CLASSES) and pp["defect_classes"] == list(DEFECT_CLASSES)
     assert 0.5 * NN_PX <= pp["min_distance_px"] <= 0.7 * NN_PX
@@ -110,6 +114,8 @@ def test_committed_card_describes_the_model(recognizer: FrameRecognizer) -> None
     assert m["default_dose_atom_f1"] >= 0.98 and m["default_dose_defect_accuracy"] >= 0.95
     assert m["low_dose_atom_f1"] > m["low_dose_classical_atom_f1"]
     assert m["rescaled_atom_f1"] >= 0.97
+    # calibrated pixel classes (issue 11): 15-bin ECE on >= 10 000 held-out pixels, against the soft truth
+    assert m["ece"] <= 0.03 and m["ece_pixels"] >= 10_000 and m["temperature"] > 0
 
 
 def test_default_dose_targets_on_held_out_frames(recognizer: FrameRecognizer) -> None:

@@ -16,24 +16,29 @@ the ground-truth coordinates (disks of 0.4 x the nearest-neighbour spacing, as t
 them), counting only columns whose centre lies inside the frame, the rule of the ground-truth atom list
 the model is scored against.
 
-**Network.** Anscombe transform ``2 sqrt(x + 3/8)`` of the raw counts and per-image standardisation
-inside the graph, a 3-level U-Net (16-32-64-128 channels, batch norm, ReLU, max-pool, transposed-conv
+**Network.** Scale-free normalisation inside the graph (the square root of the frame in units of its
+own mean, then per-image standardisation: counts and fractions of the beam give the same input), a
+3-level U-Net (16-32-64-128 channels, batch norm, ReLU, max-pool, transposed-conv
 up-sampling, skip connections), per-pixel softmax over the 7 classes. Loss: class-weighted
 cross-entropy (defect classes are < 0.5 % of the pixels) against soft targets that peak at each atom
 column's centre, so that the service's peak finder sees one maximum per column (hard disks give flat
-plateaus of probability 1 with several maxima each). The ONNX input is ``image`` ``[n, 1, h, w]`` raw
+plateaus of probability 1 with several maxima each). Pool frames are the last frame of short movies,
+so defects are seen where they have walked to (adatoms off their first hollow sites). After training:
+a temperature for the pixel probabilities and a frame novelty head on the deepest features
+(:mod:`.honesty`). The ONNX input is ``image`` ``[n, 1, h, w]`` raw
 counts with ``h`` and ``w`` multiples of 16 (all three dims dynamic).
 
 **Card.** Pixel size 0.02 nm, the post-processing parameters the service uses (tuned on tuning frames
-after training) and held-out metrics measured on simulated frames with seeds never used in training:
+after training; defects within half a column spacing of the frame's edge are not reported) and held-out metrics measured on simulated frames with seeds never used in training:
 atom F1 and defect classification at the default dose, the network against the tuned classical
 baseline at low dose, and a frame at 0.015 nm/px rescaled as the service does.
 
 **Modules** (this package re-exports their public names; ``scanlens train stem`` calls :func:`train`):
 :mod:`.config` (names, pixel size, ranges of the draws, :class:`Recipe`, :func:`postprocess_spec`),
 :mod:`.data` (pool frames, labels, crops, batches), :mod:`.network` (:class:`STEMUNet`, the loss),
-:mod:`.evaluation` (:class:`TorchSegmenter`, tuning, held-out metrics), :mod:`.fitting`
-(:func:`train_network`, :func:`fit`, :class:`SegmentationResult`) and :mod:`.exporting` (card, ONNX export).
+:mod:`.evaluation` (:class:`TorchSegmenter`, tuning, held-out metrics), :mod:`.honesty` (temperature, frame
+novelty, calibration figures), :mod:`.fitting` (:func:`train_network`, :func:`fit`, :func:`finish`,
+:class:`SegmentationResult`) and :mod:`.exporting` (card, ONNX export).
 """
 
 from __future__ import annotations

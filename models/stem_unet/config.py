@@ -53,6 +53,8 @@ DRIFT_RANGE_PX = (0.0, 1.0)  # px per frame time
 JITTER_RANGE_PX = (0.0, 0.6)  # rms line jitter
 PIXEL_RANGE_NM = (0.011, 0.035)  # source pixel sizes of the rescaled share of the pool
 RESCALED_SHARE = 0.4
+#: A pool frame is the last frame of a movie of 1 to this many frames (``data.make_pool_frame``).
+POOL_MOVIE_FRAMES = 30
 CROP_SIZES = (128, 144, 160, 176, 192)
 #: Share of crops that end in a reflection of the frame, as the service pads frames to a multiple of 16.
 PADDED_SHARE = 0.3
@@ -72,6 +74,9 @@ NORMALIZATION = (
 NOVELTY_FIT_CROPS = {"full": 384, "quick": 24}
 NOVELTY_HELDOUT_FRAMES = {"full": 400, "quick": 24}
 NOVELTY_COMPONENTS = 8
+#: Cells of the deepest feature map (8 px each) next to the frame's edge that the novelty features
+#: all but ignore (``network.interior_weights``): the zero padding reaches about this far in.
+NOVELTY_BORDER_CELLS = 4
 NOVELTY_SEED_BASE = 500_000
 FOREIGN_FRAMES = {"full": 100, "quick": 8}
 
@@ -117,4 +122,7 @@ def postprocess_spec(threshold: float = 0.5, min_region_px: int = 8, *, nn_px: f
         # four lattice constants: site-bound defects jump a lattice constant at a time, several per frame
         "track_gate_nm": round(max(2.5 * math.sqrt(4.0 * d_max), 4.0 * a_nm), 3),
         "min_region_px": int(min_region_px),
+        # half the column spacing: a defect closer to the edge sits on a column the frame cuts (the simulator
+        # keeps defects 2 lattice constants inside), and the reflection padding makes such a column look dim
+        "edge_margin_px": round(0.5 * nn_px, 2),
     }

@@ -27,6 +27,7 @@ from .config import (
     PADDED_SHARE,
     PIXEL_NM,
     PIXEL_RANGE_NM,
+    POOL_MOVIE_FRAMES,
     RESCALED_SHARE,
     SEG_OF_ATOM,
     SEG_OF_DEFECT,
@@ -78,17 +79,21 @@ def truth_points(truth: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def make_pool_frame(rng: np.random.Generator, seed: int, frame_px: int) -> PoolFrame:
-    """Render one pool frame (fewer defects when they do not fit). Its points are scaled as ``rescale``
+    """Render one pool frame: the last frame of a movie of 1 to :data:`POOL_MOVIE_FRAMES` frames, so the
+    pool has defects as they are later in a movie, not only where they start (fewer defects when they do
+    not fit). Its points are scaled as ``rescale``
     scales the image: by ``(out - 1) / (size - 1)``, exactly 1 when the frame is not rescaled."""
     cfg, zoom = training_config(rng, seed, frame_px)
+    cfg = dataclasses.replace(cfg, frames=int(rng.integers(1, POOL_MOVIE_FRAMES + 1)))
     for n in range(cfg.n_defects, -1, -1):
         try:
             movie = STEMMovie(dataclasses.replace(cfg, n_defects=n))
             break
         except ValueError:
             continue
-    lam = movie.expected_frame(0)
-    pts = truth_points(movie.truth(0))
+    last = cfg.frames - 1  # defects that have walked: adatoms off their starting hollow sites, changed classes
+    lam = movie.expected_frame(last)
+    pts = truth_points(movie.truth(last))
     size = cfg.size
     out = int(round(size * zoom))  # the edge scipy.ndimage.zoom gives; ``size`` when rescale leaves it as it is
     pts[:, :2] *= (out - 1) / (size - 1)

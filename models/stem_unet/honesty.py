@@ -10,8 +10,9 @@ the figures the card carries (``models/novelty.py`` explains both methods).
   argmax, by design, so hard labels count them wrong).
 * **Novelty** per frame, from the U-Net's deepest features: fitted on crops of the training pool,
   thresholded on pool-like frames from seeds never trained on; the card records the share flagged of
-  held-out movie frames and of foreign frames (``scanlens.sim.foreign_frames``: graphene, a lattice it was
-  never shown; flat Poisson noise; WS2 with inverted, bright-field-like contrast).
+  held-out movie frames (256 and 384 px, and 1024 px frames like the demo's) and of foreign frames
+  (``scanlens.sim.foreign_frames``: graphene, a lattice it was never shown; flat Poisson noise; WS2 with
+  inverted, bright-field-like contrast).
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def fit_frame_novelty(model: STEMUNet, pool: list[PoolFrame], kind: str, seed: i
     movie = STEMMovie(STEMConfig(size=256, frames=20 if kind == "full" else 4, seed=HELDOUT_SEEDS[0]))
     own = [logits_and_features(model, movie.frame(t))[1] for t in range(movie.cfg.frames)]
     own += [logits_and_features(model, simulated_frame(s, size=384)[0])[1] for s in HELDOUT_SEEDS]
+    if kind == "full":  # frames of the demo's size (1024 px, 32 defects): the score must not grow with the frame
+        demo = STEMMovie(STEMConfig(size=1024, frames=3, n_defects=32, seed=HELDOUT_SEEDS[1]))
+        own += [logits_and_features(model, demo.frame(t))[1] for t in range(demo.cfg.frames)]
     result.calibration["heldout_scan_flagged"] = result.flagged(np.array(own))
     for name, frames in foreign_frames(FOREIGN_FRAMES[kind], FOREIGN_SEED).items():
         result.calibration[f"{name}_flagged"] = result.flagged(np.array([logits_and_features(model, f)[1]

@@ -9,7 +9,7 @@ from torch import nn
 
 from scanlens.sim.stem import SEG_CLASSES
 
-from .config import BASE_CHANNELS, IGNORE, LEVELS, SEG_OF_ATOM, TARGET_SIGMA_PX
+from .config import BASE_CHANNELS, IGNORE, LEVELS, NOVELTY_BORDER_CELLS, SEG_OF_ATOM, TARGET_SIGMA_PX
 
 
 def soft_targets(labels: torch.Tensor, distance: torch.Tensor, sigma_px: float = TARGET_SIGMA_PX) -> torch.Tensor:
@@ -46,8 +46,20 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 #: What the frame novelty head measures (``frame_features``).
-NOVELTY_FEATURES = ("log(0.01 + mean) and log(0.01 + standard deviation) over the frame of each channel of "
-                    "the U-Net's deepest encoder block")
+NOVELTY_FEATURES = (f"log(0.01 + mean) and log(0.01 + standard deviation) over the frame of each channel of "
+                    f"the U-Net's deepest encoder block, cells within {NOVELTY_BORDER_CELLS} of the frame's edge "
+                    "weighted 1/1000 (they see the zero padding)")
+
+
+def interior_weights(n: int, like: torch.Tensor) -> torch.Tensor:
+    """``[n]`` weights of a feature map's cells along one axis: 1 inside, 1e-3 within
+    :data:`NOVELTY_BORDER_CELLS` of either edge, whose values the convolutions' zero padding shapes; their
+    share shrinks as a frame grows, so with equal weights the frame statistics (and the novelty score)
+    would depend on the frame's size. A map too small for an interior is weighted evenly. Written with
+    ``arange`` on the map's own size so the exported graph keeps height and width dynamic."""
+    i = torch.arange(n, dtype=like.dtype, device=like.device)
+    edge = torch.minimum(i, (n - 1) - i)
+    return torch.where(edge >= NOVELTY_BORDER_CELLS, 1.0, 1e-3).to(like.dtype)
 
 
 class STEMUNet(nn.Module):
@@ -87,8 +99,10 @@ class STEMUNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         deep = x.to(torch.float64)
-        mean = deep.mean(dim=(2, 3))
-        std = torch.sqrt(((deep - mean[:, :, None, None]) ** 2).mean(dim=(2, 3)))
+        w = interior_weights(deep.shape[2], deep)[:, None] * interior_weights(deep.shape[3], deep)[None, :]
+        w = w / w.sum()
+        mean = (deep * w).sum(dim=(2, 3))
+        std = torch.sqrt((((deep - mean[:, :, None, None]) ** 2) * w).sum(dim=(2, 3)))
         features = torch.log(torch.cat([mean, std], dim=1) + 0.01).to(torch.float32)
         for i in reversed(range(self.levels)):
             x = self.dec[i](torch.cat([self.up[i](x), skips[i]], dim=1))

@@ -28,13 +28,17 @@ class PostProcess:
     min_distance_px: float = 4.0
     threshold: float = 0.5
     min_region_px: int = 4  # smallest vacancy region kept
+    #: Defects whose centre lies closer than this (model px) to the frame's edge are not reported: a column
+    #: the frame cuts through (or its reflection in the padding) cannot be told from a dimmer one. 0: keep all.
+    edge_margin_px: float = 0.0
 
     @classmethod
     def from_card(cls, labels: list[str], spec: dict[str, Any]) -> PostProcess:
         pp = cls(labels=list(labels), atom_classes=list(spec["atom_classes"]),
                  defect_classes=list(spec["defect_classes"]),
                  min_distance_px=float(spec.get("min_distance_px", 4.0)),
-                 threshold=float(spec.get("threshold", 0.5)), min_region_px=int(spec.get("min_region_px", 4)))
+                 threshold=float(spec.get("threshold", 0.5)), min_region_px=int(spec.get("min_region_px", 4)),
+                 edge_margin_px=float(spec.get("edge_margin_px", 0.0)))
         unknown = sorted(set(pp.atom_classes + pp.defect_classes) - set(labels))
         if unknown:
             raise ValueError(f"postprocess names classes {unknown} that are not among the outputs {labels}")
@@ -113,7 +117,8 @@ def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
 
 
 def find_defects(probs: np.ndarray, class_map: np.ndarray, atoms: np.ndarray, pp: PostProcess) -> np.ndarray:
-    """float32 ``[m, 4]``: x, y, defect class index (into ``pp.defect_classes``), confidence."""
+    """float32 ``[m, 4]``: x, y, defect class index (into ``pp.defect_classes``), confidence; none closer
+    than ``pp.edge_margin_px`` to the frame's edge (pixel centres at integers, the edge half a pixel out)."""
     parts: list[np.ndarray] = []
     for k, name in enumerate(pp.defect_classes):
         c = pp.labels.index(name)
@@ -129,7 +134,15 @@ def find_defects(probs: np.ndarray, class_map: np.ndarray, atoms: np.ndarray, pp
         keep = count >= pp.min_region_px
         parts.append(np.column_stack([centres[keep, 1], centres[keep, 0], np.full(keep.sum(), k),
                                       total[keep] / count[keep]]))
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 4), np.float32)
+    if not parts:
+        return np.zeros((0, 4), np.float32)
+    found = np.concatenate(parts).astype(np.float32)
+    if pp.edge_margin_px > 0:
+        h, w = class_map.shape
+        x, y = found[:, 0], found[:, 1]
+        edge = np.minimum(np.minimum(x + 0.5, w - 0.5 - x), np.minimum(y + 0.5, h - 0.5 - y))
+        found = found[edge >= pp.edge_margin_px]
+    return found
 
 
 def postprocess(probs: np.ndarray, pp: PostProcess) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
