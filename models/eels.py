@@ -64,6 +64,15 @@ INPUT_NAME = "spectra"
 OUTPUT_NAMES = ("probabilities", "abundance")
 NOVELTY_COMPONENTS = 12
 NOVELTY_FEATURES = "2 sqrt(counts + 3/8) on the model axis (variance-stabilised counts)"
+#: The novelty score's counts floor (``models/novelty.py``) as a share of the dimmest training spectrum's mean
+#: counts per channel: a spectrum dimmer than that is outside the training doses, whatever its shape.
+NOVELTY_FLOOR_SHARE = 0.5
+
+
+def counts_floor(spectra: np.ndarray) -> float:
+    """The counts floor of training spectra ``[n, 240]``: :data:`NOVELTY_FLOOR_SHARE` x the smallest mean counts
+    per channel among them."""
+    return NOVELTY_FLOOR_SHARE * float(np.asarray(spectra, np.float64).mean(axis=1).min())
 FOREIGN_SEED = 4242  # the foreign data the card's flagged fractions are measured on
 MSE_WEIGHT = 20.0
 DOSE_RANGE = (0.3, 3.0)  # x EELSConfig().dose, log-uniform
@@ -221,16 +230,18 @@ def novelty_features(counts):
 
 def foreign_data(n: int = 4000, seed: int = FOREIGN_SEED) -> dict[str, np.ndarray]:
     """Spectra the model was not trained on, on the model axis as the service would feed them: flat
-    Poisson noise, another instrument's spectra (zero-loss peak, plasmons, power-law tail, their own
+    Poisson noise (15-150 and, faint, 0.3-3 counts per channel), another instrument's spectra (zero-loss peak, plasmons, power-law tail, their own
     calibration), and pure LAO, a phase outside the training set, at the training doses."""
     rng = np.random.default_rng(seed)
     d0 = EELSConfig().dose
     dose = d0 * np.exp(rng.uniform(math.log(DOSE_RANGE[0]), math.log(DOSE_RANGE[1]), n))
     lao = simulate_spectra(np.tile([0.0, 0.0, 0.0, 1.0], (n, 1)), DEFAULT_AXIS, dose=dose,
                            read_noise=EELSConfig().read_noise, rng=rng)
-    return {"flat_noise": flat_noise(n, MODEL_AXIS.size, rng),
-            "other_instrument": resample(eels_other_instrument(n, rng), OTHER_EELS_AXIS),
-            "unknown_phase": resample(lao, DEFAULT_AXIS)}
+    out = {"flat_noise": flat_noise(n, MODEL_AXIS.size, rng),
+           "other_instrument": resample(eels_other_instrument(n, rng), OTHER_EELS_AXIS),
+           "unknown_phase": resample(lao, DEFAULT_AXIS)}
+    out["faint_flat_noise"] = flat_noise(n, MODEL_AXIS.size, rng, counts_per_channel=1.0)  # 0.3-3 counts/channel
+    return out
 
 
 def architecture() -> str:
@@ -324,7 +335,7 @@ def fit(*, quick: bool = False, seed: int = 0, progress: ProgressFn | None = Non
         x_mix, _ = make_mixtures(cal_rng, recipe.n_calibration)
         x_cal = np.concatenate([x_scans, x_mix])
         novelty = fit_novelty(novelty_features(x_np), novelty_features(x_cal), components=NOVELTY_COMPONENTS,
-                              features=NOVELTY_FEATURES, seed=seed)
+                              features=NOVELTY_FEATURES, seed=seed, counts_floor=counts_floor(x_np))
         novelty.calibration["heldout_scan_flagged"] = novelty.flagged(novelty_features(x_val))
         for name, x_foreign in foreign_data().items():
             novelty.calibration[f"{name}_flagged"] = novelty.flagged(novelty_features(x_foreign))

@@ -16,6 +16,12 @@ held-out scans and on foreign data (``NoveltySpec``). The fit itself is numpy (`
 constants as a ``Subspace``); ``fit_novelty`` wraps them in the torch head for networks, and
 ``fit_subspace_novelty`` keeps them in numpy for a hand-built graph (eels-fit, ``models/physics_fit.py``).
 
+Features that are variance-stabilised counts (``f = 2 sqrt(c + 3/8)``, EELS) can carry a **counts floor**:
+a subspace also holds the faint end of its own dose direction, so a spectrum far dimmer than any
+training spectrum (flat noise at 2 counts per channel) lies close to it. With ``counts_floor`` set, the
+score adds ``COUNTS_FLOOR_WEIGHT * max(0, log(floor) - log(mean counts))``, the counts recovered from the
+features; training-like data, all above the floor, get nothing added.
+
 Where the training data do not lie near a linear subspace (loops-mlp: a hard ferroelectric's loops lie
 inside the span of the training loops but away from all of them), ``NearestNeighbourNovelty`` scores the
 root-mean-square distance per feature from the ``k`` nearest of a bank of training features stored in
@@ -28,12 +34,14 @@ after is measured on held-out scans (``scanlens.models.scoring.expected_calibrat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from scanlens.models.subspace import COUNTS_FLOOR_WEIGHT, Subspace, fit_subspace
 from scanlens.protocol.model_card import NoveltySpec, OutputSpec
 
 #: The share of held-out training-like samples the threshold lets through: 0.5 % of them are flagged.
@@ -43,18 +51,25 @@ OUTPUT_NAME = "novelty"
 
 class SubspaceNovelty(nn.Module):
     """Squared distance from the training features' principal subspace, per feature, in units of the
-    training residual (see the module docstring). Input ``[n, d]`` features, output ``[n]`` scores."""
+    training residual, plus the counts floor's term when ``counts_floor`` is given (see the module
+    docstring). Input ``[n, d]`` features, output ``[n]`` scores."""
 
-    def __init__(self, mean: np.ndarray, basis: np.ndarray, residual_var: np.ndarray):
+    def __init__(self, mean: np.ndarray, basis: np.ndarray, residual_var: np.ndarray,
+                 counts_floor: float | None = None):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("basis", torch.as_tensor(basis, dtype=torch.float32))  # [d, k]
         self.register_buffer("inv_var", torch.as_tensor(1.0 / residual_var, dtype=torch.float32))
+        self.counts_floor = counts_floor
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = features - self.mean
         residual = z - (z @ self.basis) @ self.basis.T
-        return (residual * residual * self.inv_var).mean(dim=-1)
+        score = (residual * residual * self.inv_var).mean(dim=-1)
+        if self.counts_floor is None:
+            return score
+        counts = ((features * 0.5) ** 2 - 0.375).mean(dim=-1).clamp_min(1e-3)
+        return score + COUNTS_FLOOR_WEIGHT * torch.relu(math.log(self.counts_floor) - torch.log(counts))
 
 
 class NearestNeighbourNovelty(nn.Module):
@@ -119,69 +134,36 @@ def novelty_output(description: str = "") -> OutputSpec:
                                                  "feature, in units of the training residual")
 
 
-@dataclass
-class Subspace:
-    """The fitted constants of a novelty score, in numpy (float64): the training features' ``mean`` ``[d]``,
-    the top principal directions ``basis`` ``[d, k]`` (orthonormal columns), the per-feature residual variance
-    ``residual_var`` ``[d]`` (in the features' units squared) and the number of samples ``n_fit`` they were
-    fitted on. What :class:`SubspaceNovelty` (torch) or a hand-built ONNX graph (eels-fit,
-    ``models/physics_fit.py``) stores."""
-
-    mean: np.ndarray
-    basis: np.ndarray
-    residual_var: np.ndarray
-    n_fit: int
-
-    def scores(self, features: np.ndarray, batch: int = 16384) -> np.ndarray:
-        """The novelty score of each row of ``features`` ``[n, d]`` (see the module docstring), float64 ``[n]``."""
-        inv_var = 1.0 / self.residual_var
-        out = np.zeros(len(features))
-        for i in range(0, len(features), batch):
-            z = np.asarray(features[i:i + batch], np.float64) - self.mean
-            residual = z - (z @ self.basis) @ self.basis.T
-            out[i:i + batch] = (residual * residual * inv_var).mean(axis=-1)
-        return out
-
-
-def fit_subspace(fit: np.ndarray, *, components: int, max_fit: int = 50_000, seed: int = 0) -> Subspace:
-    """The mean, ``components`` principal directions and per-feature residual variance of (at most ``max_fit``
-    of, drawn with ``seed``) the training features ``fit`` ``[n, d]``: numpy only, no torch module."""
-    rng = np.random.default_rng(seed)
-    if len(fit) > max_fit:
-        fit = fit[rng.choice(len(fit), max_fit, replace=False)]
-    fit = np.asarray(fit, np.float64)
-    mean = fit.mean(axis=0)
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:components].T
-    z = fit - mean
-    residual = z - (z @ basis) @ basis.T
-    residual_var = np.maximum((residual**2).mean(axis=0), 1e-12 + 1e-6 * float((residual**2).mean()))
-    return Subspace(mean, basis, residual_var, len(fit))
-
-
 def _threshold_figures(held: np.ndarray, *, components: int, n_fit: int, features: str,
-                       quantile: float) -> tuple[float, str, dict[str, float]]:
+                       quantile: float, counts_floor: float | None = None) -> tuple[float, str, dict[str, float]]:
     """The threshold at ``quantile`` of the held-out scores ``held``, the card's method text and figures."""
     threshold = float(np.quantile(held, quantile))
     method = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
-              f"the training data, per feature in units of the training residual; threshold at the "
-              f"{quantile:g} quantile of held-out training-like samples")
+              f"the training data, per feature in units of the training residual")
+    if counts_floor is not None:
+        method += (f", plus {COUNTS_FLOOR_WEIGHT:g} x max(0, ln({counts_floor:g} / mean counts per channel)) "
+                   "for spectra dimmer than the counts floor")
+    method += f"; threshold at the {quantile:g} quantile of held-out training-like samples"
     calibration = {"quantile": quantile, "components": float(components), "n_fit": float(n_fit),
                    "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > threshold))}
+    if counts_floor is not None:
+        calibration["counts_floor"] = float(counts_floor)
     return threshold, method, calibration
 
 
 def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
-                quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> NoveltyFit:
+                quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0,
+                counts_floor: float | None = None) -> NoveltyFit:
     """Fit the subspace on (at most ``max_fit`` of) the training features ``fit`` ``[n, d]``
     (:func:`fit_subspace`), the threshold on the held-out features ``held_out`` scored by the torch head;
-    ``features`` says what they are (for the card's method)."""
+    ``features`` says what they are (for the card's method); ``counts_floor`` as :class:`SubspaceNovelty`'s."""
     sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed)
-    head = SubspaceNovelty(sub.mean, sub.basis, sub.residual_var).eval()
+    head = SubspaceNovelty(sub.mean, sub.basis, sub.residual_var, counts_floor).eval()
     result = NoveltyFit(head, 0.0, "")
     held = result.scores(np.asarray(held_out, np.float32))
     result.threshold, result.method, result.calibration = _threshold_figures(
-        held, components=components, n_fit=sub.n_fit, features=features, quantile=quantile)
+        held, components=components, n_fit=sub.n_fit, features=features, quantile=quantile,
+        counts_floor=counts_floor)
     return result
 
 
@@ -218,13 +200,15 @@ class SubspaceFit(_Thresholded):
 
 
 def fit_subspace_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
-                         quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0) -> SubspaceFit:
+                         quantile: float = QUANTILE, max_fit: int = 50_000, seed: int = 0,
+                         counts_floor: float | None = None) -> SubspaceFit:
     """:func:`fit_novelty` in numpy alone: the subspace (:func:`fit_subspace`) on the training features ``fit``,
     the threshold at ``quantile`` of the float64 scores of the held-out features ``held_out``."""
-    sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed)
+    sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed, counts_floor=counts_floor)
     held = sub.scores(held_out)
     threshold, method, calibration = _threshold_figures(held, components=components, n_fit=sub.n_fit,
-                                                        features=features, quantile=quantile)
+                                                        features=features, quantile=quantile,
+                                                        counts_floor=counts_floor)
     return SubspaceFit(sub, threshold, method, calibration)
 
 

@@ -48,6 +48,7 @@ measures the metrics on a held-out simulated scan. Importing this module needs n
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -61,6 +62,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scanlens.sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
 from scanlens.models.export import ProgressFn, TrainProgress, emit, make_session, set_card
 from scanlens.models.scoring import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
+from scanlens.models.subspace import COUNTS_FLOOR_WEIGHT, counts_floor_penalty
 from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import InputSpec, ModelCard, NoveltySpec, OutputSpec
@@ -174,11 +176,13 @@ class NoveltyConstants:
     mean: np.ndarray
     basis: np.ndarray
     residual_var: np.ndarray
+    counts_floor: float  # mean counts per channel below which the score grows (models/novelty.py)
 
     @classmethod
     def of(cls, subspace) -> NoveltyConstants:
-        """From a fitted ``scanlens.models.novelty.Subspace`` (or anything with these three arrays)."""
-        return cls(*(np.asarray(getattr(subspace, k), np.float64) for k in ("mean", "basis", "residual_var")))
+        """From a fitted ``scanlens.models.novelty.Subspace`` (or anything with these arrays and a counts floor)."""
+        return cls(*(np.asarray(getattr(subspace, k), np.float64) for k in ("mean", "basis", "residual_var")),
+                   float(subspace.counts_floor))
 
 
 def novelty_features(spectra: np.ndarray) -> np.ndarray:
@@ -191,10 +195,13 @@ def novelty_features(spectra: np.ndarray) -> np.ndarray:
 def novelty_numpy(spectra: np.ndarray, novelty: NoveltyConstants) -> np.ndarray:
     """The novelty score of each spectrum (``[n, 240]`` counts on the model axis) in float64, ``[n]``,
     dimensionless: the mean over channels of the squared distance of :func:`novelty_features` from the
-    fitted subspace, in units of the training residual variance (``models/novelty.py``)."""
-    z = novelty_features(spectra) - novelty.mean
+    fitted subspace, in units of the training residual variance, plus the counts floor's term
+    (``models/novelty.py``)."""
+    f = novelty_features(spectra)
+    z = f - novelty.mean
     off = z - (z @ novelty.basis) @ novelty.basis.T
-    return (off * off / novelty.residual_var).mean(axis=1)
+    mean_counts = np.maximum(np.clip(np.asarray(spectra, np.float64), 0.0, None).mean(axis=1), 1e-3)
+    return (off * off / novelty.residual_var).mean(axis=1) + counts_floor_penalty(mean_counts, novelty.counts_floor)
 
 
 def fit_numpy(spectra: np.ndarray, novelty: NoveltyConstants | None = None) -> dict[str, np.ndarray]:
@@ -239,6 +246,10 @@ def _graph_proto(novelty: NoveltyConstants) -> onnx.ModelProto:
         "novelty_basis": novelty.basis,
         "novelty_basis_t": novelty.basis.T,
         "novelty_weights": 1.0 / (novelty.residual_var * MODEL_AXIS.size),
+        # counts floor: COUNTS_FLOOR_WEIGHT * relu(ln(floor) - ln(max(mean counts, 1e-3)))
+        "novelty_log_floor": np.array(math.log(novelty.counts_floor)),
+        "novelty_floor_weight": np.array(COUNTS_FLOOR_WEIGHT),
+        "novelty_min_mean": np.array(1e-3),
     }
     init = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
     init.append(numpy_helper.from_array(np.array([1], np.int64), "axis1"))
@@ -270,7 +281,14 @@ def _graph_proto(novelty: NoveltyConstants) -> onnx.ModelProto:
         node("MatMul", ["loadings", "novelty_basis_t"], ["in_subspace"]),
         node("Sub", ["centred", "in_subspace"], ["off_subspace"]),
         node("Mul", ["off_subspace", "off_subspace"], ["off2"]),
-        node("MatMul", ["off2", "novelty_weights"], ["novelty"]),  # [n, C] @ [C] -> [n]
+        node("MatMul", ["off2", "novelty_weights"], ["off_score"]),  # [n, C] @ [C] -> [n]
+        node("ReduceMean", ["nonnegative"], ["mean_counts"], axes=[1], keepdims=0),  # opset 17: axes attribute
+        node("Max", ["mean_counts", "novelty_min_mean"], ["dim_counts"]),
+        node("Log", ["dim_counts"], ["log_counts"]),
+        node("Sub", ["novelty_log_floor", "log_counts"], ["below_floor"]),
+        node("Relu", ["below_floor"], ["floor_gap"]),
+        node("Mul", ["floor_gap", "novelty_floor_weight"], ["floor_term"]),
+        node("Add", ["off_score", "floor_term"], ["novelty"]),
     ]
     k = len(PHASES)
     outputs = [
@@ -297,7 +315,8 @@ def graph_novelty(model: str | PathLike[str] | onnx.ModelProto) -> NoveltyConsta
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
     init = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
     return NoveltyConstants(init["novelty_mean"], init["novelty_basis"],
-                            1.0 / (init["novelty_weights"] * MODEL_AXIS.size))
+                            1.0 / (init["novelty_weights"] * MODEL_AXIS.size),
+                            float(np.exp(init["novelty_log_floor"])))
 
 
 def model_card(metrics: Mapping[str, float], novelty: NoveltySpec, novelty_training: Mapping[str, Any]) -> ModelCard:
@@ -475,7 +494,8 @@ def fit_novelty(progress: ProgressFn | None = None) -> tuple[SubspaceFit, dict[s
     emit(progress, TrainProgress("heldout", total, total, message=f"{len(x_mix)} random mixtures"))
     x_held = np.concatenate(held)
     fitted = fit_subspace_novelty(eels.novelty_features(x_fit), eels.novelty_features(x_held),
-                                  components=NOVELTY_COMPONENTS, features=NOVELTY_FEATURES, seed=NOVELTY_SEED)
+                                  components=NOVELTY_COMPONENTS, features=NOVELTY_FEATURES, seed=NOVELTY_SEED,
+                                  counts_floor=eels.counts_floor(x_fit))
     emit(progress, TrainProgress("novelty", 1, 1, message=f"threshold {fitted.threshold:.4g}"))
     d0 = EELSConfig().dose
     record: dict[str, Any] = {

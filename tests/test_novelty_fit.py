@@ -2,7 +2,8 @@
 
 Through the real service (real sockets on loopback, the committed ONNX file): the card's held-out scan of
 the EELS simulator has at most 2 % of its pixels flagged novel, no ``mostly_foreign`` event and the
-summary's ``novel_fraction`` equal to the map's mean; flat Poisson noise, another instrument's spectra
+summary's ``novel_fraction`` equal to the map's mean; flat Poisson noise (at training doses and at 0.3-3
+counts per channel), another instrument's spectra
 (sent on their own axis, ``OTHER_EELS_AXIS``, which the service maps onto the model's) and the phase
 outside the reference set (LaAlO3) each have at least 95 % flagged and the event, once. The foreign data
 are drawn here with other seeds than the card's figures (``scanlens.models.eels.foreign_data``).
@@ -38,6 +39,8 @@ async def test_eels_fit_flags_foreign_spectra_and_not_its_own():
                            dose=d0 * np.exp(rng.uniform(np.log(0.3), np.log(3.0), n)),
                            read_noise=EELSConfig().read_noise, rng=rng)  # LaAlO3: not in the reference set
     foreign = {"flat noise": (flat_noise(n, EELS_SIM_AXIS.size, rng), EELS_SIM_AXIS),
+               # 0.3-3 counts per channel: below every training dose (the counts floor, models/novelty.py)
+               "faint flat noise": (flat_noise(n, EELS_SIM_AXIS.size, rng, counts_per_channel=1.0), EELS_SIM_AXIS),
                "another instrument": (eels_other_instrument(n, rng), OTHER_EELS_AXIS),
                "unknown phase": (lao, EELS_SIM_AXIS)}
     async with serving(settings) as server, connected(server) as clients:

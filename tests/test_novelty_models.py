@@ -34,6 +34,8 @@ async def test_eels_mlp_flags_foreign_spectra_and_not_its_own():
     lao = simulate_spectra(np.tile([0.0, 0.0, 0.0, 1.0], (n, 1)), EELS_SIM_AXIS, dose=EELSConfig().dose,
                            read_noise=EELSConfig().read_noise, rng=rng)  # LaAlO3: not a phase it was trained on
     foreign = {"flat noise": (flat_noise(n, EELS_SIM_AXIS.size, rng), EELS_SIM_AXIS),
+               # 0.3-3 counts per channel: below every training dose (the counts floor, models/novelty.py)
+               "faint flat noise": (flat_noise(n, EELS_SIM_AXIS.size, rng, counts_per_channel=1.0), EELS_SIM_AXIS),
                "another instrument": (eels_other_instrument(n, rng), OTHER_EELS_AXIS),
                "unknown phase": (lao, EELS_SIM_AXIS)}
     async with serving(settings) as server, connected(server) as clients:

@@ -40,6 +40,7 @@ from scanlens.models.physics_fit import (
     run_onnx,
     scan_spectra,
 )
+from scanlens.models.subspace import COUNTS_FLOOR_WEIGHT
 from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import CARD_KEY, ModelCard
@@ -82,7 +83,8 @@ def test_committed_model_loads_in_onnxruntime() -> None:
     proto = onnx.load(str(MODEL_PATH))
     onnx.checker.check_model(proto)
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
-    assert {n.op_type for n in proto.graph.node} <= {"MatMul", "Sub", "Mul", "Max", "Add", "Div", "Sqrt", "ReduceSum"}
+    assert {n.op_type for n in proto.graph.node} <= {"MatMul", "Sub", "Mul", "Max", "Add", "Div", "Sqrt", "ReduceSum",
+                                                     "ReduceMean", "Log", "Relu"}  # the last three: the counts floor
     session = make_session(MODEL_PATH)
     (inp,) = session.get_inputs()
     assert inp.name == "spectra" and inp.type == "tensor(float)"
@@ -118,14 +120,15 @@ def test_committed_card_describes_the_model() -> None:
 
 
 def test_committed_card_has_a_calibrated_novelty_section() -> None:
-    """Held-out scan <= 2 % flagged, flat noise, another instrument and LAO >= 95 % each (issue 11), measured
+    """Held-out scan <= 2 % flagged, flat noise (also faint), another instrument and LAO >= 95 % each (issue 11), measured
     by the build on the graph itself; the subspace was fitted on simulated scans other than the held-out one."""
     card = read_card(MODEL_PATH)
     check_novelty_card(card)
     cal = card.novelty.calibration
     assert {k for k in cal if k.endswith("_flagged")} == {
         "heldout_flagged", "heldout_scan_flagged", "flat_noise_flagged", "other_instrument_flagged",
-        "unknown_phase_flagged"}
+        "unknown_phase_flagged", "faint_flat_noise_flagged"}
+    assert cal["counts_floor"] == pytest.approx(graph_novelty(MODEL_PATH).counts_floor, rel=1e-6)
     assert cal["components"] == NOVELTY_COMPONENTS == graph_novelty(MODEL_PATH).basis.shape[1]
     assert cal["n_fit"] == 50_000 and cal["n_heldout"] >= 40_000
     record = card.training["novelty"]
@@ -165,7 +168,8 @@ def test_numpy_reference_is_the_weighted_least_squares_solution() -> None:
 
 def test_numpy_novelty_is_the_subspace_distance_of_eels_mlps_features() -> None:
     """The reference score: eels-mlp's features (variance-stabilised counts), the residual off the stored
-    subspace per channel over the residual variance, averaged; the shared numpy scorer agrees."""
+    subspace per channel over the residual variance, averaged, plus the counts floor's term below the floor;
+    the shared numpy scorer agrees."""
     x = _mixed_inputs().astype(np.float64)
     k = graph_novelty(MODEL_PATH)
     f = 2.0 * np.sqrt(np.clip(x, 0.0, None) + 0.375)
@@ -175,13 +179,16 @@ def test_numpy_novelty_is_the_subspace_distance_of_eels_mlps_features() -> None:
     assert np.all(k.residual_var > 0)
     z = f - k.mean
     off = z - z @ k.basis @ k.basis.T
-    np.testing.assert_allclose(novelty_numpy(x, k), np.mean(off**2 / k.residual_var, axis=1), rtol=1e-10)
+    floor = COUNTS_FLOOR_WEIGHT * np.maximum(0.0, np.log(k.counts_floor / np.maximum(np.clip(x, 0, None).mean(axis=1),
+                                                                                      1e-3)))
+    assert 0 < floor.sum() and floor[x.mean(axis=1) > k.counts_floor].max() == 0  # the inputs have faint spectra
+    np.testing.assert_allclose(novelty_numpy(x, k), np.mean(off**2 / k.residual_var, axis=1) + floor, rtol=1e-10)
     pytest.importorskip("torch")
     from scanlens.models.eels import novelty_features as eels_features
     from scanlens.models.novelty import Subspace
 
     np.testing.assert_allclose(novelty_features(x), eels_features(x.astype(np.float32)), rtol=1e-6)
-    shared = Subspace(k.mean, k.basis, k.residual_var, 0).scores(f)
+    shared = Subspace(k.mean, k.basis, k.residual_var, 0, k.counts_floor).scores(f)
     np.testing.assert_allclose(novelty_numpy(x, k), shared, rtol=1e-10)
 
 
