@@ -92,7 +92,8 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
     async def send() -> int:
         async with _opened(instrument.scan(scan_id, source.modality, source.shape, source.axis,
                                            components=getattr(source, "components", None), recognizers=recognizers,
-                                           meta={**source.meta, "dwell_s": dwell_s}), watch, start_timeout) as scan:
+                                           meta={**source.meta, "dwell_s": dwell_s},
+                                           scan_step=getattr(source, "scan_step", None)), watch, start_timeout) as scan:
             for row in range(rows):
                 spectra = source.line(row)
                 if dwell_s > 0:
@@ -119,8 +120,8 @@ async def stream_movie(instrument: Instrument, source, scan_id: str, *, frame_in
 
     async def send() -> int:
         async with _opened(instrument.movie(scan_id, source.modality, source.shape, pixel_size, frames=source.frames,
-                                            policy=policy, recognizers=recognizers,
-                                            meta={**source.meta, "frame_interval_s": frame_interval_s}),
+                                            policy=policy, recognizers=recognizers, meta=dict(source.meta),
+                                            frame_interval_s=frame_interval_s if frame_interval_s > 0 else None),
                            watch, start_timeout) as scan:
             for i in range(source.frames):
                 image = source.frame(i)

@@ -175,3 +175,26 @@ def test_frame_results_are_published_in_arrival_order(recognizers) -> None:
     binding.forget(2)                                          # ... and never comes (skipped)
     assert binding.flush() == [pub[3]]
     assert binding.in_order(9, [pub[0]]) == [pub[0]]           # a seq never admitted is not held
+
+
+async def test_spatial_and_time_calibration_travel_with_the_scan(recognizers) -> None:
+    """scan_start's scan_step (spectral) and frame_interval_s (imaging) are echoed in scan_started; a
+    scan_step that is not a length is refused; each belongs to one kind of scan only."""
+    h = ManagerHarness(recognizers)
+    step = PixelSize(size=0.4, units="nm")
+    (started,) = await h.send(ScanStart(scan_id="si", modality="eels", shape=(2, 3), axis=band_axis(), scan_step=step))
+    assert started.header.scan_step == step and started.header.frame_interval_s is None
+    (started,) = await h.send(ScanStart(scan_id="mv", modality="haadf", shape=(64, 64), frames=2,
+                                        pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm"), frame_interval_s=0.04))
+    assert started.header.frame_interval_s == 0.04 and started.header.scan_step is None
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(ScanStart(scan_id="bad", modality="eels", shape=(2, 3), axis=band_axis(),
+                               scan_step=PixelSize(size=1.0, units="eV")))
+    assert exc.value.code == "scan_rejected" and "not a length" in exc.value.reason
+    assert "bad" not in h.manager.open_scans
+    with pytest.raises(ValueError, match="scan_step applies to spectral"):
+        ScanStart(scan_id="x", modality="haadf", shape=(8, 8), pixel_size=step, scan_step=step)
+    with pytest.raises(ValueError, match="frame_interval_s applies to imaging"):
+        ScanStart(scan_id="x", modality="eels", shape=(2, 3), axis=band_axis(), frame_interval_s=0.1)
+    with pytest.raises(ValueError):
+        ScanStart(scan_id="x", modality="haadf", shape=(8, 8), pixel_size=step, frame_interval_s=-1.0)

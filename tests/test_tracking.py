@@ -307,6 +307,14 @@ def test_summary_is_json_ready_and_has_nm_units():
     vac = s["diffusion"]["classes"]["vacancy"]
     assert vac["D_nm2_per_frame"] == pytest.approx(vac["D_px2_per_frame"] * 0.02**2)
     assert "D_nm2_per_frame" not in plain["diffusion"]["classes"]["vacancy"]
+    assert "D_nm2_per_s" not in vac and s["frame_interval_s"] is None
+    timed = tr.summary(pixel_size_nm=0.02, frame_interval_s=0.04)
+    t_vac = timed["diffusion"]["classes"]["vacancy"]
+    assert timed["frame_interval_s"] == 0.04
+    assert t_vac["D_nm2_per_s"] == pytest.approx(vac["D_nm2_per_frame"] / 0.04)
+    assert t_vac["D_stderr_nm2_per_s"] == pytest.approx(vac["D_stderr_nm2_per_frame"] / 0.04)
+    with pytest.raises(ValueError, match="frame_interval_s"):
+        tr.summary(pixel_size_nm=0.02, frame_interval_s=0.0)
     assert s["diffusion"]["classes"]["dopant"] is None
     assert s["transitions"]["classes"] == ["vacancy", "dopant", "divacancy"]
     assert s["transitions"]["probabilities"][0] == [1.0, 0.0, 0.0]

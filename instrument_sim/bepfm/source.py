@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from scanlens.protocol.messages import Axis
+from scanlens.protocol.messages import Axis, PixelSize
 
 from .config import BEPFMConfig
 from .oscillator import COMPONENTS
@@ -25,6 +25,7 @@ class BEPFMSource:
         self.sample = BEPFMSample(cfg)
         self.shape: tuple[int, int] = (cfg.rows, cfg.cols)
         self.axis: Axis = cfg.axis
+        self.scan_step = PixelSize(size=cfg.pixel_size_um, units="um")
         self.components: list[str] = list(COMPONENTS)
         self.meta: dict[str, Any] = {
             "simulator": "instrument_sim.bepfm",

@@ -27,6 +27,7 @@ class EELSConfig(JSONConfig):
     roughness_px: float = 1.5  # rms lateral displacement of the interfaces
     seed: int = 0
     unknown_region: bool = False  # a region of LAO (not in the reference set) crossing the layers
+    pixel_size_nm: float = 0.4  # scan step (the scan_start's scan_step); the sample is laid out in pixels
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -37,3 +38,5 @@ class EELSConfig(JSONConfig):
             raise ValueError("interface_width_px must be > 0 and roughness_px >= 0")
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
+        if not self.pixel_size_nm > 0:
+            raise ValueError("pixel_size_nm must be > 0")

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scanlens.protocol.messages import PixelSize
+
 from .config import EELSConfig
 from .sample import EELSSample
 from .spectra import PHASES
@@ -22,6 +24,7 @@ class EELSSource:
         self.sample = EELSSample(self.cfg)
         self.shape = (self.cfg.rows, self.cfg.cols)
         self.axis = self.cfg.axis
+        self.scan_step = PixelSize(size=self.cfg.pixel_size_nm, units="nm")
         self.meta = {"simulator": "instrument_sim.eels", "phases": list(PHASES), "seed": self.cfg.seed,
                      "dose": self.cfg.dose, "drift_eV": self.cfg.drift_eV}
 

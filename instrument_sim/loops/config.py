@@ -42,6 +42,7 @@ class LoopsConfig(JSONConfig):
     lattice: int = LATTICE
     grains: int = GRAINS
     sweeps_per_step: int = SWEEPS_PER_STEP
+    pixel_size_um: float = 0.1  # scan step of the switching-spectroscopy grid (the scan_start's scan_step)
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -52,8 +53,8 @@ class LoopsConfig(JSONConfig):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be 0 <= low <= high")
-        if not self.region_px > 0:
-            raise ValueError("region_px must be > 0")
+        if not self.region_px > 0 or not self.pixel_size_um > 0:
+            raise ValueError("region_px and pixel_size_um must be > 0")
         if not (0 < self.bond_fraction < 1 and 0 < self.field_fraction < 1):
             raise ValueError("bond_fraction and field_fraction must lie in (0, 1)")
         axis_sampling(self.axis, field_ramp(self.sweeps_per_step))  # the axis must lie inside the sweep

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from scanlens.protocol.messages import Axis
+from scanlens.protocol.messages import Axis, PixelSize
 
 from .config import COMPONENTS, PARAM_UNITS, PARAMS, LoopsConfig
 from .ising import TEMPERATURE
@@ -29,6 +29,7 @@ class LoopsSource:
         self.sample.precompute(workers=workers)
         self.shape: tuple[int, int] = (cfg.rows, cfg.cols)
         self.axis: Axis = cfg.axis
+        self.scan_step = PixelSize(size=cfg.pixel_size_um, units="um")
         self.components: list[str] = list(COMPONENTS)
         self.meta: dict[str, Any] = {
             "simulator": "instrument_sim.loops",

@@ -54,6 +54,9 @@ def serve(
     control: Annotated[Optional[str], typer.Option(help="ROUTER endpoint for requests (default tcp://127.0.0.1:5557)")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="directory of *.onnx recognizers (default bundled models)")] = None,
     models: Annotated[Optional[list[str]], typer.Option("--model", help="load only this recognizer (repeat)")] = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free port; default: no "
+             "endpoint; docs/operations.md)")] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run the recognition service until Ctrl-C / SIGTERM.
@@ -70,7 +73,7 @@ def serve(
     setup_logging(log_level)
     try:
         settings = load_settings(config, ingest=ingest, publish=publish, control=control,
-                                 model_dir=model_dir, models=models)
+                                 model_dir=model_dir, models=models, metrics=metrics)
         server = Server(settings)
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -49,12 +49,22 @@ class Settings(BaseSettings):
                                  "refused with how many rows to ask for at a time (the client does this itself)")
     status_interval_s: float = Field(0.25, gt=0, description="period of the status heartbeat on the PUB socket")
     publish_hwm: int = Field(100_000, ge=1, description="messages queued per subscriber before ZeroMQ drops")
+    metrics: str | None = Field(None, description="HOST:PORT of the Prometheus /metrics endpoint (HTTP, no "
+                                "authentication; port 0: any free port), e.g. 127.0.0.1:9464; None: no endpoint. "
+                                "Loopback only unless network_isolated (docs/operations.md)")
 
     @field_validator("user_model_dir", mode="before")
     @classmethod
     def _empty_user_model_dir_is_the_default(cls, value: object) -> object:
         # SCANLENS_USER_MODEL_DIR="" means unset, as in user_model_dir(), not the current directory
         return user_model_dir() if value == "" else value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            metrics_address(value)
+        return value
 
     @model_validator(mode="after")
     def _curve_keys_together(self) -> Settings:
@@ -69,6 +79,15 @@ class Settings(BaseSettings):
     def curve_enabled(self) -> bool:
         """Whether CurveZMQ authentication is configured."""
         return self.curve_secret_key is not None
+
+
+def metrics_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 host in brackets) -> (host, port); ValueError naming the expected form."""
+    host, _, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"metrics must be HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free port), got {value!r}")
+    return host, int(port)
 
 
 def load_settings(config: Path | None = None, **overrides: object) -> Settings:
@@ -98,14 +117,17 @@ class InsecureBindError(ValueError):
 
 
 def unauthenticated_binds(settings: Settings) -> dict[str, str]:
-    """The endpoints (by socket name) that other hosts could reach without authentication: none with
-    CURVE keys; otherwise every endpoint that is not loopback, ``ipc://`` or ``inproc://``."""
+    """The endpoints (by socket name) that other hosts could reach without authentication: the ZeroMQ
+    ones that are not loopback, ``ipc://`` or ``inproc://`` (none with CURVE keys), and the metrics
+    endpoint when it is not on loopback (it has no authentication, CURVE or not)."""
     from ..transport.sockets import is_local_endpoint  # keeps `scanlens --help` free of pyzmq
 
-    if settings.curve_enabled:
-        return {}
-    endpoints = {"ingest": settings.ingest, "publish": settings.publish, "control": settings.control}
-    return {name: ep for name, ep in endpoints.items() if not is_local_endpoint(ep)}
+    endpoints = {} if settings.curve_enabled else {
+        "ingest": settings.ingest, "publish": settings.publish, "control": settings.control}
+    exposed = {name: ep for name, ep in endpoints.items() if not is_local_endpoint(ep)}
+    if settings.metrics is not None and not is_local_endpoint(f"tcp://{settings.metrics}"):
+        exposed["metrics"] = f"http://{settings.metrics}"
+    return exposed
 
 
 def check_binds(settings: Settings) -> dict[str, str]:
@@ -114,8 +136,10 @@ def check_binds(settings: Settings) -> dict[str, str]:
     exposed = unauthenticated_binds(settings)
     if exposed and not settings.network_isolated:
         where = ", ".join(f"{name} {ep}" for name, ep in exposed.items())
-        raise InsecureBindError(
-            f"refusing to bind {where} without authentication (not a loopback address): configure "
-            "curve_secret_key and curve_allowed_keys (see `scanlens keys create` and docs/operations.md), "
-            "or set network_isolated = true if this network is isolated")
+        fix = ("configure curve_secret_key and curve_allowed_keys (see `scanlens keys create` and "
+               "docs/operations.md)" if set(exposed) - {"metrics"} else
+               "metrics have none: bind them to loopback and reach them through an SSH tunnel "
+               "(docs/operations.md, \"Metrics (Prometheus)\")")
+        raise InsecureBindError(f"refusing to bind {where} without authentication (not a loopback address): "
+                                f"{fix}, or set network_isolated = true if this network is isolated")
     return exposed

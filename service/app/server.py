@@ -13,6 +13,9 @@ With CURVE keys (``curve_secret_key``, ``curve_allowed_keys``) all three sockets
 a ZAP handler (``scanlens.transport.KeyAuthenticator``) admits the allowed client keys, counting each
 refused handshake as ``auth_refused.<socket>``; the ingest loop hands the sender's key to the pipeline
 as the owner of what it sends. Without keys, only local endpoints are bound (``config.check_binds``).
+
+With ``metrics`` set, a Prometheus endpoint (``metrics.py``) serves a snapshot of the status that the
+status loop refreshes; it is always loopback unless ``network_isolated`` (it has no authentication).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from ..protocol.codec import Limits, ProtocolError, decode, encode, split_envelo
 from ..protocol.messages import Reply, Request
 from ..transport import CurveServer, KeyAuthenticator, load_allowed_keys
 from ..transport.sockets import bind
-from .config import Settings, check_binds
+from .config import Settings, check_binds, metrics_address
 from .limits import WireLimits
+from .metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ class Server:
         self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)
         self.endpoints: dict[str, str] = {}
+        self.metrics: MetricsEndpoint | None = MetricsEndpoint() if s.metrics is not None else None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -114,6 +119,9 @@ class Server:
                          self.curve.public_key.decode(), len(self.allowed_keys), s.curve_allowed_keys)
                 if not self.allowed_keys:
                     log.warning("no client keys (*.key) in %s: every client will be refused", s.curve_allowed_keys)
+                if "metrics" in self._exposed:
+                    log.warning("network_isolated = true: metrics %s bound WITHOUT authentication (CURVE does not "
+                                "cover HTTP)", self._exposed["metrics"])
             elif self._exposed:
                 log.warning("network_isolated = true: %s bound WITHOUT authentication; any host that can reach "
                             "them can send, subscribe and query", ", ".join(f"{n} {ep}" for n, ep in self._exposed.items()))
@@ -134,6 +142,10 @@ class Server:
                                                            send_hwm=w.control_send_hwm, mandatory=True,
                                                            curve=self.curve, zap_domain="control")
             sockets.append(self.control)
+            if self.metrics is not None:
+                self.metrics.update(self.scans.status(), self.scans)
+                self.endpoints["metrics"] = self.metrics.start(*metrics_address(s.metrics))
+                log.info("Prometheus metrics on %s", self.endpoints["metrics"])
             log.info("scanlens %s: ingest %s, publish %s, control %s; recognizers %s", __version__,
                      self.endpoints["ingest"], self.endpoints["publish"], self.endpoints["control"],
                      ", ".join(self.scans.processors))
@@ -150,6 +162,8 @@ class Server:
                 sock.close(linger=SHUTDOWN_LINGER_MS if sock is getattr(self, "pub", None) else 0)
             if auth is not None:
                 auth.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
             ctx.term()
             log.info("scanlens stopped")
 
@@ -219,7 +233,10 @@ class Server:
 
     async def _status_loop(self) -> None:
         while True:
-            await self._publish([Publication(topics.STATUS, self.scans.status())])
+            status = self.scans.status()
+            if self.metrics is not None:  # what scrapes read until the next heartbeat (metrics.py)
+                self.metrics.update(status, self.scans)
+            await self._publish([Publication(topics.STATUS, status)])
             await asyncio.sleep(self.settings.status_interval_s)
 
     async def _control_loop(self) -> None:

@@ -35,17 +35,21 @@ class Instrument(_Client):
 
     def movie(self, scan_id: str, modality: str, shape: tuple[int, int], pixel_size: PixelSize, *,
               frames: int | None = None, policy: str = "lossless", recognizers: list[str] | None = None,
-              meta: dict[str, Any] | None = None) -> ScanStream:
-        """An imaging scan to send frame by frame (``send_frame``); ``policy`` "lossless" or "latest"."""
+              meta: dict[str, Any] | None = None, frame_interval_s: float | None = None) -> ScanStream:
+        """An imaging scan to send frame by frame (``send_frame``); ``policy`` "lossless" or "latest";
+        ``frame_interval_s`` the time from one frame to the next (D in nm²/s)."""
         return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, pixel_size=pixel_size,
-                                          frames=frames, policy=policy, recognizers=recognizers, meta=meta or {}))
+                                          frames=frames, policy=policy, recognizers=recognizers, meta=meta or {},
+                                          frame_interval_s=frame_interval_s))
 
     def scan(self, scan_id: str, modality: str, shape: tuple[int, int], axis: Axis, *,
              components: list[str] | None = None, recognizers: list[str] | None = None,
-             meta: dict[str, Any] | None = None) -> ScanStream:
-        """A scan to send; ``components`` names the last axis of multi-component data."""
+             meta: dict[str, Any] | None = None, scan_step: PixelSize | None = None) -> ScanStream:
+        """A scan to send; ``components`` names the last axis of multi-component data; ``scan_step`` the
+        distance between neighbouring scan pixels (the map's spatial calibration)."""
         return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, axis=axis,
-                                          components=components, recognizers=recognizers, meta=meta or {}))
+                                          components=components, recognizers=recognizers, meta=meta or {},
+                                          scan_step=scan_step))
 
 
 class ScanStream:

@@ -87,6 +87,7 @@ class FrameBinding(Binding):
     filled: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))  # [rows, cols], stays 0
     tracker: DefectTracker | None = None
     pixel_size_nm: float | None = None
+    frame_interval_s: float | None = None  # scan_start's, for D in nm^2/s
     frames_done: int = 0
     frames_novel: int = 0  # recognized frames whose novelty is above the threshold (models with novelty)
     foreign_reported: bool = False
@@ -145,7 +146,8 @@ class FrameBinding(Binding):
             self.turn.wait_for(lambda: not self.order or self.order[0] == seq)
             try:
                 ids = self.tracker.update(frame, defects[:, :2], defects[:, 2].astype(np.intp))
-                return ids, self.tracker.summary(pixel_size_nm=self.pixel_size_nm)
+                return ids, self.tracker.summary(pixel_size_nm=self.pixel_size_nm,
+                                                 frame_interval_s=self.frame_interval_s)
             finally:
                 if self.order and self.order[0] == seq:
                     self.order.popleft()
@@ -264,7 +266,7 @@ class FrameRecognizer(Processor):
         tracker = DefectTracker(len(self.pp.defect_classes), gate_px=gate_px, max_gap=1,
                                 class_names=self.pp.defect_classes)
         return FrameBinding(self, zoom=zoom, filled=np.zeros(start.shape, dtype=np.uint8), tracker=tracker,
-                            pixel_size_nm=nm)
+                            pixel_size_nm=nm, frame_interval_s=start.frame_interval_s)
 
     def max_publication_bytes(self, max_pixels: int, max_edge: int) -> int:
         # the uint8 class map of a whole frame, plus its atoms and defects
@@ -333,7 +335,8 @@ class FrameRecognizer(Processor):
     def summarize(self, binding: Binding) -> RecognizerSummary:
         assert isinstance(binding, FrameBinding)
         return RecognizerSummary(pixels_recognized=binding.pixels_done, frames_recognized=binding.frames_done,
-                                 novel_fraction=binding.novel_fraction, tracking=binding.tracker.summary(pixel_size_nm=binding.pixel_size_nm),
+                                 novel_fraction=binding.novel_fraction, tracking=binding.tracker.summary(
+                                     pixel_size_nm=binding.pixel_size_nm, frame_interval_s=binding.frame_interval_s),
                                  **latency_percentiles(binding.latencies_ms))
 
     def describe(self) -> dict[str, Any]:

@@ -26,11 +26,12 @@ from ..protocol import topics
 from ..protocol.codec import ProtocolError, ReplyTooLarge
 from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
                                  ScanStarted, Status)
-from .axis import AxisError
+from .axis import AxisError, length_factor
 from .batcher import ByteGate, InferenceWorker, ResultHandler
 from .memory import MemoryLedger, mib
 from .processor import Processor, Publication, WorkItem, takes_of
 from .scan import LIST_LIMIT, ScanState
+from .stats import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ class ScanManager:
         self.limits = limits
         self.clock = clock
         self.counters: collections.Counter[str] = collections.Counter()
+        #: closed scans by their summary's final state (complete, incomplete, timed_out, aborted)
+        self.closed_by_state: collections.Counter[str] = collections.Counter()
+        #: every processor's latencies (receipt -> stored) since start, for the metrics endpoint
+        self.latency = {name: LatencyHistogram() for name in self.processors}
         self.open_scans: dict[str, ScanState] = {}
         self.closed_scans: collections.OrderedDict[str, ScanState] = collections.OrderedDict()
         #: ids of closed scans whose records were evicted (bounded): their data is still ``late``
@@ -169,6 +174,12 @@ class ScanManager:
         if rows * cols > lim.max_scan_pixels:
             raise ProtocolError("scan_rejected", f"scan of {rows}x{cols} pixels exceeds the limit of "
                                 f"{lim.max_scan_pixels}", scan_id=sid)
+        if start.scan_step is not None:
+            try:
+                length_factor(start.scan_step.units, "nm")
+            except AxisError:
+                raise ProtocolError("scan_rejected", f"scan_step units {start.scan_step.units!r} are not a length "
+                                    "(pm, Å, nm, um)", scan_id=sid) from None
         processors = self.choose(start)
         try:
             scan = ScanState.open(start, processors, owner=owner)
@@ -287,6 +298,7 @@ class ScanManager:
                 out.append(self.event("internal", error or "inference failed", scan_id=scan.scan_id, seq=item.seq))
             else:
                 latency = scan.store(item, outputs)
+                self.latency[item.binding.processor.name].observe(latency)
                 counter, n = item.binding.recognized(item)
                 self.counters[counter] += n
                 out.append(item.binding.publication(item, outputs, latency))
@@ -322,6 +334,7 @@ class ScanManager:
         while len(self.closed_scans) > self.limits.keep_closed_scans:
             self._drop_oldest_closed()
         self.counters["scans_closed"] += 1
+        self.closed_by_state[summary.state] += 1
         out = []
         if timed_out:
             silent = (f"no data within {min(self.limits.start_timeout_s, self.limits.scan_timeout_s):g} s of "
@@ -348,6 +361,7 @@ class ScanManager:
             del self.open_scans[scan.scan_id]
             self.ledger.release(scan.scan_id)
             self.counters["scans_aborted"] += 1
+            self.closed_by_state[summary.state] += 1
             out.append(self.event("aborted", f"the service is shutting down: scan {scan.scan_id} aborted with "
                                   f"{summary.pixels_recognized} of {summary.pixels_expected} pixels recognized",
                                   scan_id=scan.scan_id, level="warning"))
@@ -440,7 +454,7 @@ class ScanManager:
             scan_id=start.scan_id, modality=start.modality, shape=start.shape, axis=start.axis,
             components=start.components, pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
             recognizers=list(scan.bindings), outputs={name: b.map_specs() for name, b in scan.bindings.items()},
-            meta=start.meta)
+            meta=start.meta, scan_step=start.scan_step, frame_interval_s=start.frame_interval_s)
 
     @staticmethod
     def _scan_row(scan: ScanState) -> dict[str, Any]:

@@ -330,11 +330,13 @@ class DefectTracker:
         prob[row == 0] = np.nan
         return {"classes": list(self.class_names), "counts": counts, "probabilities": prob, "row_counts": row}
 
-    def summary(self, *, pixel_size_nm: float | None = None, max_lag: int = 4, min_points: int = 20) -> dict:
-        """JSON-ready summary: tracks, diffusion per class (px²/frame, and nm²/frame given a pixel size)
-        and the transition matrix with class names (NaN probabilities as None)."""
-        if pixel_size_nm is not None and not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
-            raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm}")
+    def summary(self, *, pixel_size_nm: float | None = None, frame_interval_s: float | None = None,
+                max_lag: int = 4, min_points: int = 20) -> dict:
+        """JSON-ready summary: tracks, diffusion per class (px²/frame; nm²/frame given a pixel size, and nm²/s
+        given the frame interval too) and the transition matrix with class names (NaN probabilities as None)."""
+        for name, value in (("pixel_size_nm", pixel_size_nm), ("frame_interval_s", frame_interval_s)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
         lengths = [len(t) for t in self.tracks.values()]
         diff: dict[str, Any] = {}
         for name, r in self.diffusion(max_lag=max_lag, min_points=min_points).items():
@@ -348,6 +350,8 @@ class DefectTracker:
                 for key in ("D", "D_stderr", "D_msd_fit"):
                     v = entry[f"{key}_px2_per_frame"]
                     entry[f"{key}_nm2_per_frame"] = None if v is None else v * pixel_size_nm**2
+                    if frame_interval_s is not None:
+                        entry[f"{key}_nm2_per_s"] = None if v is None else v * pixel_size_nm**2 / frame_interval_s
             diff[name] = entry
         tm = self.transition_matrix()
         return {
@@ -357,6 +361,7 @@ class DefectTracker:
             "n_active_tracks": len(self._ids),
             "mean_track_length": float(np.mean(lengths)) if lengths else None,
             "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+            "frame_interval_s": None if frame_interval_s is None else float(frame_interval_s),
             "diffusion": {"estimator": ESTIMATOR, "max_lag": max_lag, "min_points": min_points, "classes": diff},
             "transitions": {
                 "classes": tm["classes"],

@@ -135,6 +135,12 @@ class ScanStart(_Header):
         "lossless", description="frames: lossless (backpressure) or latest (newest frame wins; skips reported)")
     recognizers: list[Name] | None = Field(default=None, max_length=8)
     meta: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    scan_step: PixelSize | None = Field(
+        None, description="spectral scans (optional): the distance between neighbouring scan pixels, along rows "
+                          "and columns (a spectrum image's spatial calibration)")
+    frame_interval_s: Real | None = Field(
+        None, gt=0, description="imaging scans (optional): seconds from one frame's start to the next's (a "
+                                "movie's time calibration: diffusion constants in nm^2/s)")
 
     @field_validator("meta")
     @classmethod
@@ -148,6 +154,12 @@ class ScanStart(_Header):
             raise ValueError("give either axis (a spectral scan) or pixel_size (an imaging scan), not both")
         if self.pixel_size is not None and self.components is not None:
             raise ValueError("components apply to spectral scans only")
+        if self.pixel_size is not None and self.scan_step is not None:
+            raise ValueError("scan_step applies to spectral scans only (an imaging scan has pixel_size)")
+        if self.pixel_size is None and self.frame_interval_s is not None:
+            raise ValueError("frame_interval_s applies to imaging scans only")
+        if self.frame_interval_s is not None and not math.isfinite(self.frame_interval_s):
+            raise ValueError("frame_interval_s must be finite")
         return self
 
     @property
@@ -227,6 +239,8 @@ class ScanStarted(_Header):
         description="per recognizer, the arrays of a maps message (shape given for one pixel)"
     )
     meta: dict[str, Any] = Field(default_factory=dict)
+    scan_step: PixelSize | None = None
+    frame_interval_s: float | None = None
 
 
 class Maps(_Header):
