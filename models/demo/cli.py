@@ -189,7 +189,8 @@ def demo(
     report["wall_s"] = round(wall, 2)
     title = (f"scanlens live {modality} recognition — {rec}: {_headline(report)}, "
              f"latency p99 {report['latency_ms_p99'] or 0:.2f} ms")
-    png = render_panels(out / f"demo-{modality}.png", scenario.panels(result, snapshot, truth, rec), title=title)
+    png = render_panels(out / f"demo-{modality}.png", scenario.panels(result, snapshot, truth, rec), title=title,
+                        ncols=scenario.ncols)
     report["png"] = str(png)
     (out / f"demo-{modality}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
