@@ -46,6 +46,21 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _one_line(exc: Exception) -> str:
+    """A start-up error as one line: a settings ValidationError says which key and why, without
+    pydantic's multi-line dump."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            msg, got = e["msg"].removeprefix("Value error, "), repr(e.get("input"))
+            where = ".".join(str(p) for p in e["loc"]) or "settings"
+            parts.append(f"{where}: {msg}" + ("" if got in msg else f" (got {got})"))
+        return "; ".join(parts)
+    return " ".join(str(exc).split())
+
+
 @app.command()
 def serve(
     config: Annotated[Optional[Path], typer.Option(help="TOML config file (see deploy/scanlens.toml)")] = None,
@@ -76,7 +91,7 @@ def serve(
                                  model_dir=model_dir, models=models, metrics=metrics)
         server = Server(settings)
     except Exception as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None
 
     async def main() -> None:
