@@ -16,6 +16,7 @@ runner = CliRunner()
     (["models"], "model cards"),
     (["status"], "running service"),
     (["schema"], "JSON Schema"),
+    (["recover"], "journals"),
     (["demo"], "ground truth"),
     (["sim"], "Simulated instruments"),
     (["sim", "eels"], "heterostructure"),

@@ -1,4 +1,4 @@
-"""The ``scanlens`` command line: serve, models, status, schema, plus plugged-in groups (sim, train, demo).
+"""The ``scanlens`` command line: serve, recover, models, status, schema, plus plugged-in groups (sim, train, demo).
 
 Command groups that live outside ``service/`` (which must not import them) are found through the
 ``scanlens.commands`` entry point group declared in ``pyproject.toml``.
@@ -72,6 +72,9 @@ def serve(
     metrics: Annotated[Optional[str], typer.Option(
         help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free port; default: no "
              "endpoint; docs/operations.md)")] = None,
+    record: Annotated[Optional[Path], typer.Option(
+        "--record", metavar="DIR", help="record every scan into DIR: one HDF5 file per scan (<scan_id>.h5, opens in "
+                                        "HyperSpy), journaled while it is open (record_dir; docs/operations.md)")] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run the recognition service until Ctrl-C / SIGTERM.
@@ -81,6 +84,9 @@ def serve(
 
     Without CurveZMQ keys (curve_secret_key, curve_allowed_keys; see `scanlens keys`) only loopback,
     ipc:// and inproc:// endpoints are bound, unless network_isolated = true.
+
+    With --record DIR (record_dir) every scan is recorded; journals a killed service left in DIR are
+    converted at start (as `scanlens recover DIR` does).
     """
     from .config import load_settings
     from .server import Server
@@ -88,7 +94,7 @@ def serve(
     setup_logging(log_level)
     try:
         settings = load_settings(config, ingest=ingest, publish=publish, control=control,
-                                 model_dir=model_dir, models=models, metrics=metrics)
+                                 model_dir=model_dir, models=models, metrics=metrics, record_dir=record)
         server = Server(settings)
     except Exception as exc:
         typer.echo(f"error: {_one_line(exc)}", err=True)
@@ -105,6 +111,103 @@ def serve(
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def recover(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="the record directory (record_dir, --record)")],
+) -> None:
+    """Convert the journals a killed or crashed service left in DIR into recordings (<scan_id>.h5, state
+    `recovered` unless the scan's summary made it into the journal); one line per journal.
+
+    `scanlens serve --record DIR` does the same at start. Exit status 1 if a journal could not be converted
+    (it is kept), 2 if DIR is missing or a running service holds it.
+    """
+    from ..recording import RecordingError, lock_directory
+    from ..recording import recover as recover_journals
+
+    setup_logging("WARNING")
+    failed = done = 0
+    try:
+        with lock_directory(directory) as path:
+            for result in recover_journals(path):
+                if isinstance(result, tuple):
+                    journal, exc = result
+                    typer.echo(f"failed {journal}: {type(exc).__name__}: {exc} (the journal is kept)", err=True)
+                    failed += 1
+                    continue
+                done += 1
+                if result.path is None:
+                    typer.echo(f"removed {result.journal} ({result.state})")
+                else:
+                    typer.echo(f"recovered {result.journal} -> {result.path} ({result.state}, "
+                               f"{result.messages} records)" if result.state != "already converted" else
+                               f"removed {result.journal} (already converted to {result.path})")
+    except RecordingError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not done and not failed:
+        typer.echo(f"no journals in {directory}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def replay(
+    recording: Annotated[Path, typer.Argument(metavar="FILE", help="a recording (<scan_id>.h5 of serve --record)")],
+    ingest: Annotated[str, typer.Option(help="the service's ingest (PULL) endpoint")] = "tcp://127.0.0.1:5555",
+    publish: Annotated[str, typer.Option(help="the service's publish endpoint, to follow the scan")] = "tcp://127.0.0.1:5556",
+    scan_id: Annotated[Optional[str], typer.Option(help="the replayed scan's id (default <recorded id>-replay)")] = None,
+    pace: Annotated[str, typer.Option(help="recorded: keep the recorded intervals (divided by --speed); fast: as "
+                                      "fast as the service takes them")] = "recorded",
+    speed: Annotated[float, typer.Option(min=1e-3, help="with --pace recorded: how many times faster than recorded")] = 1.0,
+    recognizers: Annotated[Optional[list[str]], typer.Option("--recognizer", help="run this recognizer instead of the "
+                                                             "recorded choice (repeat)")] = None,
+    connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the service's heartbeat and for its "
+                                                   "answer to scan_start")] = 5.0,
+) -> None:
+    """Stream a recording back to a service like an instrument: the recorded scan_start (under a new scan id),
+    every data or frame message as received, scan_end; then print the service's summary as JSON.
+
+    With the same models and batching settings the maps of a lossless scan come out identical to the recorded
+    ones; --recognizer re-analyses the scan with another model. Exit status: 0 complete, 2 bad options or not a
+    recording, 3 no service, 4 the scan was refused, 5 the service stopped, 6 the scan ended incomplete
+    (docs/operations.md, "Recording scans").
+    """
+    import asyncio
+    import json
+
+    from ..client import ScanRejected, ServiceStopped, ServiceUnreachable
+    from .replay import replay as run_replay
+
+    if pace not in ("recorded", "fast"):
+        typer.echo(f"error: --pace must be recorded or fast, got {pace!r}", err=True)
+        raise typer.Exit(2)
+    if not recording.is_file():
+        typer.echo(f"error: no recording {recording}", err=True)
+        raise typer.Exit(2)
+    setup_logging("WARNING")
+    try:
+        report = asyncio.run(run_replay(recording, ingest, publish, scan_id=scan_id, pace=pace, speed=speed,
+                                        recognizers=recognizers, start_timeout=connect_timeout))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {recording}: {_one_line(exc)}", err=True)
+        raise typer.Exit(2) from None
+    except ServiceUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from None
+    except ScanRejected as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(4) from None
+    except ServiceStopped as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(5) from None
+    summary = report.summary
+    typer.echo(json.dumps({"recording": str(recording), "scan_id": report.scan_id, "messages": report.messages,
+                           "seconds": round(report.seconds, 3), "summary": summary.model_dump(mode="json")}))
+    if summary.state != "complete":
+        typer.echo(f"error: scan {report.scan_id} ended {summary.state}", err=True)
+        raise typer.Exit(6)
 
 
 @app.command("models")

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
                                  "refused with how many rows to ask for at a time (the client does this itself)")
     status_interval_s: float = Field(0.25, gt=0, description="period of the status heartbeat on the PUB socket")
     publish_hwm: int = Field(100_000, ge=1, description="messages queued per subscriber before ZeroMQ drops")
+    record_dir: Path | None = Field(None, description="record every scan into this directory: one HDF5 file per "
+                                    "scan (<scan_id>.h5, HyperSpy-readable), journaled while the scan is open; None: "
+                                    "no recording (docs/operations.md, \"Recording scans\")")
+    record_budget_bytes: int = Field(50 * 2**30, ge=1, description="the most bytes the recordings and journals in "
+                                     "record_dir may occupy; a scan that would exceed it stops being recorded (a "
+                                     "recording_stopped event), the scan goes on")
     metrics: str | None = Field(None, description="HOST:PORT of the Prometheus /metrics endpoint (HTTP, no "
                                 "authentication; port 0: any free port), e.g. 127.0.0.1:9464; None: no endpoint. "
                                 "Loopback only unless network_isolated (docs/operations.md)")

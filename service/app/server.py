@@ -16,16 +16,24 @@ as the owner of what it sends. Without keys, only local endpoints are bound (``c
 
 With ``metrics`` set, a Prometheus endpoint (``metrics.py``) serves a snapshot of the status that the
 status loop refreshes; it is always loopback unless ``network_isolated`` (it has no authentication).
+
+With ``record_dir`` set, a ``scanlens.recording.Recorder`` gets every ingest message of a scan (after the
+scan manager handled it, with whether it was accepted) and every publication, as the frames already at
+hand (no copies); its writer thread journals them and writes ``<scan_id>.h5`` when the scan closes. A
+full recording queue makes ingest wait (lossless), and a recording that stops early is published as a
+``recording_stopped`` event (docs/operations.md, "Recording scans").
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -43,6 +51,9 @@ from .config import Settings, check_binds, metrics_address
 from .limits import WireLimits
 from .metrics import MetricsEndpoint
 
+if TYPE_CHECKING:
+    from ..recording import Recorder
+
 log = logging.getLogger(__name__)
 
 #: how long the PUB socket may still deliver at shutdown (the aborted scans' summaries), in ms
@@ -50,6 +61,23 @@ SHUTDOWN_LINGER_MS = 500
 
 #: the three sockets, also their ZAP domains (CURVE refusals are counted as ``auth_refused.<name>``)
 SOCKET_NAMES = ("ingest", "publish", "control")
+
+#: the memory ledger's key for the recording queue (docs/operations.md, "Memory")
+RECORDING_QUEUE = "recording queue"
+
+
+def processor_identities(recognizers: dict[str, Recognizer], analyzers: dict[str, Processor]) -> dict[str, dict]:
+    """What a recording says about each processor: a model's card name, version, modality, file and the
+    file's sha256 (None when it has no file), its card; an analyzer's name and description."""
+    out: dict[str, dict] = {}
+    for name, rec in recognizers.items():
+        path = Path(rec.path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        out[name] = {"name": name, "version": rec.card.version, "modality": rec.card.modality, "path": str(path),
+                     "sha256": sha, "card": rec.card.model_dump(mode="json")}
+    for name, proc in analyzers.items():
+        out[name] = {"name": name, "version": __version__, "builtin": True, "description": proc.describe()}
+    return out
 
 
 class Server:
@@ -86,8 +114,26 @@ class Server:
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)
         self.endpoints: dict[str, str] = {}
         self.metrics: MetricsEndpoint | None = MetricsEndpoint() if s.metrics is not None else None
+        self.recorder: Recorder | None = None
+        if s.record_dir is not None:  # last: it locks the directory (RecordingError when it is unusable)
+            self.recorder = self._recorder(s, analyzers)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+
+    def _recorder(self, s: Settings, analyzers: dict[str, Processor]) -> Recorder:
+        """The recorder of ``record_dir``: its queue (a sixteenth of the memory budget, or one message of
+        the largest size if more) reserved in the ledger; leftover journals converted first."""
+        from ..recording import Recorder  # h5py only when recording
+
+        queue = max(s.memory_budget_bytes // 16, s.max_message_bytes)
+        try:
+            self.scans.ledger.reserve(RECORDING_QUEUE, queue)
+        except MemoryError as exc:
+            raise ValueError(f"memory_budget_bytes cannot hold the recording queue too, which needs max("
+                             f"memory_budget_bytes / 16, max_message_bytes): {exc}; raise memory_budget_bytes") from None
+        return Recorder.open(s.record_dir, budget_bytes=s.record_budget_bytes, queue_bytes=queue,
+                             identities=processor_identities(self.recognizers, analyzers),
+                             counters=self.scans.counters)
 
     @property
     def counters(self):
@@ -153,11 +199,15 @@ class Server:
                      "at most %d queued publications per subscriber (largest %.1f MiB)",
                      s.memory_budget_bytes / 2**20, w.ingest_frame_bytes / 2**20, w.request_bytes / 2**20,
                      w.publish_hwm, w.largest_publication / 2**20)
+            if self.recorder is not None:
+                self.recorder.start()
             # numpy's BLAS pool would fight ONNX Runtime's threads and the event loop for the cores
             # (measured on 2 shared cores: a 128x128 eigh takes 215 ms with 2 BLAS threads, 1.5 ms with 1)
             with threadpool_limits(1, "blas"):
                 await self._serve()
         finally:
+            if self.recorder is not None:  # the aborted scans' recordings are written before the process ends
+                self.recorder.close()
             for sock in sockets:  # the PUB socket gets a moment to deliver the last summaries
                 sock.close(linger=SHUTDOWN_LINGER_MS if sock is getattr(self, "pub", None) else 0)
             if auth is not None:
@@ -179,6 +229,8 @@ class Server:
                      tg.create_task(self._status_loop(), name="status"),
                      tg.create_task(self._timeout_loop(), name="timeouts")]
             tasks += [tg.create_task(w.serve(), name=f"worker-{n}") for n, w in self.scans.workers.items()]
+            if self.recorder is not None:
+                tasks.append(tg.create_task(self._recording_loop(self.recorder), name="recording"))
             self.ready.set()
             await self._stop.wait()
             # a clean stop (SIGTERM, Ctrl-C) ends every open scan with a summary, state "aborted"
@@ -190,7 +242,10 @@ class Server:
 
     async def _publish(self, publications: Sequence[Publication]) -> None:
         for p in publications:
-            await self.pub.send_multipart([p.topic.encode(), *encode(p.header, p.arrays)], copy=False)
+            frames = [p.topic.encode(), *encode(p.header, p.arrays)]
+            await self.pub.send_multipart(frames, copy=False)
+            if self.recorder is not None:  # the same frames: the arrays are not copied
+                await self.recorder.published(p.header, frames)
 
     async def _on_result(self, item: WorkItem, outputs: dict[str, Any] | None, error: str | None) -> None:
         try:
@@ -209,18 +264,28 @@ class Server:
             t_received = time.perf_counter()
             self.scans.counters["messages_in"] += 1
             owner: str | None = None
+            header, accepted = None, False
             try:
                 # the sender's identity: its CURVE public key (z85), which the ZAP handler gave as user id
                 owner = frames[0].get("User-Id") if self.curve is not None else None
                 header, buffers = decode(frames, self.limits)
                 publications = await self.scans.ingest(header, buffers, t_received, owner=owner)
+                accepted = True
             except ProtocolError as exc:
                 publications = self.scans.unreadable(exc, owner)
             except Exception as exc:  # a bug must not stop ingest; report it loudly
                 log.exception("internal error while handling an ingest message")
                 publications = self.scans.internal(exc)
+            if self.recorder is not None and header is not None:  # waits while the recording queue is full
+                await self.recorder.received(header, frames, t_received, accepted=accepted, owner=owner)
             await self._publish(publications)
             await asyncio.sleep(0)  # let control, results and heartbeats in after every message
+
+    async def _recording_loop(self, recorder: Recorder) -> None:
+        """Recordings that stopped early (disk error, budget), as ``recording_stopped`` events of their scans."""
+        while True:
+            scan_id, reason = await recorder.notices.get()
+            await self._publish([self.scans.event("recording_stopped", reason, scan_id=scan_id, level="warning")])
 
     async def _timeout_loop(self) -> None:
         period = min(1.0, self.settings.scan_timeout_s / 4)

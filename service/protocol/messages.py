@@ -218,6 +218,7 @@ EventCode = Literal[
     "scan_timeout",  # a scan closed because nothing arrived for too long
     "aborted",  # the service stopped before the scan ended; its summary (state aborted) follows
     "mostly_foreign",  # more than half of what a recognizer has seen of a scan is novel (unlike its training data)
+    "recording_stopped",  # recording of a scan stopped early (disk error, record_budget_bytes); the scan goes on
     "internal",  # a bug in scanlens; the scan it names may be incomplete
 ]
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +53,16 @@ class ServeProcess:
 
 
 @contextlib.asynccontextmanager
-async def serve_process(model_dir: Path, tmp_dir: Path, *, timeout: float = 30) -> AsyncIterator[ServeProcess]:
-    """``scanlens serve`` as a real process on free loopback ports, until the block ends (then killed
-    if it still runs); stderr is left for the test to read after the start-up line."""
+async def serve_process(model_dir: Path, tmp_dir: Path, *, timeout: float = 30,
+                        args: Sequence[str] = ()) -> AsyncIterator[ServeProcess]:
+    """``scanlens serve`` (with more ``args``, e.g. ``["--record", DIR]``) as a real process on free loopback
+    ports, until the block ends (then killed if it still runs); stderr is left for the test to read after
+    the start-up line."""
     cfg = Path(tmp_dir) / "serve.toml"
     cfg.write_text('ingest = "tcp://127.0.0.1:0"\npublish = "tcp://127.0.0.1:0"\ncontrol = "tcp://127.0.0.1:0"\n')
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from scanlens.app.cli import main; main()", "serve", "--config", str(cfg),
-        "--model-dir", str(model_dir), stderr=asyncio.subprocess.PIPE)
+        "--model-dir", str(model_dir), *args, stderr=asyncio.subprocess.PIPE)
     try:
         async with asyncio.timeout(timeout):
             pattern = rb"ingest (tcp://\S+), publish (tcp://\S+), control (tcp://\S+);"
