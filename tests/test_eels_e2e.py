@@ -84,3 +84,25 @@ async def test_demo_physics_fit_finds_the_unknown_phase(tmp_path):
     assert report["abundance_rmse"] <= 0.03 and report["abundance_rmse_pixels"] == "without the unknown phase"
     assert report["chi2_auc"] >= 0.95
     assert "accuracy" not in report  # the fit has no classes
+
+
+async def test_demo_record_leaves_the_scan_recording(tmp_path):
+    """`scanlens demo --record DIR` leaves the demo scan's recording in DIR, as docs/operations.md describes:
+    an HDF5 file with the raw spectrum image on calibrated axes and the published maps."""
+    import h5py
+
+    from scanlens.recording import open_recording
+
+    rec_dir = tmp_path / "rec"
+    out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
+                        "--rows", "8", "--cols", "16", "--out", str(tmp_path), "--record", str(rec_dir))
+    report = json.loads(out)
+    path = rec_dir / f"{report['scan_id']}.h5"
+    assert report["recording"] == str(path) and report["state"] == "complete"
+    with h5py.File(path, "r") as f:
+        data = f[f"Experiments/{report['scan_id']}/data"]
+        assert data.shape[:2] == (8, 16) and not np.isnan(data[()]).any()
+        assert f[f"Experiments/{report['scan_id']}/axis-0"].attrs["units"] == "nm"
+    with open_recording(path) as rec:
+        assert rec.state == "complete" and rec.maps("eels-mlp")["filled"].all()
+        assert rec.summary.pixels_recognized == report["recognized"] == 8 * 16

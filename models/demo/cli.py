@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scanlens.app.config import Settings
+from scanlens.recording import RecordingError
 from scanlens.app.server import running
 from scanlens.client import Control, ControlReply, MovieResult, ScanResult, ServiceError, Subscriber
 
@@ -61,10 +62,13 @@ async def _run_simulator(args: list[str]) -> None:
 
 async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: int, pace: float, seed: int,
                    truth_path: Path, extra_args: list[str], *, frames: int = 0, show_progress: bool,
-                   timeout: float = 120.0) -> tuple[ScanResult | MovieResult, ControlReply, float]:
+                   timeout: float = 120.0, record: Path | None = None
+                   ) -> tuple[ScanResult | MovieResult, ControlReply, float]:
     """Run one live scan end to end: the subscriber's result, the final snapshot and the wall time.
-    ``pace`` is the pixel dwell time in µs (spectral) or the frame period in ms (imaging)."""
-    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0")
+    ``pace`` is the pixel dwell time in µs (spectral) or the frame period in ms (imaging); with ``record``
+    the service records the scan there (docs/operations.md, "Recording scans")."""
+    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
+                        record_dir=record)
     scan_id = f"demo-{scenario.modality}-{seed}"
     t0 = time.perf_counter()
     async with running(settings) as server:
@@ -148,6 +152,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="sample seed (the shipped models were never trained on seed 0)")] = 0,
     out: Annotated[Path, typer.Option(help="directory for the PNG, the JSON report and the ground truth")] = Path("demo-out"),
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a report")] = False,
+    record: Annotated[Optional[Path], typer.Option(help="record the scan into this directory (<scan id>.h5, "
+                                                   "as scanlens serve --record does)")] = None,
 ) -> None:
     """Watch a simulated scan being recognized live: start the service, the simulated instrument and a
     subscriber on loopback, then score the live maps against the simulator's ground truth.
@@ -173,12 +179,12 @@ def demo(
     try:
         pace = frame_ms if scenario.imaging else dwell_us
         result, snapshot, wall = asyncio.run(run_scan(scenario, recognizers, rows, cols, pace, seed, truth_path,
-                                                      extra, frames=frames, show_progress=not as_json))
-    except (DemoError, ServiceError, TimeoutError, OSError) as exc:
+                                                      extra, frames=frames, show_progress=not as_json, record=record))
+    except (DemoError, ServiceError, TimeoutError, OSError, RecordingError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
     except ExceptionGroup as group:  # a task of the scan failed: report the first cause, in one line
-        expected = (DemoError, ServiceError, TimeoutError, OSError)
+        expected = (DemoError, ServiceError, TimeoutError, OSError, RecordingError)
         cause = _first_leaf(group)
         if not isinstance(cause, expected):
             raise
@@ -192,6 +198,9 @@ def demo(
     png = render_panels(out / f"demo-{modality}.png", scenario.panels(result, snapshot, truth, rec), title=title,
                         ncols=scenario.ncols)
     report["png"] = str(png)
+    if record is not None:  # the service wrote it when the scan closed; a reused scan id gets -1, -2 ...
+        written = sorted(record.glob(f"{report['scan_id']}*.h5"), key=lambda p: p.stat().st_mtime)
+        report["recording"] = str(written[-1]) if written else None
     (out / f"demo-{modality}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if as_json:
         typer.echo(json.dumps(report))
@@ -210,5 +219,7 @@ def demo(
             typer.echo("PCA explained    " + ", ".join(f"{v:.3f}" for v in report["pca_explained_variance"]))
         typer.echo(f"latency p50/p99  {report['latency_ms_p50']:.2f} / {report['latency_ms_p99']:.2f} ms")
         typer.echo(f"maps             {png}")
+        if record is not None:
+            typer.echo(f"recording        {report['recording']}")
     if report["unrecognized_pixels"]:
         raise typer.Exit(1)
