@@ -9,7 +9,8 @@
    ``--line`` spectra on the model axis as fast as the service takes them -> spectra/s, ratio to 1.
 3. service, paced at ``--paced-rate`` spectra/s (default 16 000): latency p50/p99 from the summary.
 
-Prints a table, or one JSON object with --json. Numbers depend on the machine; compare ratios.
+With ``--record DIR`` the flat-out scan runs once more with recording on (``serve --record``), reported as a
+ratio to the run without it. Prints a table, or one JSON object with --json. Numbers depend on the machine; compare ratios.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per inference run")
     p.add_argument("--parallel", type=int, default=2, help="inference runs in flight at once")
     p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--record", type=Path, default=None,
+                   help="also run the flat-out scan with recording into this directory (serve --record) and "
+                        "report its rate as a ratio to the same scan without recording, measured in this run")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
@@ -112,10 +116,18 @@ def main() -> None:
     print(f"service, paced at {a.paced_rate:g} spectra/s ...", file=sys.stderr)
     paced = asyncio.run(through_service(settings, rec.name, axis, a.paced_spectra // a.line, a.line,
                                         1e6 / a.paced_rate, "bench-paced"))
+    recorded = None
+    if a.record is not None:
+        print(f"service, flat out, recording into {a.record} ...", file=sys.stderr)
+        on = settings.model_copy(update={"record_dir": a.record})
+        recorded = asyncio.run(through_service(on, rec.name, axis, a.spectra // a.line, a.line, 0.0, "bench-record"))
+        recorded["ratio_to_not_recording"] = recorded["rate"] / flat["rate"]
+        recorded["bytes_on_disk"] = sum(f.stat().st_size for f in a.record.glob("bench-record*.h5"))
     report = {"model": rec.name, "channels": rec.channels, "line_spectra": a.line, "batch": a.batch,
               "threads": a.threads, "bare_ort_spectra_per_s": bare,
               "bare_ort_by_threads_x_parallel": bare_by_config, "parallel": a.parallel, "service_spectra_per_s": flat["rate"],
-              "ratio": flat["rate"] / bare, "flat": flat, "paced_rate": a.paced_rate, "paced": paced}
+              "ratio": flat["rate"] / bare, "flat": flat, "paced_rate": a.paced_rate, "paced": paced,
+              "recording": recorded}
     if a.json:
         print(json.dumps(report, indent=2))
         return
@@ -125,6 +137,9 @@ def main() -> None:
           f"lost {flat['lost']}, rejected {flat['rejected']}")
     print(f"service, paced {a.paced_rate:,.0f}/s  latency p50 {paced['latency_ms_p50']:.2f} ms, "
           f"p99 {paced['latency_ms_p99']:.2f} ms   lost {paced['lost']}")
+    if recorded is not None:
+        print(f"service, flat out, recording {recorded['rate']:12,.0f} spectra/s   ratio to not recording "
+              f"{recorded['ratio_to_not_recording']:.2f}   lost {recorded['lost']}, {recorded['bytes_on_disk']:,} bytes")
 
 
 if __name__ == "__main__":
