@@ -48,8 +48,10 @@ class Control(_Client):
     async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0,
                       rows: tuple[int, int] | None = None) -> ControlReply:
         req = Request(id=next(self._ids), op=op, scan_id=scan_id, rows=rows)
-        await self.sock.send_multipart([b"", *encode(req)])
+        # the send counts against the timeout too: a DEALER without a peer (nothing listening, or a CURVE
+        # handshake that was refused and is reconnecting) blocks in send until one appears
         async with asyncio.timeout(timeout):
+            await self.sock.send_multipart([b"", *encode(req)])
             while True:
                 _, body = split_envelope(await self.sock.recv_multipart(copy=False), hops=0)
                 try:
