@@ -67,12 +67,6 @@ NOVELTY_FEATURES = "2 sqrt(counts + 3/8) on the model axis (variance-stabilised 
 #: The novelty score's counts floor (``models/novelty.py``) as a share of the dimmest training spectrum's mean
 #: counts per channel: a spectrum dimmer than that is outside the training doses, whatever its shape.
 NOVELTY_FLOOR_SHARE = 0.5
-
-
-def counts_floor(spectra: np.ndarray) -> float:
-    """The counts floor of training spectra ``[n, 240]``: :data:`NOVELTY_FLOOR_SHARE` x the smallest mean counts
-    per channel among them."""
-    return NOVELTY_FLOOR_SHARE * float(np.asarray(spectra, np.float64).mean(axis=1).min())
 FOREIGN_SEED = 4242  # the foreign data the card's flagged fractions are measured on
 MSE_WEIGHT = 20.0
 DOSE_RANGE = (0.3, 3.0)  # x EELSConfig().dose, log-uniform
@@ -228,10 +222,16 @@ def novelty_features(counts):
     return 2.0 * torch.sqrt(counts.clamp_min(0.0) + 0.375)
 
 
+def counts_floor(spectra: np.ndarray) -> float:
+    """The counts floor of training spectra ``[n, 240]``: :data:`NOVELTY_FLOOR_SHARE` x the smallest mean counts
+    per channel among them."""
+    return NOVELTY_FLOOR_SHARE * float(np.asarray(spectra, np.float64).mean(axis=1).min())
+
+
 def foreign_data(n: int = 4000, seed: int = FOREIGN_SEED) -> dict[str, np.ndarray]:
     """Spectra the model was not trained on, on the model axis as the service would feed them: flat
-    Poisson noise (15-150 and, faint, 0.3-3 counts per channel), another instrument's spectra (zero-loss peak, plasmons, power-law tail, their own
-    calibration), and pure LAO, a phase outside the training set, at the training doses."""
+    Poisson noise (15-150 and, faint, 0.3-3 counts per channel), another instrument's spectra (zero-loss
+    peak, plasmons, power-law tail, their own calibration), and pure LAO, a phase outside the training set, at the training doses."""
     rng = np.random.default_rng(seed)
     d0 = EELSConfig().dose
     dose = d0 * np.exp(rng.uniform(math.log(DOSE_RANGE[0]), math.log(DOSE_RANGE[1]), n))

@@ -134,21 +134,29 @@ def novelty_output(description: str = "") -> OutputSpec:
                                                  "feature, in units of the training residual")
 
 
-def _threshold_figures(held: np.ndarray, *, components: int, n_fit: int, features: str,
-                       quantile: float, counts_floor: float | None = None) -> tuple[float, str, dict[str, float]]:
-    """The threshold at ``quantile`` of the held-out scores ``held``, the card's method text and figures."""
+def _threshold_figures(held: np.ndarray, *, score: str, quantile: float,
+                       **figures: float) -> tuple[float, str, dict[str, float]]:
+    """The threshold at ``quantile`` of the held-out scores ``held``, the card's method text (``score`` says
+    how a sample is scored) and its figures (``figures``, e.g. the number of components, then the held-out
+    counts)."""
     threshold = float(np.quantile(held, quantile))
-    method = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
-              f"the training data, per feature in units of the training residual")
-    if counts_floor is not None:
-        method += (f", plus {COUNTS_FLOOR_WEIGHT:g} x max(0, ln({counts_floor:g} / mean counts per channel)) "
-                   "for spectra dimmer than the counts floor")
-    method += f"; threshold at the {quantile:g} quantile of held-out training-like samples"
-    calibration = {"quantile": quantile, "components": float(components), "n_fit": float(n_fit),
+    method = f"{score}; threshold at the {quantile:g} quantile of held-out training-like samples"
+    calibration = {"quantile": quantile, **{k: float(v) for k, v in figures.items()},
                    "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > threshold))}
-    if counts_floor is not None:
-        calibration["counts_floor"] = float(counts_floor)
     return threshold, method, calibration
+
+
+def _subspace_figures(held: np.ndarray, *, components: int, n_fit: int, features: str, quantile: float,
+                      counts_floor: float | None) -> tuple[float, str, dict[str, float]]:
+    """:func:`_threshold_figures` of a subspace score (with its counts floor, if any)."""
+    score = (f"squared distance of {features} from the {components}-dimensional principal subspace of "
+             f"the training data, per feature in units of the training residual")
+    floor: dict[str, float] = {}
+    if counts_floor is not None:
+        score += (f", plus {COUNTS_FLOOR_WEIGHT:g} x max(0, ln({counts_floor:g} / mean counts per channel)) "
+                  "for spectra dimmer than the counts floor")
+        floor["counts_floor"] = counts_floor
+    return _threshold_figures(held, score=score, quantile=quantile, components=components, n_fit=n_fit, **floor)
 
 
 def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, features: str,
@@ -161,7 +169,7 @@ def fit_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: int, featu
     head = SubspaceNovelty(sub.mean, sub.basis, sub.residual_var, counts_floor).eval()
     result = NoveltyFit(head, 0.0, "")
     held = result.scores(np.asarray(held_out, np.float32))
-    result.threshold, result.method, result.calibration = _threshold_figures(
+    result.threshold, result.method, result.calibration = _subspace_figures(
         held, components=components, n_fit=sub.n_fit, features=features, quantile=quantile,
         counts_floor=counts_floor)
     return result
@@ -177,11 +185,9 @@ def fit_nearest_novelty(fit: np.ndarray, held_out: np.ndarray, *, bank: int, k: 
     rows = fit[rng.choice(len(fit), bank, replace=False)] if len(fit) > bank else fit
     result = NoveltyFit(NearestNeighbourNovelty(rows, min(k, len(rows))).eval(), 0.0, "")
     held = result.scores(np.asarray(held_out, np.float32), batch=2048)
-    result.threshold = float(np.quantile(held, quantile))
-    result.method = (f"root-mean-square distance per feature of {features} from the {k} nearest of {len(rows)} "
-                     f"training samples; threshold at the {quantile:g} quantile of held-out training-like samples")
-    result.calibration = {"quantile": quantile, "neighbours": float(k), "n_fit": float(len(rows)),
-                          "n_heldout": float(len(held)), "heldout_flagged": float(np.mean(held > result.threshold))}
+    result.threshold, result.method, result.calibration = _threshold_figures(
+        held, score=f"root-mean-square distance per feature of {features} from the {k} nearest of {len(rows)} "
+                    "training samples", quantile=quantile, neighbours=k, n_fit=len(rows))
     return result
 
 
@@ -206,9 +212,9 @@ def fit_subspace_novelty(fit: np.ndarray, held_out: np.ndarray, *, components: i
     the threshold at ``quantile`` of the float64 scores of the held-out features ``held_out``."""
     sub = fit_subspace(fit, components=components, max_fit=max_fit, seed=seed, counts_floor=counts_floor)
     held = sub.scores(held_out)
-    threshold, method, calibration = _threshold_figures(held, components=components, n_fit=sub.n_fit,
-                                                        features=features, quantile=quantile,
-                                                        counts_floor=counts_floor)
+    threshold, method, calibration = _subspace_figures(held, components=components, n_fit=sub.n_fit,
+                                                       features=features, quantile=quantile,
+                                                       counts_floor=counts_floor)
     return SubspaceFit(sub, threshold, method, calibration)
 
 

@@ -62,7 +62,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scanlens.sim.eels import PHASES, UNKNOWN_PHASE, EELSConfig, EELSSample, axis_energies, reference_spectra
 from scanlens.models.export import ProgressFn, TrainProgress, emit, make_session, set_card
 from scanlens.models.scoring import detection_score, roc_auc  # noqa: F401  (re-exported: the fit's own scores)
-from scanlens.models.subspace import COUNTS_FLOOR_WEIGHT, counts_floor_penalty
+from scanlens.models.subspace import COUNTS_FLOOR_WEIGHT, Subspace
 from scanlens.pipeline import AxisMap
 from scanlens.protocol.messages import Axis
 from scanlens.protocol.model_card import InputSpec, ModelCard, NoveltySpec, OutputSpec
@@ -197,11 +197,8 @@ def novelty_numpy(spectra: np.ndarray, novelty: NoveltyConstants) -> np.ndarray:
     dimensionless: the mean over channels of the squared distance of :func:`novelty_features` from the
     fitted subspace, in units of the training residual variance, plus the counts floor's term
     (``models/novelty.py``)."""
-    f = novelty_features(spectra)
-    z = f - novelty.mean
-    off = z - (z @ novelty.basis) @ novelty.basis.T
-    mean_counts = np.maximum(np.clip(np.asarray(spectra, np.float64), 0.0, None).mean(axis=1), 1e-3)
-    return (off * off / novelty.residual_var).mean(axis=1) + counts_floor_penalty(mean_counts, novelty.counts_floor)
+    sub = Subspace(novelty.mean, novelty.basis, novelty.residual_var, 0, novelty.counts_floor)
+    return sub.scores(novelty_features(spectra))
 
 
 def fit_numpy(spectra: np.ndarray, novelty: NoveltyConstants | None = None) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ COUNTS_FLOOR_WEIGHT = 100.0
 def stabilised_mean_counts(features: np.ndarray) -> np.ndarray:
     """Mean counts per channel ``[n]`` of variance-stabilised features ``2 sqrt(c + 3/8)`` ``[n, d]``."""
     f = np.asarray(features, np.float64)
-    return np.maximum(((f / 2.0) ** 2 - 0.375).mean(axis=-1), 1e-3)
+    return ((f / 2.0) ** 2 - 0.375).mean(axis=-1)
 
 
 def counts_floor_penalty(mean_counts: np.ndarray, floor: float) -> np.ndarray:
@@ -28,8 +28,8 @@ class Subspace:
     """The fitted constants of a novelty score, in numpy (float64): the training features' ``mean`` ``[d]``,
     the top principal directions ``basis`` ``[d, k]`` (orthonormal columns), the per-feature residual variance
     ``residual_var`` ``[d]`` (in the features' units squared) and the number of samples ``n_fit`` they were
-    fitted on; ``counts_floor`` when the features are stabilised counts. What ``SubspaceNovelty`` (torch) or a hand-built ONNX graph (eels-fit,
-    ``models/physics_fit.py``) stores."""
+    fitted on; ``counts_floor`` when the features are stabilised counts. What ``SubspaceNovelty`` (torch) or
+    a hand-built ONNX graph (eels-fit, ``models/physics_fit.py``) stores."""
 
     mean: np.ndarray
     basis: np.ndarray
