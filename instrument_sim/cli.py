@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional, TypeVar
 
 import numpy as np
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from scanlens.client import (CurveClient, Instrument, ScanFailed, ScanRejected, ScanWatch, ServiceStopped,
@@ -166,7 +167,8 @@ def _run_scan(service: Service, scan_id: str, unit: str, total: int, quiet: bool
     async def run() -> StreamReport:
         columns = (TextColumn(f"[bold]{scan_id}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
                    TimeRemainingColumn())
-        with Progress(*columns, disable=quiet, transient=True) as bar:
+        err = Console(stderr=True)  # the bar on stderr, and only on a terminal: stdout is the JSON report
+        with Progress(*columns, disable=quiet or not err.is_terminal, transient=True, console=err) as bar:
             task = bar.add_task("stream", total=total)
             try:
                 watch = ScanWatch(service.publish, scan_id, heartbeat_timeout=service.heartbeat_timeout,

@@ -29,8 +29,8 @@ a temperature for the pixel probabilities and a frame novelty head on the deepes
 counts with ``h`` and ``w`` multiples of 16 (all three dims dynamic).
 
 **Card.** Pixel size 0.02 nm, the post-processing parameters the service uses (tuned on tuning frames
-after training; defects within half a column spacing of the frame's edge are not reported) and held-out metrics measured on simulated frames with seeds never used in training:
-atom F1 and defect classification at the default dose, the network against the tuned classical
+after training; defects within half a column spacing of the frame's edge are not reported) and held-out
+metrics measured on simulated frames with seeds never used in training: atom F1 and defect classification at the default dose, the network against the tuned classical
 baseline at low dose, and a frame at 0.015 nm/px rescaled as the service does.
 
 **Modules** (this package re-exports their public names; ``scanlens train stem`` calls :func:`train`):

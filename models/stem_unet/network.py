@@ -46,7 +46,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 
 
 #: What the frame novelty head measures (``frame_features``).
-NOVELTY_FEATURES = (f"log(0.01 + mean) and log(0.01 + standard deviation) over the frame of each channel of "
+NOVELTY_FEATURES = ("log(0.01 + mean) and log(0.01 + standard deviation) over the frame of each channel of "
                     f"the U-Net's deepest encoder block, cells within {NOVELTY_BORDER_CELLS} of the frame's edge "
                     "weighted 1/1000 (they see the zero padding)")
 

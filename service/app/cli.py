@@ -165,6 +165,7 @@ def replay(
                                                              "recorded choice (repeat)")] = None,
     connect_timeout: Annotated[float, typer.Option(help="seconds to wait for the service's heartbeat and for its "
                                                    "answer to scan_start")] = 5.0,
+    quiet: Annotated[bool, typer.Option(help="no progress bar (the JSON line and errors only)")] = False,
 ) -> None:
     """Stream a recording back to a service like an instrument: the recorded scan_start (under a new scan id),
     every data or frame message as received, scan_end; then print the service's summary as JSON.
@@ -186,10 +187,27 @@ def replay(
     if not recording.is_file():
         typer.echo(f"error: no recording {recording}", err=True)
         raise typer.Exit(2)
+    import zmq
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     setup_logging("WARNING")
+
+    async def run():
+        columns = (TextColumn(f"[bold]{recording.name}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("messages"),
+                   TimeRemainingColumn())
+        err = Console(stderr=True)  # the bar on stderr, and only on a terminal: stdout is the JSON report
+        with Progress(*columns, disable=quiet or not err.is_terminal, transient=True, console=err) as bar:
+            task = bar.add_task("replay", total=None)
+            return await run_replay(recording, ingest, publish, scan_id=scan_id, pace=pace, speed=speed,
+                                    recognizers=recognizers, start_timeout=connect_timeout,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
+
     try:
-        report = asyncio.run(run_replay(recording, ingest, publish, scan_id=scan_id, pace=pace, speed=speed,
-                                        recognizers=recognizers, start_timeout=connect_timeout))
+        report = asyncio.run(run())
+    except zmq.ZMQError as exc:
+        typer.echo(f"error: cannot connect to --ingest {ingest!r} or --publish {publish!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {recording}: {_one_line(exc)}", err=True)
         raise typer.Exit(2) from None

@@ -58,48 +58,47 @@ async def replay(path: str | Path, ingest: str, publish: str | None = None, *, s
     if not speed > 0:
         raise ValueError(f"speed must be > 0, got {speed}")
     path = Path(path)
-    with open_recording(path) as rec:
+    with open_recording(path) as rec:  # read message by message while sending: a recording can be large
         recorded = rec.scan_start.scan_id
         sid = scan_id or f"{recorded}-replay"
-        messages = list(rec.messages())
-    if not messages or not isinstance(messages[0].header, ScanStart):
-        raise ValueError(f"{path}: the recording does not begin with its scan_start")
-    if not isinstance(messages[-1].header, ScanEnd):  # a recovered recording: the service died first
-        n = sum(isinstance(m.header, (Data, Frame)) for m in messages)
-        messages.append(type(messages[0])(header=ScanEnd(scan_id=recorded, n_messages=n), arrays=[],
-                                          t_received=messages[-1].t_received))
-    total = sum(isinstance(m.header, (Data, Frame)) for m in messages)
-    watch = ScanWatch(publish, sid, **client_options) if publish is not None else None
-    t_start = time.monotonic()
-    sent = 0
-    try:
-        if watch is not None:
-            await watch.wait_ready(start_timeout)
-        async with Instrument(ingest, **client_options) as inst:
+        total = rec.n_data_messages
+        watch = ScanWatch(publish, sid, **client_options) if publish is not None else None
+        t_start = time.monotonic()
+        sent = 0
+        try:
+            if watch is not None:
+                await watch.wait_ready(start_timeout)
+            async with Instrument(ingest, **client_options) as inst:
 
-            async def send() -> None:
-                nonlocal sent
-                t0, r0 = time.monotonic(), messages[0].t_received
-                for m in messages:
-                    if pace == "recorded":
-                        delay = t0 + (m.t_received - r0) / speed - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                    await inst.send(_renamed(m.header, sid, recognizers), m.arrays)
-                    if isinstance(m.header, ScanStart) and watch is not None:
-                        await watch.wait_started(start_timeout)
-                    elif isinstance(m.header, (Data, Frame)):
-                        sent += 1
-                        if progress is not None:
-                            progress(sent, total)
+                async def send() -> None:
+                    nonlocal sent
+                    t0 = r0 = None
+                    last = None
+                    for m in rec.messages():
+                        if t0 is None:
+                            t0, r0 = time.monotonic(), m.t_received
+                        elif pace == "recorded":
+                            delay = t0 + (m.t_received - r0) / speed - time.monotonic()
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                        last = m.header
+                        await inst.send(_renamed(m.header, sid, recognizers), m.arrays)
+                        if isinstance(m.header, ScanStart) and watch is not None:
+                            await watch.wait_started(start_timeout)
+                        elif isinstance(m.header, (Data, Frame)):
+                            sent += 1
+                            if progress is not None:
+                                progress(sent, total)
+                    if not isinstance(last, ScanEnd):  # a recovered recording: the service died before scan_end
+                        await inst.send(ScanEnd(scan_id=sid, n_messages=sent))
 
-            if watch is None:
-                await send()
-                summary = None
-            else:
-                await watch.guard(send())
-                summary = await watch.wait_summary()
-    finally:
-        if watch is not None:
-            await watch.aclose()
+                if watch is None:
+                    await send()
+                    summary = None
+                else:
+                    await watch.guard(send())
+                    summary = await watch.wait_summary()
+        finally:
+            if watch is not None:
+                await watch.aclose()
     return ReplayReport(path, sid, recorded, sent, time.monotonic() - t_start, summary)

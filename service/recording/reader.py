@@ -94,6 +94,11 @@ class Recording:
             raise KeyError(f"no maps of {recognizer!r} in {self.path}; recorded: {sorted(self.group.get('maps', {}))}")
         return {name: ds[()] for name, ds in group.items()}
 
+    @property
+    def n_data_messages(self) -> int:
+        """How many data (frame) messages were received, refused ones included."""
+        return len(self.group["messages"]["seq"])
+
     def messages(self) -> Iterator[RecordedMessage]:
         """The ingest messages, in the order received: scan_start, every data (frame) message, scan_end."""
         a, g = self.group.attrs, self.group
