@@ -9,8 +9,9 @@
    ``--line`` spectra on the model axis as fast as the service takes them -> spectra/s, ratio to 1.
 3. service, paced at ``--paced-rate`` spectra/s (default 16 000): latency p50/p99 from the summary.
 
-With ``--record DIR`` the flat-out scan runs once more with recording on (``serve --record``), reported as a
-ratio to the run without it. Prints a table, or one JSON object with --json. Numbers depend on the machine; compare ratios.
+With ``--record DIR`` the flat-out scan runs ``--record-pairs`` times more without and with recording
+(``serve --record``) in turn; each pair's ratio and their median are reported. Each recording is
+deleted after its pair, so every pair meets the same disk. Prints a table, or one JSON object with --json. Numbers depend on the machine; compare ratios.
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ async def through_service(settings: Settings, rec_name: str, axis, rows: int, co
             "sender": json.loads(out)}
 
 
+def recording_pairs(settings: Settings, a: argparse.Namespace, rec_name: str, axis) -> dict:
+    """The flat-out scan without and with recording, ``a.record_pairs`` times in turn (this machine's
+    run-to-run scatter is larger than the effect): each pair's ratio and their median."""
+    on_settings = settings.model_copy(update={"record_dir": a.record})
+    off, on = [], []
+    for i in range(a.record_pairs):
+        print(f"pair {i + 1}/{a.record_pairs}: flat out, not recording ...", file=sys.stderr)
+        off.append(asyncio.run(through_service(settings, rec_name, axis, a.spectra // a.line, a.line, 0.0,
+                                               "bench-flat")))
+        print(f"pair {i + 1}/{a.record_pairs}: flat out, recording into {a.record} ...", file=sys.stderr)
+        scan_id = f"bench-record-{i + 1}"
+        on.append(asyncio.run(through_service(on_settings, rec_name, axis, a.spectra // a.line, a.line, 0.0, scan_id)))
+        on[-1]["bytes_on_disk"] = sum(f.stat().st_size for f in a.record.glob(f"{scan_id}*.h5"))
+        for f in a.record.glob(f"{scan_id}*.h5"):  # the next pair starts with the disk as this one did
+            f.unlink()
+    ratios = [b["rate"] / o["rate"] for o, b in zip(off, on)]
+    return {"off": off, "on": on, "ratios": ratios, "ratio_to_not_recording": float(np.median(ratios))}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None,
@@ -94,6 +114,9 @@ def main() -> None:
     p.add_argument("--record", type=Path, default=None,
                    help="also run the flat-out scan with recording into this directory (serve --record) and "
                         "report its rate as a ratio to the same scan without recording, measured in this run")
+    p.add_argument("--record-pairs", type=int, default=3,
+                   help="with --record: how many (not recording, recording) pairs to run in turn; the ratio "
+                        "reported is their median")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
 
@@ -118,11 +141,7 @@ def main() -> None:
                                         1e6 / a.paced_rate, "bench-paced"))
     recorded = None
     if a.record is not None:
-        print(f"service, flat out, recording into {a.record} ...", file=sys.stderr)
-        on = settings.model_copy(update={"record_dir": a.record})
-        recorded = asyncio.run(through_service(on, rec.name, axis, a.spectra // a.line, a.line, 0.0, "bench-record"))
-        recorded["ratio_to_not_recording"] = recorded["rate"] / flat["rate"]
-        recorded["bytes_on_disk"] = sum(f.stat().st_size for f in a.record.glob("bench-record*.h5"))
+        recorded = recording_pairs(settings, a, rec.name, axis)
     report = {"model": rec.name, "channels": rec.channels, "line_spectra": a.line, "batch": a.batch,
               "threads": a.threads, "bare_ort_spectra_per_s": bare,
               "bare_ort_by_threads_x_parallel": bare_by_config, "parallel": a.parallel, "service_spectra_per_s": flat["rate"],
@@ -138,8 +157,11 @@ def main() -> None:
     print(f"service, paced {a.paced_rate:,.0f}/s  latency p50 {paced['latency_ms_p50']:.2f} ms, "
           f"p99 {paced['latency_ms_p99']:.2f} ms   lost {paced['lost']}")
     if recorded is not None:
-        print(f"service, flat out, recording {recorded['rate']:12,.0f} spectra/s   ratio to not recording "
-              f"{recorded['ratio_to_not_recording']:.2f}   lost {recorded['lost']}, {recorded['bytes_on_disk']:,} bytes")
+        for i, (off, on) in enumerate(zip(recorded["off"], recorded["on"])):
+            print(f"pair {i + 1}: not recording {off['rate']:12,.0f}, recording {on['rate']:12,.0f} spectra/s   ratio "
+                  f"{on['rate'] / off['rate']:.2f}   lost {on['lost']}, {on['bytes_on_disk']:,} bytes on disk")
+        print(f"recording on / off, median of {len(recorded['ratios'])} interleaved pairs: "
+              f"{recorded['ratio_to_not_recording']:.2f}")
 
 
 if __name__ == "__main__":

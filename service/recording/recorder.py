@@ -6,9 +6,10 @@ publication, the frames it has just sent. The queue is bounded in bytes (``queue
 any size fits when it is empty). When it is full the loop ``await``\\ s room, so ingest waits exactly
 like the lossless backpressure of the inference queues (``docs/protocol.md`` §3.4): nothing is dropped.
 
-The writer thread appends each item to the scan's journal (``journal.py``; ``os.writev``, an fsync at
-most every ``FSYNC_INTERVAL_S``), and when the scan's summary has been written converts the journal
-into ``<scan_id>.h5`` (``convert.py``). A write that fails (disk full, I/O error) or that would take the
+The writer thread appends each item to the scan's journal (``journal.py``: ``os.writev``, large buffers
+compressed). It never waits for the disk: an fsync thread syncs what was written every
+``FSYNC_INTERVAL_S``, and a converter thread turns each journal whose scan's summary has been written
+into ``<scan_id>.h5`` (``convert.py``), one after another. A write that fails (disk full, I/O error) or that would take the
 recordings in the directory over ``budget_bytes`` stops recording *that scan*: the loop is told
 (``notices``, which the server publishes as a ``recording_stopped`` event) and the scan itself goes on;
 what was recorded until then still becomes an ``.h5`` file when the scan closes.
@@ -20,6 +21,7 @@ import asyncio
 import collections
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Sequence
@@ -45,7 +47,7 @@ class _Item:
     summary: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # a key of the fsync thread's table: by identity
 class _Journal:
     """Thread side: one scan's open journal."""
 
@@ -54,7 +56,8 @@ class _Journal:
     path: Path | None = None
     fd: int | None = None
     stopped: str | None = None
-    dirty: bool = False
+    dirty: bool = False  # written to since the fsync thread's last pass (under the recorder's mutex)
+    closed: bool = False  # the writer is done with it: the fsync thread closes its duplicate descriptor
 
 
 @dataclass
@@ -107,8 +110,11 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall = time.time() - time.perf_counter()  # perf_counter (the server's receipt clock) -> Unix time
-        self._used = recordings_bytes(directory)  # thread only, after start
+        self._used = recordings_bytes(directory)  # writer and converter threads, under _mutex, after start
         self._journals: dict[int, _Journal] = {}  # thread only, by serial
+        self._sync_fds: dict[_Journal, int] = {}  # the fsync thread's duplicate descriptors (under _mutex)
+        self._stopping = threading.Event()
+        self._conversions: queue.Queue[tuple[_Journal, dict[str, Any] | None] | None] = queue.Queue()
         self._serial = 0
 
     @classmethod
@@ -245,19 +251,17 @@ class Recorder:
                 pass
 
     def _run(self) -> None:
-        last_sync = time.monotonic()
-        while True:
-            with self._cond:
-                while not self._items:
-                    dirty = any(j.dirty for j in self._journals.values())
-                    wait = max(0.0, last_sync + FSYNC_INTERVAL_S - time.monotonic()) if dirty else None
-                    if dirty and wait == 0.0:
-                        break
-                    self._cond.wait(wait)
-                item = self._items.popleft() if self._items else None
-            if item is not None:
+        syncer = threading.Thread(target=self._sync_loop, name="scanlens-recorder-fsync", daemon=True)
+        converter = threading.Thread(target=self._convert_loop, name="scanlens-recorder-convert", daemon=True)
+        syncer.start()
+        converter.start()
+        try:
+            while True:
+                with self._cond:
+                    while not self._items:
+                        self._cond.wait()
+                    item = self._items.popleft()
                 if item.op == "stop":
-                    self._sync_all()
                     return
                 try:
                     self._handle(item)
@@ -268,18 +272,41 @@ class Recorder:
                     wake, self._waiting = self._waiting, False
                 if wake:
                     self._call(self._room.set)
-            if time.monotonic() - last_sync >= FSYNC_INTERVAL_S:
-                self._sync_all()
-                last_sync = time.monotonic()
+        finally:
+            self._conversions.put(None)  # after the conversions queued before it
+            converter.join()
+            self._stopping.set()
+            syncer.join()
 
-    def _sync_all(self) -> None:
-        for j in self._journals.values():
-            if j.dirty and j.fd is not None:
+    def _sync_loop(self) -> None:
+        """The fsync thread: every ``FSYNC_INTERVAL_S`` it fsyncs the journals written to since its last
+        pass, on duplicates of their descriptors, so the writer never waits for the disk (an fsync of a
+        journal taking in a gigabyte a second can last seconds; the page cache holds what it has not
+        reached yet, which a ``kill -9`` cannot take back). Descriptors of closed journals are closed
+        here, after their last fsync."""
+        while True:
+            stopping = self._stopping.wait(FSYNC_INTERVAL_S)
+            with self._mutex:
+                due = [(j, fd) for j, fd in self._sync_fds.items() if j.dirty or j.closed]
+                for j, _ in due:
+                    j.dirty = False
+            for j, fd in due:
                 try:
-                    os.fsync(j.fd)
+                    os.fsync(fd)
                 except OSError as exc:
-                    self._stop(j, f"cannot fsync {j.path}: {exc.strerror or exc}")
-                j.dirty = False
+                    if not j.closed:
+                        self._stop(j, f"cannot fsync {j.path}: {exc.strerror or exc}; recording of this scan "
+                                      "stops here, the scan goes on")
+                if j.closed:
+                    with self._mutex:
+                        del self._sync_fds[j]
+                    os.close(fd)
+            if stopping:
+                with self._mutex:
+                    left, self._sync_fds = list(self._sync_fds.values()), {}
+                for fd in left:
+                    os.close(fd)
+                return
 
     def _handle(self, item: _Item) -> None:
         if item.op == "open":
@@ -295,9 +322,11 @@ class Recorder:
     def _write(self, j: _Journal, item: _Item) -> None:
         buffers, nbytes = encode_record(item.meta, item.frames)
         extra = 0 if j.fd is not None else 24
-        if self._used + nbytes + extra > self.budget_bytes:  # measure again: files may have been removed
-            self._used = recordings_bytes(self.directory)
-        if self._used + nbytes + extra > self.budget_bytes:
+        with self._mutex:
+            if self._used + nbytes + extra > self.budget_bytes:  # measure again: files may have been removed
+                self._used = recordings_bytes(self.directory)
+            over = self._used + nbytes + extra > self.budget_bytes
+        if over:
             self._stop(j, f"record_budget_bytes exhausted: the recordings in {self.directory} would exceed "
                           f"{_size(self.budget_bytes)} ({_size(self._used)} used); recording of this scan stops "
                           "here, the scan goes on")
@@ -306,35 +335,56 @@ class Recorder:
             if j.fd is None:
                 j.path = free_path(self.directory, j.scan_id, SUFFIX)
                 j.fd = os.open(j.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                with self._mutex:
+                    self._sync_fds[j] = os.dup(j.fd)
                 head, _ = file_header()
                 write_all(j.fd, [head])
-                self._used += len(head)
+                with self._mutex:
+                    self._used += len(head)
             write_all(j.fd, buffers)
         except OSError as exc:
             self._stop(j, f"cannot write {j.path or self.directory}: {exc.strerror or exc}; recording of this "
                           "scan stops here, the scan goes on")
             return
-        self._used += nbytes
-        j.dirty = True
+        with self._mutex:
+            self._used += nbytes
+            j.dirty = True
 
     def _stop(self, j: _Journal, reason: str) -> None:
-        if j.stopped:
-            return
-        j.stopped = reason
+        """Stop recording ``j`` (writer or fsync thread); the first reason is the one reported."""
+        with self._mutex:
+            if j.stopped:
+                return
+            j.stopped = reason
         log.warning("recording of scan %s stopped: %s", j.scan_id, reason)
         self._call(self._stopped, j.serial, j.scan_id, reason)
 
     def _close(self, j: _Journal, summary: dict[str, Any] | None) -> None:
-        """The scan closed: its journal (what it holds) becomes ``<scan_id>.h5``."""
+        """The scan closed: its journal goes to the converter thread (the writer goes on with the other
+        scans' records meanwhile)."""
         del self._journals[j.serial]
         if j.fd is None:
             return  # nothing was written (stopped at the first record)
+        with self._mutex:
+            j.closed = True
+        self._conversions.put((j, summary))
+
+    def _convert_loop(self) -> None:
+        """The converter thread: each closed journal, in order, is fsynced, closed and becomes
+        ``<scan_id>.h5``. A conversion of a large scan takes seconds; no record waits for it."""
+        while (job := self._conversions.get()) is not None:
+            try:
+                self._convert(*job)
+            except Exception:  # noqa: BLE001 - the converter must survive anything
+                log.exception("recording: the conversion of scan %s failed", job[0].scan_id)
+
+    def _convert(self, j: _Journal, summary: dict[str, Any] | None) -> None:
+        assert j.fd is not None and j.path is not None
         try:
             os.fsync(j.fd)
         except OSError:
             pass
         os.close(j.fd)
-        assert j.path is not None
         size = j.path.stat().st_size
         try:
             done = convert_journal(j.path, summary=summary if j.stopped else None, stopped=j.stopped)
@@ -344,7 +394,8 @@ class Recorder:
             self._call(self._count, "recordings_failed")
             return
         assert done.path is not None
-        self._used += done.path.stat().st_size - size
+        with self._mutex:
+            self._used += done.path.stat().st_size - size
         log.info("recorded scan %s: %s (%d messages, %.1f MiB)", j.scan_id, done.path, done.messages,
                  done.path.stat().st_size / 2**20)
         self._call(self._count, "recordings_written")
