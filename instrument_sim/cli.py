@@ -180,9 +180,22 @@ def _run_scan(service: Service, scan_id: str, unit: str, total: int, quiet: bool
                     inst = Instrument(service.ingest, curve=service.curve)
                 except zmq.ZMQError as exc:
                     _fail(EXIT_USAGE, f"cannot connect to --ingest {service.ingest!r}: {exc}")
+                warned = False
+
+                def progress(done: int, _total: int) -> None:
+                    nonlocal warned
+                    if not warned and watch.started is not None:  # once the scan is accepted
+                        warned = True
+                        if watch.started.skipped:  # recognizers of the modality that cannot take this scan
+                            err.print(f"warning: scan {scan_id}: not running " + "; ".join(
+                                f"{name} ({why})" for name, why in watch.started.skipped.items())
+                                + f"; running {', '.join(watch.started.recognizers)}",
+                                markup=False, highlight=False, soft_wrap=True)
+                    bar.update(task, completed=done)
+
                 try:
                     await watch.wait_ready(service.connect_timeout)
-                    report = await stream(inst, watch, lambda done, _total: bar.update(task, completed=done))
+                    report = await stream(inst, watch, progress)
                 except BaseException:
                     inst.close(linger_s=0)  # nobody will take what is still queued
                     raise
@@ -281,8 +294,9 @@ def eels(
 
     Layers with intermixed, rough interfaces; Poisson and read noise; optional energy drift and an
     optional region of an unknown fourth phase. The spectrometer axis (channels, offset, dispersion) is
-    yours to choose: the service resamples it onto each recognizer's axis, or refuses the scan if it
-    does not cover it.
+    yours to choose: the service resamples it onto each recognizer's axis. A recognizer whose axis it
+    does not cover is left out, with a warning (pca runs when none is left); one named with
+    --recognizer refuses the scan instead.
     """
     axis = _config(lambda: Axis(size=channels, offset=offset_ev, scale=dispersion_ev, units="eV"),
                    {"size": "--channels", "offset": "--offset-ev", "scale": "--dispersion-ev"})

@@ -77,7 +77,7 @@ async def test_scan_on_another_axis_is_resampled_end_to_end(clients):
 async def test_out_of_range_scan_is_rejected_at_scan_start(clients):
     inst, sub, _ = clients
     narrow = Axis(size=100, offset=20.0, scale=0.1, units="eV")
-    async with inst.scan("narrow", "eels", (2, 3), narrow) as scan:
+    async with inst.scan("narrow", "eels", (2, 3), narrow, recognizers=["band"]) as scan:
         await scan.send_line(0, np.ones((3, 100), np.float32))
     events = []
     while True:
@@ -88,8 +88,29 @@ async def test_out_of_range_scan_is_rejected_at_scan_start(clients):
                 break
         assert not isinstance(msg.header, ScanSummary), "a rejected scan has no summary"
     assert events[0].code == "scan_rejected"
+    assert events[0].reason.startswith("recognizer 'band': ")  # 1.1: names the recognizer
     assert "20–29.9 eV" in events[0].reason and "10–69 eV" in events[0].reason
     assert [e.code for e in events[1:]] == ["unknown_scan", "unknown_scan"]  # its data and scan_end
+
+
+async def test_an_uncalibrated_axis_goes_to_pca_and_a_named_recognizer_refuses_it(clients):
+    """Protocol 1.1: ``units: ""`` is an uncalibrated axis (acquisition software before calibration). pca
+    takes it; the band recognizer is left out, saying why; named, it refuses the scan."""
+    inst, sub, _ = clients
+    raw = Axis(size=60, offset=0.0, scale=1.0, units="")
+    async with inst.scan("raw", "eels", (2, 3), raw) as scan:
+        for r in range(2):
+            await scan.send_line(r, np.random.default_rng(r).poisson(50, (3, 60)).astype(np.float32))
+    result = await sub.collect_scan("raw", timeout=20)
+    assert result.summary.state == "complete" and result.started.recognizers == ["pca"]
+    assert result.started.axis.units == "" and "uncalibrated" in result.started.skipped["band"]
+    async with inst.scan("raw-named", "eels", (2, 3), raw, recognizers=["band"]):
+        pass
+    while True:
+        h = (await sub.recv(10)).header
+        if isinstance(h, Event) and h.scan_id == "raw-named":
+            break
+    assert h.code == "scan_rejected" and h.reason.startswith("recognizer 'band': the scan's axis is uncalibrated")
 
 
 def test_components_are_interpolated_independently():

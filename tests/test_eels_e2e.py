@@ -41,7 +41,10 @@ async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
     assert rmse <= 0.05, rmse
 
 
-async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
+async def test_sim_cli_on_a_too_narrow_axis_runs_pca_and_says_which_recognizers_cannot(tmp_path):
+    """Protocol 1.1 (docs/protocol.md §3.1): with no recognizer named, those of the modality whose axis the
+    scan does not cover are left out, each with its reason (scan_started.skipped, a recognizers_skipped
+    event); with none left, spectra go to pca. The simulator prints the reason as one warning line."""
     settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
                         model_dir=MODEL_DIR, inference_threads=1)
     async with running(settings) as server:
@@ -50,9 +53,33 @@ async def test_sim_cli_on_a_too_narrow_axis_is_refused(tmp_path):
             sim = await run_cli_result("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"],
                                        "--publish", server.endpoints["publish"], "--scan-id", "narrow", "--rows", "2",
                                        "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
+            started = (await sub.recv(10)).header
+            event = (await sub.recv(10)).header
+    assert started.kind == "scan_started" and started.recognizers == ["pca"]
+    assert set(started.skipped) == {"eels-mlp", "eels-fit"}
+    for reason in started.skipped.values():
+        assert "0–63.75 eV" in reason and "5–124.5 eV" in reason and "does not cover" in reason
+    assert event.kind == "event" and event.code == "recognizers_skipped" and event.level == "warning"
+    assert "'eels-mlp'" in event.reason and "'eels-fit'" in event.reason and "running ['pca']" in event.reason
+    assert sim.returncode == 0 and json.loads(sim.stdout)["state"] == "complete"
+    (line,) = sim.stderr.strip().splitlines()
+    assert line.startswith("warning: scan narrow: not running eels-") and line.endswith("; running pca")
+
+
+async def test_sim_cli_naming_a_recognizer_whose_axis_is_not_covered_is_refused_naming_it(tmp_path):
+    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
+                        model_dir=MODEL_DIR, inference_threads=1)
+    async with running(settings) as server:
+        async with Subscriber(server.endpoints["publish"], scan_id="narrow") as sub:
+            await sub.wait_ready()
+            sim = await run_cli_result("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"],
+                                       "--publish", server.endpoints["publish"], "--scan-id", "narrow", "--rows", "2",
+                                       "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet",
+                                       "--recognizer", "eels-mlp", "--recognizer", "pca")
             msg = await sub.recv(10)
     assert msg.header.kind == "event" and msg.header.code == "scan_rejected"
-    assert "0–63.75 eV" in msg.header.reason and "5–124.5 eV" in msg.header.reason
+    assert msg.header.reason.startswith("recognizer 'eels-mlp': incoming axis 0–63.75 eV")
+    assert "5–124.5 eV" in msg.header.reason and "pca" not in msg.header.reason
     # the simulator says so too: exit status 4 and the reason in one line, nothing on stdout
     assert sim.returncode == 4 and sim.stdout == ""
     assert sim.stderr.strip().splitlines() == [f"error: scan narrow rejected: {msg.header.reason}"]
@@ -78,7 +105,7 @@ async def test_demo_defaults_meet_the_targets(tmp_path):
 @pytest.mark.timeout(180)
 async def test_demo_physics_fit_finds_the_unknown_phase(tmp_path):
     out = await run_cli("-c", "from scanlens.app.cli import main; main()", "demo", "--json", "--dwell-us", "0",
-                        "--recognizer", "physics-fit", "--unknown-region", "--out", str(tmp_path))
+                        "--recognizer", "eels-fit", "--unknown-region", "--out", str(tmp_path))
     report = json.loads(out)
     assert report["recognizer"] == "eels-fit" and report["unrecognized_pixels"] == 0
     assert report["abundance_rmse"] <= 0.03 and report["abundance_rmse_pixels"] == "without the unknown phase"

@@ -32,9 +32,15 @@ async def any_server(request, settings):
         yield srv
 
 
-async def test_client_from_the_doc_works(any_server, tmp_path):
+FROZEN_1_0 = Path(__file__).resolve().parent / "clients" / "protocol_1_0_client.py"
+
+
+@pytest.mark.parametrize("client", ["doc", "1.0"])
+async def test_client_from_the_doc_works(any_server, tmp_path, client):
+    """The document's client (``doc``), and the same client as protocol 1.0 had it (``1.0``, frozen in
+    tests/clients/): a 1.0 client keeps working against 1.1 (docs/protocol.md §9)."""
     script = tmp_path / "doc_client.py"
-    script.write_text(client_code(), encoding="utf-8")
+    script.write_text(client_code() if client == "doc" else FROZEN_1_0.read_text(encoding="utf-8"), encoding="utf-8")
     ep = any_server.endpoints
     proc = await asyncio.create_subprocess_exec(sys.executable, str(script), ep["ingest"], ep["publish"],
                                                 ep["control"], stdout=asyncio.subprocess.PIPE,

@@ -87,6 +87,30 @@ async def test_refusals_and_accounting(recognizers) -> None:
     assert exc.value.code == "late" and h.manager.closed_scans["a"].late == [1]
 
 
+async def test_values_the_models_cannot_hold_are_refused_and_negative_ones_are_taken(recognizers) -> None:
+    """docs/protocol.md §3.2 (1.1): any finite value is taken as it is, negative ones included (a
+    background-subtracted spectrum); float64 values beyond float32's range are refused like NaN, since
+    the models compute in float32."""
+    h = ManagerHarness(recognizers)
+    async with h.serving():
+        await _values_scan(h)
+
+
+async def _values_scan(h: ManagerHarness) -> None:
+    await h.send(ScanStart(scan_id="v", modality="eels", shape=(3, 3), axis=band_axis()))
+    spectra = band_spectra(np.zeros(3, int)).astype(np.float64)
+    huge = spectra.copy()
+    huge[1, 2] = -1e39
+    with pytest.raises(ProtocolError) as exc:
+        await h.send(Data(scan_id="v", seq=0, row=0, col0=0, shape=huge.shape, dtype="float64"), [huge])
+    assert exc.value.code == "data_rejected" and "beyond float32's range" in exc.value.reason
+    await h.send(Data(scan_id="v", seq=1, row=1, col0=0, shape=spectra.shape, dtype="float64"), [spectra - 500.0])
+    await h.send(Data(scan_id="v", seq=2, row=2, col0=0, shape=spectra.shape, dtype="float64"), [spectra * 1e30])
+    await h.send(ScanEnd(scan_id="v", n_messages=3))
+    summary = await h.wait_summary("v")
+    assert [r.seq for r in summary.rejected] == [0] and summary.recognizers["band"].pixels_recognized == 6
+
+
 async def test_choice_of_processors(recognizers) -> None:
     m = ManagerHarness(recognizers).manager
     frames = ScanStart(scan_id="f", modality="haadf", shape=(32, 32), pixel_size=PixelSize(size=0.02, units="nm"))

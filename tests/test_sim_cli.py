@@ -70,7 +70,9 @@ async def test_no_answer_to_scan_start_exits_3(server):
 
 @pytest.mark.parametrize("args,reason", [
     (["--recognizer", "nope"], "unknown recognizer 'nope'"),
-    (["--channels", "100"], "does not cover the model axis"),  # 0-24.75 eV; the band model reads 10-70 eV
+    # 0-24.75 eV; the band model reads 10-70 eV. Named, it refuses the scan (protocol 1.1; by default it
+    # would be left out and pca would run: tests/test_eels_e2e.py)
+    (["--channels", "100", "--recognizer", "band"], "recognizer 'band': incoming axis 0–24.75 eV"),
 ])
 async def test_refused_scan_exits_4_with_the_reason(server, args, reason):
     sim = await run_cli_result(*SIM, "eels", *endpoints(server), "--scan-id", "refused", "--rows", "2", "--cols",

@@ -141,7 +141,8 @@ def demo(
     modality: Annotated[str, typer.Option(
         help="simulated instrument: eels, bepfm (bacteria), loops (switching) or haadf (STEM movie)")] = "eels",
     recognizer: Annotated[Optional[str], typer.Option(
-        help="recognizer to score (default: eels-mlp / bepfm-mlp / loops-mlp / stem-unet; `physics-fit` = eels-fit)")] = None,
+        help="recognizer to score, by the name `scanlens models` lists (default: eels-mlp / bepfm-mlp / "
+             "loops-mlp / stem-unet; the old names physics-fit, fit and nn still work)")] = None,
     pca: Annotated[bool, typer.Option(help="also run the built-in streaming PCA and draw its maps")] = True,
     unknown_region: Annotated[bool, typer.Option(help="eels: add a region of an unknown fourth phase")] = False,
     rows: Annotated[Optional[int], typer.Option(min=1, help="scan rows (default 128; loops 64)")] = None,

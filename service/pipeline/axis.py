@@ -54,6 +54,9 @@ def convert(axis: Axis, units: str) -> Axis:
     """The same axis expressed in ``units``; AxisError for unknown or incompatible units."""
     if axis.units == units:
         return axis
+    if not axis.calibrated:
+        raise AxisError(f"the scan's axis is uncalibrated (units \"\"); this recognizer needs an axis in {units!r} "
+                        "or units that convert to it")
     try:
         factor = unit_factor(axis.units, units)
     except AxisError:

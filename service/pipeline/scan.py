@@ -27,6 +27,8 @@ LIST_LIMIT = 4096
 MAX_SEQ = 2**53
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 @dataclass
 class ScanState:
     start: ScanStart
@@ -44,6 +46,7 @@ class ScanState:
     n_messages: int | None = None  # from scan_end
     summary: ScanSummary | None = None  # set once the scan is closed
     owner: str | None = None  # authenticated identity (CURVE public key) of the sender that started it
+    not_running: dict[str, str] = field(default_factory=dict)  # recognizer -> why it cannot take this scan
 
     @classmethod
     def open(cls, start: ScanStart, processors: list[Processor], owner: str | None = None) -> ScanState:
@@ -139,6 +142,9 @@ class ScanState:
             raise self._reject(msg, str(exc)) from None
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise self._reject(msg, f"{contents} NaN or infinite values")
+        if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
+            # the models compute in float32: these would become infinite there
+            raise self._reject(msg, f"{contents} values beyond float32's range (±3.4e38)")
         if needs_range and values.size:
             lo, hi = float(values.min()), float(values.max())
             if not hi - lo > 1e-6 * max(abs(lo), abs(hi)):  # below float32 precision: nothing to normalise
@@ -159,21 +165,29 @@ class ScanState:
                                     f"(seqs count from 0, one message per line or frame)")
 
     def end(self, n_messages: int) -> list[int]:
-        """``scan_end``: seqs at or beyond ``n_messages`` that arrived before it become rejected (their
-        results are already in the maps; the summary says so); returns them."""
+        """``scan_end``: seqs at or beyond ``n_messages`` that arrived before it become rejected, whatever
+        else happened to them (one fate per seq; the summary's reason says whether their results are in
+        the maps or the frame was skipped by policy latest); returns them."""
         self.n_messages = n_messages
         beyond = [seq for start, stop in self.received.discard_from(n_messages) for seq in range(start, stop)]
-        skipped = set(self.skipped)
+        skipped = set(self.skipped) & set(beyond)
+        if skipped:
+            self.skipped = [seq for seq in self.skipped if seq not in skipped]
         for seq in beyond:
-            if seq in skipped:  # already accounted for: dropped by policy latest, never recognized
-                continue
-            self.rejected[seq] = (f"seq {seq} is beyond scan_end's n_messages={n_messages}; it arrived before "
-                                  "scan_end and its results are in the maps")
+            self.rejected[seq] = f"seq {seq} is beyond scan_end's n_messages={n_messages}; " + (
+                "it arrived before scan_end and was skipped (policy latest)" if seq in skipped
+                else "it arrived before scan_end and its results are in the maps")
         return beyond
 
-    def record_skipped(self, seq: int) -> None:
-        """A frame dropped by the newest-frame-wins policy before it was recognized."""
+    def record_skipped(self, seq: int) -> bool:
+        """A frame dropped by the newest-frame-wins policy before it was recognized; False when its seq is
+        already rejected (beyond scan_end's n_messages): its fate stays rejected, its reason says so."""
+        if seq in self.rejected:
+            self.rejected[seq] = (f"seq {seq} is beyond scan_end's n_messages={self.n_messages}; it arrived before "
+                                  "scan_end and was skipped (policy latest)")
+            return False
         self.skipped.append(seq)
+        return True
 
     def record_late(self, seq: int) -> None:
         """Data after the close: listed (the first LIST_LIMIT) and counted, never kept unbounded."""

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from .. import __version__
 from ..protocol import topics
 from ..protocol.codec import ProtocolError, ReplyTooLarge
-from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, Data, Event, Frame, Message, Request, ScanEnd, ScanStart,
-                                 ScanStarted, Status)
+from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, PROTOCOL_REVISION, Data, Event, Frame, Message, Request,
+                                 ScanEnd, ScanStart, ScanStarted, Status)
 from .axis import AxisError, length_factor
 from .batcher import ByteGate, InferenceWorker, ResultHandler
 from .memory import MemoryLedger, mib
@@ -180,11 +180,7 @@ class ScanManager:
             except AxisError:
                 raise ProtocolError("scan_rejected", f"scan_step units {start.scan_step.units!r} are not a length "
                                     "(pm, Å, nm, um)", scan_id=sid) from None
-        processors = self.choose(start)
-        try:
-            scan = ScanState.open(start, processors, owner=owner)
-        except AxisError as exc:
-            raise ProtocolError("scan_rejected", str(exc), scan_id=sid) from None
+        scan = self._bind(start, owner)
         scan.t_last = self.clock()
         self._reserve(scan)
         self.evicted_ids.pop(sid, None)
@@ -193,7 +189,36 @@ class ScanManager:
         log.info("scan %s started: %s %dx%d, %s, recognizers %s", sid, start.modality, rows, cols,
                  f"{start.axis.size} channels" if start.axis else f"{start.pixel_size.size:g} {start.pixel_size.units}/px",
                  list(scan.bindings))
-        return [Publication(topics.scan_topic(sid, topics.SCAN_STARTED), self._started(scan))]
+        published = [Publication(topics.scan_topic(sid, topics.SCAN_STARTED), self._started(scan))]
+        if scan.not_running:
+            published.append(self.event(
+                "recognizers_skipped", f"not running on scan {sid}: " + _why_not(scan.not_running)
+                + f"; running {list(scan.bindings)}", scan_id=sid, level="warning"))
+        return published
+
+    def _bind(self, start: ScanStart, owner: str | None) -> ScanState:
+        """The scan with its processors bound (docs/protocol.md §3.1). Requested by name, every one must
+        take the scan, or it is refused naming each that cannot. By default the recognizers of the
+        modality that cannot take it (an axis that does not cover theirs, an uncalibrated axis, a missing
+        component) are left out and reported; when none can, spectra go to the fallback analyzer."""
+        sid = start.scan_id
+        bindings, refused = {}, {}
+        for proc in self.choose(start):
+            try:
+                bindings[proc.name] = proc.bind(start)
+            except AxisError as exc:
+                refused[proc.name] = str(exc)
+        if refused and start.recognizers:
+            raise ProtocolError("scan_rejected", _why_not(refused), scan_id=sid)
+        if not bindings and takes_of(start) == "spectra":
+            fallback = self.processors[self.fallback]
+            try:
+                bindings[fallback.name] = fallback.bind(start)
+            except AxisError as exc:
+                refused[fallback.name] = str(exc)
+        if not bindings:
+            raise ProtocolError("scan_rejected", _why_not(refused), scan_id=sid)
+        return ScanState(start, bindings, owner=owner, not_running=refused)
 
     def choose(self, start: ScanStart) -> list[Processor]:
         """The requested processors, or every recognizer of the modality that takes what the scan sends
@@ -259,9 +284,10 @@ class ScanManager:
             if scan.start.policy == "latest":  # newest frame wins: drop this scan's frames still waiting
                 for stale in worker.queue.discard(lambda item: item.scan_id == sid):
                     scan.in_flight -= 1
-                    scan.record_skipped(stale.seq)
                     binding.forget(stale.seq)
                     self.counters["frames_skipped"] += 1
+                    if not scan.record_skipped(stale.seq):
+                        continue  # already rejected (beyond scan_end's n_messages), said so then
                     out.append(self.event("skipped", f"frame {stale.row} (seq {stale.seq}) skipped: frame "
                                           f"{msg.frame} is newer (policy latest)", scan_id=sid, seq=stale.seq,
                                           level="info"))
@@ -424,7 +450,7 @@ class ScanManager:
     # ------------------------------------------------------------------ queries (control socket)
 
     def status(self) -> Status:
-        return Status(version=__version__, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
+        return Status(version=__version__, protocol=PROTOCOL_REVISION, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
                       memory_bytes=self.ledger.used, memory_budget_bytes=self.ledger.budget,
                       recognizers=list(self.processors),
                       counters={**self.counters,
@@ -454,7 +480,8 @@ class ScanManager:
             scan_id=start.scan_id, modality=start.modality, shape=start.shape, axis=start.axis,
             components=start.components, pixel_size=start.pixel_size, frames=start.frames, policy=start.policy,
             recognizers=list(scan.bindings), outputs={name: b.map_specs() for name, b in scan.bindings.items()},
-            meta=start.meta, scan_step=start.scan_step, frame_interval_s=start.frame_interval_s)
+            meta=start.meta, scan_step=start.scan_step, frame_interval_s=start.frame_interval_s,
+            skipped=dict(scan.not_running) or None)
 
     @staticmethod
     def _scan_row(scan: ScanState) -> dict[str, Any]:
@@ -500,3 +527,8 @@ class ScanManager:
             out_specs.append(spec)
             out.append(values.copy())
         return result, out_specs, out
+
+
+def _why_not(refused: dict[str, str]) -> str:
+    """``recognizer 'a': reason; recognizer 'b': reason`` (what a refusal or a skip event says)."""
+    return "; ".join(f"recognizer {name!r}: {reason}" for name, reason in refused.items())

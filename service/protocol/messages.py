@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_validator, model_validator
 
 PROTOCOL_VERSION = 1
+#: the version of docs/protocol.md this module implements: 1.x only adds to 1.0 (its §9), so the wire's
+#: ``v`` stays ``PROTOCOL_VERSION``; ``status`` reports it as ``protocol``
+PROTOCOL_REVISION = "1.1"
 
 #: Largest scan edge and signal axis we accept; bigger values are certainly a corrupt header.
 MAX_EDGE = 65_536
@@ -65,12 +68,18 @@ class _Header(_Strict):
 
 
 class Axis(_Strict):
-    """A calibrated, uniformly sampled axis: channel ``k`` sits at ``offset + k * scale`` ``units``."""
+    """A uniformly sampled axis: the centre of channel ``k`` is at ``offset + k * scale`` ``units``.
+    ``units`` ``""`` is an uncalibrated axis (what acquisition software sends before calibration): the
+    ``pca`` analyzer takes it; a recognizer refuses it, naming the units it needs (docs/protocol.md §3.1)."""
 
     size: Edge
     offset: Real
     scale: Real = Field(gt=0)
-    units: str = Field(min_length=1, max_length=16)
+    units: str = Field(max_length=16, description='"" = uncalibrated')
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.units)
 
     @field_validator("offset", "scale")
     @classmethod
@@ -219,6 +228,7 @@ EventCode = Literal[
     "aborted",  # the service stopped before the scan ended; its summary (state aborted) follows
     "mostly_foreign",  # more than half of what a recognizer has seen of a scan is novel (unlike its training data)
     "recording_stopped",  # recording of a scan stopped early (disk error, record_budget_bytes); the scan goes on
+    "recognizers_skipped",  # 1.1: recognizers of the scan's modality that cannot take its data; the others run
     "internal",  # a bug in scanlens; the scan it names may be incomplete
 ]
 
@@ -242,6 +252,9 @@ class ScanStarted(_Header):
     meta: dict[str, Any] = Field(default_factory=dict)
     scan_step: PixelSize | None = None
     frame_interval_s: float | None = None
+    skipped: dict[str, str] | None = Field(
+        None, description="protocol 1.1: recognizers of the modality that do not run on this scan, each with "
+                          "the reason (only when none were requested by name; docs/protocol.md §3.1)")
 
 
 class Maps(_Header):
@@ -355,6 +368,7 @@ class Status(_Header):
 
     kind: Literal["status"] = "status"
     version: str
+    protocol: str | None = Field(None, description="the protocol document's version, e.g. \"1.1\" (wire v stays 1)")
     uptime_s: float
     open_scans: list[ScanId]
     recognizers: list[Name]
