@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cli_types import count  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
 from scanlens.app.server import Server, running  # noqa: E402
 from scanlens.client import Subscriber  # noqa: E402
@@ -132,6 +133,7 @@ async def watched(settings: Settings, axis, rows: int, cols: int, a: argparse.Na
     return result
 
 
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None,
@@ -143,7 +145,7 @@ def main() -> None:
     p.add_argument("--pages", type=int, default=3, help="websocket clients reading at the page rate")
     p.add_argument("--silent", type=int, default=1, help="websocket clients that never read")
     p.add_argument("--max-rate-hz", type=float, default=20.0, help="the dashboard's cap per page")
-    p.add_argument("--pairs", type=int, default=3,
+    p.add_argument("--pairs", type=count, default=3,
                    help="(no page, pages) measurements run in turn; the ratio reported is their median")
     p.add_argument("--json", action="store_true")
     p.add_argument("--pages-url", help=argparse.SUPPRESS)  # internal: run the pages (in their own process)

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from cli_types import count  # noqa: E402
 from mlp_model import write_mlp  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
 from scanlens.app.server import running  # noqa: E402
@@ -98,6 +99,7 @@ def recording_pairs(settings: Settings, a: argparse.Namespace, rec_name: str, ax
     return {"off": off, "on": on, "ratios": ratios, "ratio_to_not_recording": float(np.median(ratios))}
 
 
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, default=None,
@@ -114,7 +116,7 @@ def main() -> None:
     p.add_argument("--record", type=Path, default=None,
                    help="also run the flat-out scan with recording into this directory (serve --record) and "
                         "report its rate as a ratio to the same scan without recording, measured in this run")
-    p.add_argument("--record-pairs", type=int, default=3,
+    p.add_argument("--record-pairs", type=count, default=3,
                    help="with --record: how many (not recording, recording) pairs to run in turn; the ratio "
                         "reported is their median")
     p.add_argument("--json", action="store_true")
