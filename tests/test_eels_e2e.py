@@ -41,10 +41,9 @@ async def test_sim_cli_on_a_foreign_axis_is_recognized(tmp_path):
     assert rmse <= 0.05, rmse
 
 
-async def test_sim_cli_on_a_too_narrow_axis_runs_pca_and_says_which_recognizers_cannot(tmp_path):
-    """Protocol 1.1 (docs/protocol.md §3.1): with no recognizer named, those of the modality whose axis the
-    scan does not cover are left out, each with its reason (scan_started.skipped, a recognizers_skipped
-    event); with none left, spectra go to pca. The simulator prints the reason as one warning line."""
+async def _sim_on_a_narrow_axis(*args: str, messages: int):
+    """The EELS simulator streaming 2 x 4 spectra on 0–63.75 eV (the models read 5–124.5 eV) to a service
+    with the shipped models; (its CliResult, the first ``messages`` headers published for the scan)."""
     settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
                         model_dir=MODEL_DIR, inference_threads=1)
     async with running(settings) as server:
@@ -52,9 +51,16 @@ async def test_sim_cli_on_a_too_narrow_axis_runs_pca_and_says_which_recognizers_
             await sub.wait_ready()
             sim = await run_cli_result("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"],
                                        "--publish", server.endpoints["publish"], "--scan-id", "narrow", "--rows", "2",
-                                       "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet")
-            started = (await sub.recv(10)).header
-            event = (await sub.recv(10)).header
+                                       "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet", *args)
+            headers = [(await sub.recv(10)).header for _ in range(messages)]
+    return sim, headers
+
+
+async def test_sim_cli_on_a_too_narrow_axis_runs_pca_and_says_which_recognizers_cannot(tmp_path):
+    """Protocol 1.1 (docs/protocol.md §3.1): with no recognizer named, those of the modality whose axis the
+    scan does not cover are left out, each with its reason (scan_started.skipped, a recognizers_skipped
+    event); with none left, spectra go to pca. The simulator prints the reason as one warning line."""
+    sim, (started, event) = await _sim_on_a_narrow_axis(messages=2)
     assert started.kind == "scan_started" and started.recognizers == ["pca"]
     assert set(started.skipped) == {"eels-mlp", "eels-fit"}
     for reason in started.skipped.values():
@@ -67,22 +73,13 @@ async def test_sim_cli_on_a_too_narrow_axis_runs_pca_and_says_which_recognizers_
 
 
 async def test_sim_cli_naming_a_recognizer_whose_axis_is_not_covered_is_refused_naming_it(tmp_path):
-    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
-                        model_dir=MODEL_DIR, inference_threads=1)
-    async with running(settings) as server:
-        async with Subscriber(server.endpoints["publish"], scan_id="narrow") as sub:
-            await sub.wait_ready()
-            sim = await run_cli_result("-m", "scanlens.sim.cli", "eels", "--ingest", server.endpoints["ingest"],
-                                       "--publish", server.endpoints["publish"], "--scan-id", "narrow", "--rows", "2",
-                                       "--cols", "4", "--dwell-us", "0", "--channels", "256", "--quiet",
-                                       "--recognizer", "eels-mlp", "--recognizer", "pca")
-            msg = await sub.recv(10)
-    assert msg.header.kind == "event" and msg.header.code == "scan_rejected"
-    assert msg.header.reason.startswith("recognizer 'eels-mlp': incoming axis 0–63.75 eV")
-    assert "5–124.5 eV" in msg.header.reason and "pca" not in msg.header.reason
+    sim, (header,) = await _sim_on_a_narrow_axis("--recognizer", "eels-mlp", "--recognizer", "pca", messages=1)
+    assert header.kind == "event" and header.code == "scan_rejected"
+    assert header.reason.startswith("recognizer 'eels-mlp': incoming axis 0–63.75 eV")
+    assert "5–124.5 eV" in header.reason and "pca" not in header.reason
     # the simulator says so too: exit status 4 and the reason in one line, nothing on stdout
     assert sim.returncode == 4 and sim.stdout == ""
-    assert sim.stderr.strip().splitlines() == [f"error: scan narrow rejected: {msg.header.reason}"]
+    assert sim.stderr.strip().splitlines() == [f"error: scan narrow rejected: {header.reason}"]
 
 
 @pytest.mark.timeout(180)

@@ -114,6 +114,9 @@ class _MainThreadWriter:
     ``_schedule`` after each update (outside ``_lock``); ``_flush`` (main thread) clears ``_scheduled``."""
 
     call_soon: Callable[[Callable[[], None]], None]
+    document_model: Any
+    title_base: str
+    data_items: dict[Any, Any]
     _lock: threading.Lock
     _scheduled: bool
 
@@ -129,6 +132,25 @@ class _MainThreadWriter:
 
     def _flush(self) -> None:
         raise NotImplementedError
+
+    def _show(self, key: Any, data: np.ndarray, calibrations: list[Any] | None, metadata: dict[str, Any],
+              title: str) -> None:
+        """Main thread: the data item of ``key`` shows ``data``; made, titled and added to the document the
+        first time."""
+        from nion.data import Calibration, DataAndMetadata
+        from nion.swift.model import DataItem
+
+        xdata = DataAndMetadata.new_data_and_metadata(data, intensity_calibration=Calibration.Calibration(),
+                                                      dimensional_calibrations=calibrations,
+                                                      metadata={"scanlens": metadata})
+        item = self.data_items.get(key)
+        if item is None:
+            item = DataItem.new_data_item(xdata)
+            item.title = f"{title} ({self.title_base})" if self.title_base else title
+            self.document_model.append_data_item(item)
+            self.data_items[key] = item
+        else:
+            item.set_xdata(xdata)
 
 
 class MapWriter(_MainThreadWriter):
@@ -199,28 +221,15 @@ class MapWriter(_MainThreadWriter):
     # ---- main thread
 
     def _flush(self) -> None:
-        from nion.data import Calibration, DataAndMetadata
-        from nion.swift.model import DataItem
-
         with self._lock:
             self._scheduled = False
             dirty = {key: self.arrays[key].copy() for key in self._dirty}
             self._dirty.clear()
         for key, data in dirty.items():
             rec, name, _ = key
-            xdata = DataAndMetadata.new_data_and_metadata(
-                data, intensity_calibration=Calibration.Calibration(),
-                dimensional_calibrations=self.spatial_calibrations,
-                metadata={"scanlens": {"scan_id": self.scan_id, "recognizer": rec, "output": name}})
-            item = self.data_items.get(key)
-            if item is None:
-                item = DataItem.new_data_item(xdata)
-                title = f"scanlens {rec} {self.labels[key]}"
-                item.title = f"{title} ({self.title_base})" if self.title_base else title
-                self.document_model.append_data_item(item)
-                self.data_items[key] = item
-            else:
-                item.set_xdata(xdata)
+            self._show(key, data, self.spatial_calibrations,
+                       {"scan_id": self.scan_id, "recognizer": rec, "output": name},
+                       f"scanlens {rec} {self.labels[key]}")
 
     def data_item(self, recognizer: str, output: str, index: int | None = None) -> Any:
         return self.data_items.get((recognizer, output, index))
@@ -284,27 +293,13 @@ class FrameMapWriter(_MainThreadWriter):
     # ---- main thread
 
     def _flush(self) -> None:
-        from nion.data import Calibration, DataAndMetadata
-        from nion.swift.model import DataItem
-
         with self._lock:
             self._scheduled = False
             pending, self._pending = self._pending, {}
             calibrations = self.spatial_calibrations
         for rec, (classes, meta) in pending.items():
             cals = calibrations if calibrations is not None and len(calibrations) == classes.ndim else None
-            xdata = DataAndMetadata.new_data_and_metadata(
-                classes, intensity_calibration=Calibration.Calibration(), dimensional_calibrations=cals,
-                metadata={"scanlens": meta})
-            item = self.data_items.get(rec)
-            if item is None:
-                item = DataItem.new_data_item(xdata)
-                title = f"scanlens {rec} classes"
-                item.title = f"{title} ({self.title_base})" if self.title_base else title
-                self.document_model.append_data_item(item)
-                self.data_items[rec] = item
-            else:
-                item.set_xdata(xdata)
+            self._show(rec, classes, cals, meta, f"scanlens {rec} classes")
             self.frames_written[rec] = self.frames_written.get(rec, 0) + 1
 
     def data_item(self, recognizer: str) -> Any:

@@ -29,6 +29,7 @@ MAX_SEQ = 2**53
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
+
 @dataclass
 class ScanState:
     start: ScanStart

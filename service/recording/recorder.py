@@ -9,8 +9,8 @@ like the lossless backpressure of the inference queues (``docs/protocol.md`` §3
 The writer thread appends each item to the scan's journal (``journal.py``: ``os.writev``, large buffers
 compressed). It never waits for the disk: an fsync thread syncs what was written every
 ``FSYNC_INTERVAL_S``, and a converter thread turns each journal whose scan's summary has been written
-into ``<scan_id>.h5`` (``convert.py``), one after another. A write that fails (disk full, I/O error) or that would take the
-recordings in the directory over ``budget_bytes`` stops recording *that scan*: the loop is told
+into ``<scan_id>.h5`` (``convert.py``), one after another. A write that fails (disk full, I/O error)
+or that would take the recordings in the directory over ``budget_bytes`` stops recording *that scan*: the loop is told
 (``notices``, which the server publishes as a ``recording_stopped`` event) and the scan itself goes on;
 what was recorded until then still becomes an ``.h5`` file when the scan closes.
 """

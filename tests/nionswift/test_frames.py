@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from .test_plugin import (  # noqa: F401  (fixtures)
-    LoopThread, _free_endpoints, _periodic_until, recognition, service_loop, snapshot_started, swift,
+    LoopThread, _free_endpoints, _periodic_until, assert_told_once, recognition, service_loop, snapshot_started,
+    swift,
 )
 
 from nion.instrumentation import Acquisition, DataChannel, scan_base  # noqa: E402
@@ -171,10 +172,7 @@ def test_without_a_service_the_scan_sequence_completes_and_the_plugin_says_so_on
     _assert_sequence_in_swift(item, FRAMES)
     (scan_id, _), = r.frame_writers.items()
     stats = r.streamer.wait(scan_id, timeout=10)
-    assert len(r.problems) == 1, r.problems
-    pid, message = r.problems[0]
-    assert pid == scan_id and "no service answers" in message
-    assert message.endswith("recognition.") and "\n" not in message
+    assert_told_once(r, scan_id, "no service answers")
     assert stats.frames_sent == 0 and stats.frames_dropped == FRAMES  # queued, then dropped here
 
 

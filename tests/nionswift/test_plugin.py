@@ -122,6 +122,14 @@ def snapshot_started(service_loop: LoopThread, service: Any, scan_id: str) -> di
     return service_loop.run(snapshot()).result["started"]
 
 
+def assert_told_once(r: Any, scan_id: str, words: str) -> None:
+    """The plug-in told the operator of one problem, for ``scan_id``, in one sentence containing ``words``."""
+    assert len(r.problems) == 1, r.problems
+    pid, message = r.problems[0]
+    assert pid == scan_id and words in message
+    assert message.endswith("recognition.") and "\n" not in message  # one sentence
+
+
 def _free_endpoints() -> dict[str, str]:
     """Three loopback endpoints with nothing listening."""
     ports = []
@@ -298,10 +306,7 @@ def test_without_a_service_the_acquisition_completes_and_the_plugin_says_so_once
     _assert_swift_acquisition_complete(scans, spectrum_images)
     (scan_id, _), = r.writers.items()
     stats = r.streamer.wait(scan_id, timeout=10)
-    assert len(r.problems) == 1, r.problems
-    pid, message = r.problems[0]
-    assert pid == scan_id and "no service answers" in message
-    assert message.endswith("recognition.") and "\n" not in message  # one sentence
+    assert_told_once(r, scan_id, "no service answers")
     assert stats.lines_sent == 0 and stats.lines_dropped == ROWS
 
 
