@@ -1,24 +1,49 @@
-"""Service throughput and latency against bare ONNX Runtime, measured in the same run.
+"""Service throughput and latency against bare ONNX Runtime and against the limits of its parts, in the same run.
 
     python bench/throughput.py [--channels 2048 | --model-dir service/model_files --model eels-mlp] [--line 256]
-    python bench/throughput.py --spectra 65536 --paced-spectra 16384 --json      # small run, ~10 s
+    python bench/throughput.py [--transport tcp|ipc|shm] [--record DIR [--record-pairs 3]] [--json]
+    python bench/throughput.py --spectra 65536 --paced-spectra 16384 --json      # small run, ~15 s
 
-1. bare ORT: the recognizer's session alone, batches of ``max_batch_pixels`` float32 spectra on the
-   model axis, same thread settings as the service -> spectra/s.
-2. service, flat out: the service in this process, a sender in its own process streaming lines of
-   ``--line`` spectra on the model axis as fast as the service takes them -> spectra/s, ratio to 1.
-3. service, paced at ``--paced-rate`` spectra/s (default 16 000): latency p50/p99 from the summary.
+Throughput, each scan ``--spectra`` spectra in lines of ``--line`` spectra on the model axis, sent by
+bench/sender.py in its own process as fast as the receiver takes them:
 
-With ``--record DIR`` the flat-out scan runs ``--record-pairs`` times more without and with recording
-(``serve --record``) in turn; each pair's ratio and their median are reported. Each recording is
-deleted after its pair, so every pair meets the same disk. Prints a table, or one JSON object with --json. Numbers depend on the machine; compare ratios.
+1. bare ORT: the recognizer's session alone, batches of ``--batch`` float32 spectra, same thread settings
+   as the service (and 1 run x 2 threads; the better is the baseline) -> spectra/s.
+2. bare pyzmq transport: the sender to a bare PULL loop in its own process (bench/limits.py pull) that
+   receives with copy=False and discards -> spectra/s, lost lines.
+3. limit: the sender to a bare PULL loop in its own process that wraps each line with numpy.frombuffer and
+   runs the same session as the service does (same intra-op threads, runs in parallel, batches up to
+   ``--batch``; bench/limits.py infer) -> spectra/s, lost lines.
+4. service, flat out: the service in its own process (bench/serve_process.py) -> spectra/s, ``ratio`` to
+   bare ORT and ``ratio_to_limit`` to 3, lost lines; then its peak RSS (VmHWM) as ``service_peak_rss_mb``.
+
+Latency, in ms, p50 / p99:
+
+5. echo floor: ``--round-trips`` messages of one spectrum (8 KiB at 2048 channels), one in flight at a
+   time, PUSH -> PULL -> PUB -> SUB through a bare relay process (bench/limits.py relay).
+6. service, paced at ``--paced-rate`` spectra/s (default 16 000, ``--paced-spectra`` spectra): the service's
+   own figures (receipt of a line to publication of its maps, from the summary) and, beside them, send ->
+   maps at a subscriber in this process (the sender's send time of every line, by seq).
+7. lone line: ``--round-trips`` lines of one spectrum through the service, each sent once the previous
+   line's maps arrived at the subscriber: send -> maps (bench/latency_client.py, the same code as 5).
+
+The same service process serves 4, 6 and 7. ``--transport`` says where the service and every loop bind:
+tcp (loopback, port 0) or ipc (a temporary directory, removed after), every payload in its message;
+or shm: loopback tcp for the headers, the service's payloads through a shared-memory ring (the sender
+copies each line into a slot; the bare loops, which have no ring, get tcp). With ``--record DIR`` the flat-out
+scan runs ``--record-pairs`` times more without and with recording (``serve --record``) in turn, each in
+a fresh service process; each pair's ratio and their median are reported. Each recording is deleted after
+its pair, so every pair meets the same disk. Progress goes to stderr; prints a table, or one JSON object
+with --json. A failing child process ends the run with one line on stderr and exit status 1. Numbers
+depend on the machine; compare ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import itertools
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -32,12 +57,80 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from cli_types import count  # noqa: E402
+from latency_client import ScanWatch, echo_round_trips, lone_line_round_trips  # noqa: E402
 from mlp_model import write_mlp  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
-from scanlens.app.server import running  # noqa: E402
-from scanlens.client import Subscriber  # noqa: E402
-from scanlens.protocol.messages import ScanSummary  # noqa: E402
 from scanlens.pipeline import open_recognizer, load_recognizers  # noqa: E402
+from serve_process import Child, ChildError, ServiceProcess  # noqa: E402
+
+BENCH = ROOT / "bench"
+
+
+# --------------------------------------------------------------------------- transports
+
+
+class Transport:
+    """Where the service and the bare loops bind, and what the sender needs to reach them: the one place a
+    transport is defined. Adding one (shm: shared-memory ingest) is a subclass here, an entry in
+    ``TRANSPORTS`` and, where its ingest is not a ZeroMQ endpoint, its ``sender_args``."""
+
+    name = ""
+
+    def endpoint(self, role: str) -> str:
+        """A fresh address for a socket to bind (the binder reports where it really listens)."""
+        raise NotImplementedError
+
+    def service_endpoints(self) -> dict[str, str]:
+        """The Settings fields of the service's sockets."""
+        return {name: self.endpoint(name) for name in ("ingest", "publish", "control")}
+
+    #: whether the service gets the payloads through a shared-memory ring
+    ring = False
+
+    def sender_args(self) -> list[str]:
+        """Extra arguments for bench/sender.py when it sends to the service (tcp and ipc: every payload in
+        its message, even on the service's host)."""
+        return ["--no-shm"]
+
+    def close(self) -> None:
+        pass
+
+
+class TcpTransport(Transport):
+    name = "tcp"
+
+    def endpoint(self, role: str) -> str:
+        return "tcp://127.0.0.1:0"
+
+
+class ShmTransport(TcpTransport):
+    """Loopback tcp for the headers, the payloads through the service's shared-memory ring (the sender
+    copies each line into a slot; docs/protocol.md §3.6). The bare loops have no ring: they get tcp."""
+
+    name = "shm"
+    ring = True
+
+    def sender_args(self) -> list[str]:
+        return ["--shm"]
+
+
+class IpcTransport(Transport):
+    """``ipc://`` sockets in a temporary directory, one fresh path per bind; the directory is removed by ``close``."""
+
+    name = "ipc"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="scanlens-ipc-"))
+        self._n = itertools.count(1)
+
+    def endpoint(self, role: str) -> str:
+        return f"ipc://{self.dir}/{role}-{next(self._n)}"
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+TRANSPORTS: dict[str, type[Transport]] = {"tcp": TcpTransport, "ipc": IpcTransport, "shm": ShmTransport}
 
 
 def bare_ort(path: Path, threads: int, parallel: int, batch: int, spectra: int, repeats: int = 3) -> float:
@@ -59,45 +152,173 @@ def bare_ort(path: Path, threads: int, parallel: int, batch: int, spectra: int, 
     return best
 
 
-async def through_service(settings: Settings, rec_name: str, axis, rows: int, cols: int, dwell_us: float,
-                          scan_id: str) -> dict:
-    async with running(settings) as server:
-        # only the summary: a subscriber to every maps message would compete with the service in this process
-        async with Subscriber(server.endpoints["publish"], topics_=[f"scan/{scan_id}/summary"]) as sub:
-            await sub.wait_ready()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "bench" / "sender.py"), server.endpoints["ingest"], scan_id, str(rows),
-                str(cols), str(axis.size), str(axis.offset), str(axis.scale), axis.units, str(dwell_us),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            s = (await sub.recv(timeout=300)).header
-            assert isinstance(s, ScanSummary), s
-            out, err = await proc.communicate()
-            if proc.returncode:
-                raise RuntimeError(err.decode())
-    return {"pixels": s.pixels_recognized, "lost": s.n_lost, "rejected": len(s.rejected),
-            "duration_s": s.duration_s, "rate": s.pixels_recognized / s.duration_s,
-            "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
-            "sender": json.loads(out)}
+def sender_argv(endpoint: str, scan_id: str, axis, rows: int, cols: int, dwell_us: float, transport: Transport,
+                *, send_times: bool = False, bare: bool = False) -> list:
+    """bench/sender.py's command line; ``bare``: to a bare loop (payloads in the messages: it has no ring)."""
+    extra = ["--no-shm"] if bare else transport.sender_args()
+    return [BENCH / "sender.py", *(["--send-times"] if send_times else []), *extra, endpoint,
+            scan_id, rows, cols, axis.size, axis.offset, axis.scale, axis.units, dwell_us]
 
 
-def recording_pairs(settings: Settings, a: argparse.Namespace, rec_name: str, axis) -> dict:
+def bare_loop(name: str, role: list, axis, rows: int, cols: int, transport: Transport) -> dict:
+    """One flat-out scan from the sender into a bare loop of bench/limits.py (``role``) in its own process."""
+    with Child(name, [BENCH / "limits.py", *role]) as loop:
+        endpoint = loop.line(60)["endpoints"]["pull"]
+        with Child("sender", sender_argv(endpoint, "bench-bare", axis, rows, cols, 0.0, transport, bare=True)) as sender:
+            result = loop.line(300, watch=[sender])
+            result["sender"] = sender.line(60)
+            sender.wait(60)
+        loop.wait(30)
+    return result
+
+
+def echo_floor(transport: Transport, channels: int, n: int) -> dict:
+    with Child("echo relay", [BENCH / "limits.py", "relay", transport.endpoint("relay-in"),
+                              transport.endpoint("relay-out")]) as relay:
+        eps = relay.line(60)["endpoints"]
+        out = echo_round_trips(eps["pull"], eps["pub"], channels, n, check=relay.check)
+        relay.stop(30)
+    return out
+
+
+def through_service(service: ServiceProcess, rec_name: str, axis, rows: int, cols: int, dwell_us: float,
+                    scan_id: str, transport: Transport, *, maps: bool = False) -> dict:
+    """One scan from the sender through the service process; with ``maps`` also send -> maps at a
+    subscriber here (``at_subscriber``). Without, only the summary is subscribed (maps are not even sent)."""
+    watch = ScanWatch(service.endpoints["publish"], scan_id, rec_name, maps=maps, check=service.check)
+    try:
+        sender = Child("sender", sender_argv(service.endpoints["ingest"], scan_id, axis, rows, cols, dwell_us,
+                                             transport, send_times=maps))
+    except BaseException:
+        watch.link.close()
+        raise
+    with sender:
+        s = watch.summary(300, check=lambda: (service.check(), sender.check()))
+        sent = sender.line(60)
+        sender.wait(60)
+    out = {"pixels": s.pixels_recognized, "lost": s.n_lost, "rejected": len(s.rejected), "state": s.state,
+           "duration_s": s.duration_s, "rate": s.pixels_recognized / s.duration_s,
+           "latency_ms_p50": s.latency_ms_p50, "latency_ms_p99": s.latency_ms_p99,
+           "sender": {k: v for k, v in sent.items() if k != "send_ns"}}
+    if maps:
+        out["at_subscriber"] = watch.latencies(sent["send_ns"])
+    return out
+
+
+def service_settings(a: argparse.Namespace, rec_name: str, transport: Transport, **extra) -> Settings:
+    return Settings(**transport.service_endpoints(), model_dir=a.model_dir, models=[rec_name],
+                    inference_threads=a.threads, inference_parallel=a.parallel, max_batch_pixels=a.batch, **extra)
+
+
+def flat_in_fresh_service(settings: Settings, a: argparse.Namespace, rec_name: str, axis, scan_id: str,
+                          transport: Transport) -> dict:
+    with ServiceProcess(settings) as service:
+        out = through_service(service, rec_name, axis, a.spectra // a.line, a.line, 0.0, scan_id, transport)
+        service.stop(300)  # a recording is complete once the service has stopped
+    return out
+
+
+def recording_pairs(a: argparse.Namespace, rec_name: str, axis, transport: Transport) -> dict:
     """The flat-out scan without and with recording, ``a.record_pairs`` times in turn (this machine's
-    run-to-run scatter is larger than the effect): each pair's ratio and their median."""
-    on_settings = settings.model_copy(update={"record_dir": a.record})
+    run-to-run scatter is larger than the effect), each in a fresh service process: each pair's ratio
+    and their median."""
     off, on = [], []
     for i in range(a.record_pairs):
         print(f"pair {i + 1}/{a.record_pairs}: flat out, not recording ...", file=sys.stderr)
-        off.append(asyncio.run(through_service(settings, rec_name, axis, a.spectra // a.line, a.line, 0.0,
-                                               "bench-flat")))
+        off.append(flat_in_fresh_service(service_settings(a, rec_name, transport), a, rec_name, axis,
+                                         "bench-flat", transport))
         print(f"pair {i + 1}/{a.record_pairs}: flat out, recording into {a.record} ...", file=sys.stderr)
         scan_id = f"bench-record-{i + 1}"
-        on.append(asyncio.run(through_service(on_settings, rec_name, axis, a.spectra // a.line, a.line, 0.0, scan_id)))
+        on.append(flat_in_fresh_service(service_settings(a, rec_name, transport, record_dir=a.record), a, rec_name,
+                                        axis, scan_id, transport))
         on[-1]["bytes_on_disk"] = sum(f.stat().st_size for f in a.record.glob(f"{scan_id}*.h5"))
         for f in a.record.glob(f"{scan_id}*.h5"):  # the next pair starts with the disk as this one did
             f.unlink()
     ratios = [b["rate"] / o["rate"] for o, b in zip(off, on)]
     return {"off": off, "on": on, "ratios": ratios, "ratio_to_not_recording": float(np.median(ratios))}
 
+
+def measure(a: argparse.Namespace, transport: Transport) -> dict:
+    recs = load_recognizers(a.model_dir, [a.model] if a.model else None, threads=a.threads)
+    rec = recs[a.model] if a.model else next(iter(recs.values()))
+    axis = rec.card.input.axis
+    rows = a.spectra // a.line
+    print(f"model {rec.name}: {rec.channels} channels; measuring bare ONNX Runtime ...", file=sys.stderr)
+    # the baseline is the best bare ORT can do here: one run on 2 threads, or the service's configuration
+    bare_configs = {(2, 1), (a.threads, a.parallel)}
+    bare_by_config = {f"{t}x{p}": bare_ort(rec.path, t, p, a.batch, a.spectra) for t, p in sorted(bare_configs)}
+    bare = max(bare_by_config.values())
+    settings = service_settings(a, rec.name, transport)
+    print(f"bare pyzmq transport ({transport.name}) ...", file=sys.stderr)
+    wire = bare_loop("bare PULL loop", ["pull", transport.endpoint("bare"), rec.channels], axis, rows, a.line,
+                     transport)
+    print("limit: bare PULL loop + ONNX Runtime ...", file=sys.stderr)
+    queue_pixels = settings.queue_pixels
+    queue_bytes = settings.memory_budget_bytes // 16  # the service's bound on the bytes its ingest queues hold
+    limit = bare_loop("bare PULL + ONNX Runtime loop",
+                      ["infer", transport.endpoint("limit"), rec.path, a.threads, a.parallel, a.batch, queue_pixels,
+                       queue_bytes], axis, rows, a.line, transport)
+    print(f"echo floor: {a.round_trips} round trips through a bare relay ...", file=sys.stderr)
+    echo = echo_floor(transport, rec.channels, a.round_trips)
+    print("service in its own process ...", file=sys.stderr)
+    with ServiceProcess(settings) as service:
+        print("service, flat out ...", file=sys.stderr)
+        flat = through_service(service, rec.name, axis, rows, a.line, 0.0, "bench-flat", transport)
+        rss = service.peak_rss_mb()
+        print(f"service, paced at {a.paced_rate:g} spectra/s ...", file=sys.stderr)
+        paced = through_service(service, rec.name, axis, a.paced_spectra // a.line, a.line, 1e6 / a.paced_rate,
+                                "bench-paced", transport, maps=True)
+        print(f"service, {a.round_trips} lone lines ...", file=sys.stderr)
+        lone = lone_line_round_trips(service.endpoints["ingest"], service.endpoints["publish"], "bench-lone",
+                                     rec.name, axis, a.round_trips, check=service.check, shm=transport.ring)
+        service.stop(60)
+    recorded = recording_pairs(a, rec.name, axis, transport) if a.record is not None else None
+    return {"model": rec.name, "channels": rec.channels, "line_spectra": a.line, "batch": a.batch,
+            "threads": a.threads, "parallel": a.parallel, "transport": transport.name,
+            "bare_ort_spectra_per_s": bare, "bare_ort_by_threads_x_parallel": bare_by_config,
+            "bare_transport_spectra_per_s": wire["spectra_per_s"], "bare_transport": wire,
+            "limit_spectra_per_s": limit["spectra_per_s"], "limit": limit,
+            "service_spectra_per_s": flat["rate"], "ratio": flat["rate"] / bare,
+            "ratio_to_limit": flat["rate"] / limit["spectra_per_s"], "service_peak_rss_mb": rss, "flat": flat,
+            "echo": echo, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "recording": recorded}
+
+
+def _ms(d: dict, prefix: str = "latency_ms_") -> str:
+    p50, p99 = d[prefix + "p50"], d[prefix + "p99"]
+    return "no latencies" if p50 is None else f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+
+
+def print_table(r: dict) -> None:
+    w = 30
+    for config, rate in r["bare_ort_by_threads_x_parallel"].items():
+        print(f"{'bare ONNX Runtime ' + config:<{w}} {rate:12,.0f} spectra/s   (intra-op threads x runs in parallel)")
+    wire, limit, flat = r["bare_transport"], r["limit"], r["flat"]
+    print(f"{'bare pyzmq transport, ' + r['transport']:<{w}} {wire['spectra_per_s']:12,.0f} spectra/s   "
+          f"lost {wire['lost']}   (PUSH -> PULL copy=False, discarded)")
+    print(f"{'limit: PULL + ONNX Runtime':<{w}} {limit['spectra_per_s']:12,.0f} spectra/s   lost {limit['lost']}   "
+          f"(np.frombuffer, {r['threads']}x{r['parallel']} as the service, batches <= {r['batch']})")
+    print(f"{'service, flat out':<{w}} {flat['rate']:12,.0f} spectra/s   ratio {r['ratio']:.2f} to bare ORT, "
+          f"{r['ratio_to_limit']:.2f} to the limit   lost {flat['lost']}, rejected {flat['rejected']}")
+    print(f"{'service peak RSS':<{w}} {r['service_peak_rss_mb']:12,.1f} MB          (VmHWM of its process after the "
+          "flat-out run)")
+    echo, paced, lone = r["echo"], r["paced"], r["lone_line"]
+    print(f"{'echo floor':<{w}} {_ms(echo)}   lost {echo['lost']}   ({echo['round_trips']} round trips of "
+          f"{echo['message_bytes']:,} B, PUSH -> PULL -> PUB -> SUB)")
+    rate = f"service, paced {r['paced_rate']:,.0f}/s"
+    print(f"{rate:<{w}} {_ms(paced)}   lost {paced['lost']}   (service: receipt -> publication)")
+    at = paced["at_subscriber"]
+    print(f"{rate:<{w}} {_ms(at)}   no maps {at['no_maps']}   (send -> maps at a subscriber)")
+    print(f"{'lone line round trip':<{w}} {_ms(lone)}   lost {lone['lost']}, no maps {lone['no_maps']}   "
+          f"({lone['round_trips']} lines of 1 spectrum, send -> maps at the subscriber)")
+    print(f"{'lone line, in the service':<{w}} {_ms(lone, 'service_latency_ms_')}   (the same lines: receipt -> "
+          "publication, from its summary)")
+    recorded = r["recording"]
+    if recorded is not None:
+        for i, (off, on) in enumerate(zip(recorded["off"], recorded["on"])):
+            print(f"pair {i + 1}: not recording {off['rate']:12,.0f}, recording {on['rate']:12,.0f} spectra/s   ratio "
+                  f"{on['rate'] / off['rate']:.2f}   lost {on['lost']}, {on['bytes_on_disk']:,} bytes on disk")
+        print(f"recording on / off, median of {len(recorded['ratios'])} interleaved pairs: "
+              f"{recorded['ratio_to_not_recording']:.2f}")
 
 
 def main() -> None:
@@ -110,9 +331,14 @@ def main() -> None:
     p.add_argument("--line", type=int, default=256, help="spectra per data message")
     p.add_argument("--paced-rate", type=float, default=16_000.0, help="spectra/s for the latency run")
     p.add_argument("--paced-spectra", type=int, default=65_536)
+    p.add_argument("--round-trips", type=count, default=1000,
+                   help="messages of one spectrum, one at a time, for the echo floor and the lone-line round trip")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per inference run")
     p.add_argument("--parallel", type=int, default=2, help="inference runs in flight at once")
     p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--transport", choices=sorted(TRANSPORTS), default="tcp",
+                   help="endpoints the service and every measurement bind (ipc: in a temporary directory); shm: "
+                        "loopback tcp with the payloads to the service through a shared-memory ring")
     p.add_argument("--record", type=Path, default=None,
                    help="also run the flat-out scan with recording into this directory (serve --record) and "
                         "report its rate as a ratio to the same scan without recording, measured in this run")
@@ -125,45 +351,18 @@ def main() -> None:
     if a.model_dir is None:
         a.model_dir = Path(tempfile.mkdtemp(prefix="scanlens-bench-"))
         write_mlp(a.model_dir / "mlp.onnx", a.channels)
-    recs = load_recognizers(a.model_dir, [a.model] if a.model else None, threads=a.threads)
-    rec = recs[a.model] if a.model else next(iter(recs.values()))
-    axis = rec.card.input.axis
-    print(f"model {rec.name}: {rec.channels} channels; measuring bare ONNX Runtime ...", file=sys.stderr)
-    # the baseline is the best bare ORT can do here: one run on 2 threads, or the service's configuration
-    bare_configs = {(2, 1), (a.threads, a.parallel)}
-    bare_by_config = {f"{t}x{p}": bare_ort(rec.path, t, p, a.batch, a.spectra) for t, p in sorted(bare_configs)}
-    bare = max(bare_by_config.values())
-    settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
-                        model_dir=a.model_dir, models=[rec.name], inference_threads=a.threads,
-                        inference_parallel=a.parallel, max_batch_pixels=a.batch)
-    print("service, flat out ...", file=sys.stderr)
-    flat = asyncio.run(through_service(settings, rec.name, axis, a.spectra // a.line, a.line, 0.0, "bench-flat"))
-    print(f"service, paced at {a.paced_rate:g} spectra/s ...", file=sys.stderr)
-    paced = asyncio.run(through_service(settings, rec.name, axis, a.paced_spectra // a.line, a.line,
-                                        1e6 / a.paced_rate, "bench-paced"))
-    recorded = None
-    if a.record is not None:
-        recorded = recording_pairs(settings, a, rec.name, axis)
-    report = {"model": rec.name, "channels": rec.channels, "line_spectra": a.line, "batch": a.batch,
-              "threads": a.threads, "bare_ort_spectra_per_s": bare,
-              "bare_ort_by_threads_x_parallel": bare_by_config, "parallel": a.parallel, "service_spectra_per_s": flat["rate"],
-              "ratio": flat["rate"] / bare, "flat": flat, "paced_rate": a.paced_rate, "paced": paced,
-              "recording": recorded}
+    transport = TRANSPORTS[a.transport]()
+    try:
+        report = measure(a, transport)
+    except (ChildError, TimeoutError, RuntimeError) as exc:
+        print(f"throughput: {exc}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        transport.close()
     if a.json:
         print(json.dumps(report, indent=2))
-        return
-    for config, rate in bare_by_config.items():
-        print(f"bare ONNX Runtime {config:>5} {rate:12,.0f} spectra/s   (intra-op threads x runs in parallel)")
-    print(f"service, flat out      {flat['rate']:12,.0f} spectra/s   ratio {report['ratio']:.2f}   "
-          f"lost {flat['lost']}, rejected {flat['rejected']}")
-    print(f"service, paced {a.paced_rate:,.0f}/s  latency p50 {paced['latency_ms_p50']:.2f} ms, "
-          f"p99 {paced['latency_ms_p99']:.2f} ms   lost {paced['lost']}")
-    if recorded is not None:
-        for i, (off, on) in enumerate(zip(recorded["off"], recorded["on"])):
-            print(f"pair {i + 1}: not recording {off['rate']:12,.0f}, recording {on['rate']:12,.0f} spectra/s   ratio "
-                  f"{on['rate'] / off['rate']:.2f}   lost {on['lost']}, {on['bytes_on_disk']:,} bytes on disk")
-        print(f"recording on / off, median of {len(recorded['ratios'])} interleaved pairs: "
-              f"{recorded['ratio_to_not_recording']:.2f}")
+    else:
+        print_table(report)
 
 
 if __name__ == "__main__":

@@ -317,3 +317,31 @@ async def test_keys_made_by_the_cli_work_with_the_service_and_status(tmp_path, m
         assert refused.exit_code == 1 and "allowed keys" in refused.output
         half = await asyncio.to_thread(runner.invoke, app, [*argv[:5]])
         assert half.exit_code == 2 and "--server-key" in half.output
+
+
+async def test_shared_memory_with_curve_honours_only_the_scans_owner(curve_settings, keys):
+    """With CURVE on, a ring's lines are recognized for the key that started the scan; another allowed key
+    can neither start a scan on that ring nor send into the scan (docs/protocol.md §3.6)."""
+    truth = np.random.default_rng(1).integers(0, 3, size=(4, 160))
+    async with serving(curve_settings) as server:
+        async with Subscriber(server.endpoints["publish"], curve=keys.client("inst")) as sub, \
+                Instrument(server.endpoints["ingest"], curve=keys.client("inst"), shm=True) as inst, \
+                Instrument(server.endpoints["ingest"], curve=keys.client("other"), shm=False) as other:
+            await sub.wait_ready()
+            await send_band_scan(inst, "owned", truth)
+            summary = await wait_for_summary(sub, "owned", timeout=20)
+            assert (summary.state, summary.n_lost, summary.pixels_recognized) == ("complete", 0, truth.size)
+            assert server.counters["shm_messages"] == len(truth)
+            token = inst.ring.token
+            await other.send(ScanStart(scan_id="stolen", modality="eels", shape=(2, 160), axis=band_axis(), ring=token))
+            event = await wait_for_event(sub, "scan_rejected", scan_id="stolen")
+            assert "belongs to another sender" in event.reason
+            async with inst.scan("mine", "eels", (2, 160), band_axis()) as scan:
+                await scan.send_line(0, band_spectra(truth[0]))
+                await other.send(Data(scan_id="mine", seq=1, row=1, shape=(160, band_axis().size), dtype="float32",
+                                      slot=0))
+                await wait_for_event(sub, "forbidden", scan_id="mine")
+                await scan.send_line(1, band_spectra(truth[1]))
+            summary = await wait_for_summary(sub, "mine", timeout=20)
+            assert (summary.state, summary.n_lost, summary.rejected) == ("complete", 0, [])
+            assert server.counters["shm_messages"] == len(truth) + 2

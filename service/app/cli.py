@@ -69,6 +69,11 @@ def serve(
     control: Annotated[Optional[str], typer.Option(help="ROUTER endpoint for requests (default tcp://127.0.0.1:5557)")] = None,
     model_dir: Annotated[Optional[Path], typer.Option(help="directory of *.onnx recognizers (default bundled models)")] = None,
     models: Annotated[Optional[list[str]], typer.Option("--model", help="load only this recognizer (repeat)")] = None,
+    providers: Annotated[Optional[list[str]], typer.Option(
+        "--provider", metavar="NAME",
+        help="ONNX Runtime execution provider, in order of preference (repeat): CPU, CUDA, TensorRT, ROCm, OpenVINO, "
+             "DirectML, CoreML; default CPU. `--provider CUDA --provider CPU` falls back to CPU with a warning "
+             "(docs/operations.md, \"Execution providers (GPU)\")")] = None,
     metrics: Annotated[Optional[str], typer.Option(
         help="serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9464 (port 0: any free port; default: no "
              "endpoint; docs/operations.md)")] = None,
@@ -94,7 +99,8 @@ def serve(
     setup_logging(log_level)
     try:
         settings = load_settings(config, ingest=ingest, publish=publish, control=control,
-                                 model_dir=model_dir, models=models, metrics=metrics, record_dir=record)
+                                 model_dir=model_dir, models=models, providers=providers, metrics=metrics,
+                                 record_dir=record)
         server = Server(settings)
     except Exception as exc:
         typer.echo(f"error: {_one_line(exc)}", err=True)

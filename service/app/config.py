@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
 from ..model_files import MODEL_DIR, user_model_dir
+
+#: The per-provider settings and their bounds: one value for every execution provider, or a table by
+#: provider short name (``{CPU = 2, CUDA = 1}``); the pipeline picks the running provider's entry
+#: (``scanlens.pipeline.per_provider``: else the CPU entry, else the default, 1 thread and 2 runs)
+PER_PROVIDER_BOUNDS = {"inference_threads": (1, 64), "inference_parallel": (1, 16)}
 
 
 class Settings(BaseSettings):
@@ -31,12 +36,25 @@ class Settings(BaseSettings):
                     "~/.local/share/scanlens/models; need not exist. A name in both directories is a start-up error")
     models: list[str] | None = Field(None, description="load only these recognizers (default: all in model_dir "
                                                        "and user_model_dir)")
-    inference_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime intra-op threads of one inference run")
-    inference_parallel: int = Field(2, ge=1, le=16, description="inference runs in flight at once per recognizer")
+    providers: list[str] = Field(
+        ["CPU"], description="ONNX Runtime execution providers in order of preference: CPU, CUDA, TensorRT, ROCm, "
+                             "OpenVINO, DirectML, CoreML (or onnxruntime's full names). One this onnxruntime build "
+                             "lacks, or that does not take a session, is left out with a warning (log and status) "
+                             "while a listed one remains; none left is a start-up error, so list CPU last to allow "
+                             "the fallback (docs/operations.md, \"Execution providers (GPU)\")")
+    inference_threads: int | dict[str, int] = Field(
+        1, description="ONNX Runtime intra-op threads of one inference run (1-64); or per provider, {CPU = 2, "
+                       "CUDA = 1}: the entry of the provider that runs the session, else the CPU entry, else 1")
+    inference_parallel: int | dict[str, int] = Field(
+        2, description="inference runs in flight at once per recognizer (1-16); or per provider, {CPU = 2, CUDA = "
+                       "1}: the entry of the provider that runs the recognizer's session, else the CPU entry, else 2")
     pca_components: int = Field(4, ge=1, le=32, description="principal components the built-in pca analyzer maps")
     max_batch_pixels: int = Field(4096, ge=1, description="largest inference batch, in pixels")
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
     max_scan_pixels: int = Field(16 * 1024 * 1024, ge=1, description="largest rows*cols accepted at scan_start")
+    shm_ingest: bool = Field(True, description="take shared-memory rings from senders on this host (a local ingest "
+                             "endpoint: loopback tcp or ipc): payloads then travel in memory both map, not over the "
+                             "socket (docs/protocol.md §3.6); false: every payload comes in its message")
     max_message_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="largest data payload accepted")
     max_open_scans: int = Field(16, ge=1, description="scans open at once; more are refused")
     keep_closed_scans: int = Field(8, ge=0, description="closed scans kept for snapshot/scans requests")
@@ -64,6 +82,25 @@ class Settings(BaseSettings):
     def _empty_user_model_dir_is_the_default(cls, value: object) -> object:
         # SCANLENS_USER_MODEL_DIR="" means unset, as in user_model_dir(), not the current directory
         return user_model_dir() if value == "" else value
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_are_known(cls, value: list[str]) -> list[str]:
+        from ..pipeline import normalize_providers  # ONNX Runtime only when settings are made, not for --help
+
+        return normalize_providers(value)
+
+    @field_validator("inference_threads", "inference_parallel")
+    @classmethod
+    def _per_provider(cls, value: int | dict[str, int], info: ValidationInfo) -> int | dict[str, int]:
+        from ..pipeline import provider_table
+
+        lo, hi = PER_PROVIDER_BOUNDS[info.field_name]
+        value = provider_table(value)
+        for provider, n in (value.items() if isinstance(value, dict) else [(None, value)]):
+            if not lo <= n <= hi:
+                raise ValueError(f"{provider + ': ' if provider else ''}must be {lo} to {hi}")
+        return value
 
     @field_validator("metrics")
     @classmethod

@@ -14,6 +14,12 @@ a ZAP handler (``scanlens.transport.KeyAuthenticator``) admits the allowed clien
 refused handshake as ``auth_refused.<socket>``; the ingest loop hands the sender's key to the pipeline
 as the owner of what it sends. Without keys, only local endpoints are bound (``config.check_binds``).
 
+With ``shm_ingest`` (the default) and a local ingest endpoint, a ``scanlens.transport.RingServer`` takes
+shared-memory rings from senders on this host (docs/protocol.md §3.6): a ``scan_start`` may name one
+(``ring``), and its data and frame messages then name a slot instead of carrying the payload.
+``_from_ring`` turns the slot into the message's buffer (zero copy) before the pipeline sees it; the
+slot goes back to the sender when the last array made from it is gone.
+
 With ``metrics`` set, a Prometheus endpoint (``metrics.py``) serves a snapshot of the status that the
 status loop refreshes; it is always loopback unless ``network_isolated`` (it has no authentication).
 
@@ -35,6 +41,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 from threadpoolctl import threadpool_limits
@@ -43,9 +50,9 @@ from .. import __version__
 from ..pipeline import (ModelError, PCAAnalyzer, Processor, Publication, Recognizer, ScanLimits, ScanManager,
                         WorkerOptions, WorkItem, load_recognizers)
 from ..protocol import topics
-from ..protocol.codec import Limits, ProtocolError, decode, encode, split_envelope
-from ..protocol.messages import Reply, Request
-from ..transport import CurveServer, KeyAuthenticator, load_allowed_keys
+from ..protocol.codec import Limits, ProtocolError, decode, encode, split_envelope, wire_dtype
+from ..protocol.messages import Message, Reply, Request
+from ..transport import CurveServer, KeyAuthenticator, RingMapping, RingServer, load_allowed_keys
 from ..transport.sockets import bind
 from .config import Settings, check_binds, metrics_address
 from .limits import WireLimits
@@ -61,6 +68,9 @@ SHUTDOWN_LINGER_MS = 500
 
 #: the three sockets, also their ZAP domains (CURVE refusals are counted as ``auth_refused.<name>``)
 SOCKET_NAMES = ("ingest", "publish", "control")
+
+#: closed scans whose ring is remembered (a late line naming a slot still gets the slot back to its sender)
+KEEP_SCAN_RINGS = 4096
 
 #: the memory ledger's key for the recording queue (docs/operations.md, "Memory")
 RECORDING_QUEUE = "recording queue"
@@ -96,7 +106,7 @@ class Server:
                 log.warning("%s is readable by others than its owner (mode %o); keep the secret key mode 0600",
                             s.curve_secret_key, mode & 0o777)
         self.recognizers = recognizers if recognizers is not None else load_recognizers(
-            s.model_dir, s.models, threads=s.inference_threads, user_dir=s.user_model_dir)
+            s.model_dir, s.models, threads=s.inference_threads, providers=s.providers, user_dir=s.user_model_dir)
         analyzers: dict[str, Processor] = {"pca": PCAAnalyzer(k=s.pca_components)}
         if clash := sorted(set(analyzers) & set(self.recognizers)):
             raise ModelError(f"model names {clash} clash with built-in analyzers")
@@ -114,6 +124,8 @@ class Server:
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)
         self.endpoints: dict[str, str] = {}
         self.metrics: MetricsEndpoint | None = MetricsEndpoint() if s.metrics is not None else None
+        self.rings: RingServer | None = None
+        self._scan_rings: dict[str, RingMapping] = {}  # open scans that named a ring in scan_start
         self.recorder: Recorder | None = None
         if s.record_dir is not None:  # last: it locks the directory (RecordingError when it is unusable)
             self.recorder = self._recorder(s, analyzers)
@@ -180,6 +192,15 @@ class Server:
                                                          max_message_bytes=w.ingest_frame_bytes,
                                                          curve=self.curve, zap_domain="ingest")
             sockets.append(self.ingest)
+            if s.shm_ingest:
+                self.rings = RingServer(self.endpoints["ingest"], max_slot_bytes=s.max_message_bytes,
+                                        counters=self.scans.counters)
+                if self.rings.start():
+                    self.endpoints["rings"] = "unix:@" + self.rings.name[1:]
+                    for key in ("shm_rings", "shm_refused", "shm_messages"):
+                        self.scans.counters[key] += 0
+                else:
+                    self.rings = None
             self.pub, self.endpoints["publish"] = bind(ctx, zmq.PUB, s.publish, send_hwm=w.publish_hwm,
                                                        curve=self.curve, zap_domain="publish")
             sockets.append(self.pub)
@@ -206,6 +227,9 @@ class Server:
             with threadpool_limits(1, "blas"):
                 await self._serve()
         finally:
+            if self.rings is not None:
+                self._scan_rings.clear()
+                self.rings.close()
             if self.recorder is not None:  # the aborted scans' recordings are written before the process ends
                 self.recorder.close()
             for sock in sockets:  # the PUB socket gets a moment to deliver the last summaries
@@ -269,6 +293,8 @@ class Server:
                 # the sender's identity: its CURVE public key (z85), which the ZAP handler gave as user id
                 owner = frames[0].get("User-Id") if self.curve is not None else None
                 header, buffers = decode(frames, self.limits)
+                if getattr(header, "ring", None) is not None or getattr(header, "slot", None) is not None:
+                    header, buffers, frames = self._from_ring(header, buffers, owner)
                 publications = await self.scans.ingest(header, buffers, t_received, owner=owner)
                 accepted = True
             except ProtocolError as exc:
@@ -279,7 +305,65 @@ class Server:
             if self.recorder is not None and header is not None:  # waits while the recording queue is full
                 await self.recorder.received(header, frames, t_received, accepted=accepted, owner=owner)
             await self._publish(publications)
+            # a ring slot goes back to its sender when the last reference to it is gone: drop ours now
+            frames = header = buffers = publications = None
             await asyncio.sleep(0)  # let control, results and heartbeats in after every message
+
+    def _from_ring(self, header: Message, buffers: list, owner: str | None) -> tuple[Message, list, list]:
+        """A ``scan_start`` naming a ring, or a data/frame message naming a slot -> the message as the pipeline
+        takes it (the slot's bytes as its one buffer, zero copy) and the frames the recorder keeps (as if the
+        payload had come in the message: a recording does not depend on the transport). ProtocolError when
+        the ring or slot cannot be used.
+
+        Every slot its owner names goes back to it, whatever the message's fate: the slot is wrapped here
+        even when the pipeline will refuse the message (a refused or closed scan), and a slot that cannot
+        be wrapped is given back at once. A slot named by another sender is never touched."""
+        sid = header.scan_id
+        if header.kind == "scan_start":
+            ring = self.rings.rings.get(header.ring) if self.rings is not None else None
+            if ring is None or not ring.connected:
+                raise ProtocolError("scan_rejected", f"scan_start names ring {header.ring}, which this service does "
+                                    "not hold (closed, or registered with another service): register a ring again "
+                                    "or send without one", scan_id=sid)
+            if ring.owner is not None and ring.owner != (owner,):
+                raise ProtocolError("scan_rejected", f"ring {header.ring} belongs to another sender", scan_id=sid)
+            ring.owner = (owner,)  # claimed by its first scan_start: only this sender may name it from now on
+            if sid not in self.scans.open_scans:  # (a duplicate scan_start keeps the open scan's ring)
+                self._prune_rings()
+                self._scan_rings[sid] = ring  # also when the scan is refused: its lines' slots must come back
+            return header, buffers, self._as_recorded(header.model_copy(update={"ring": None}), [])
+        ring = self._scan_rings.get(sid)
+        if ring is None:
+            raise ProtocolError("bad_message", f"seq {header.seq} names ring slot {header.slot}, but no scan_start "
+                                f"of scan {sid} named a ring", scan_id=sid, seq=header.seq)
+        if ring.owner != (owner,):  # the pipeline refuses it (not the scan's owner); the slot is not ours to read
+            return header, buffers, []
+        if buffers:
+            ring.give_back(header.slot)
+            raise ProtocolError("bad_message", f"seq {header.seq} names ring slot {header.slot} and carries a "
+                                "buffer too: one or the other", scan_id=sid, seq=header.seq)
+        try:
+            nbytes = wire_dtype(header.dtype).itemsize * int(np.prod(header.shape, dtype=np.int64))
+            view = ring.slot(header.slot, nbytes)
+        except ValueError as exc:
+            raise ProtocolError("bad_message", f"seq {header.seq}, ring slot {header.slot}: {exc}",
+                                scan_id=sid, seq=header.seq) from None
+        self.scans.counters["shm_messages"] += 1
+        header = header.model_copy(update={"slot": None})
+        return header, [view], self._as_recorded(header, [view])
+
+    def _as_recorded(self, header: Message, buffers: list) -> list:
+        """The frames a recording keeps of a message that came through a ring: as if sent without one."""
+        return [encode(header)[0], *buffers] if self.recorder is not None else []
+
+    def _prune_rings(self) -> None:
+        """Forget which ring a scan used once the scan is closed and its ring is gone (the mapping goes when
+        nothing refers to it), and beyond the last ``KEEP_SCAN_RINGS`` closed scans."""
+        held = self.rings.rings if self.rings is not None else {}
+        closed = [sid for sid, ring in self._scan_rings.items() if sid not in self.scans.open_scans]
+        for n, sid in enumerate(closed):
+            if self._scan_rings[sid].token not in held or n < len(closed) - KEEP_SCAN_RINGS:
+                del self._scan_rings[sid]
 
     async def _recording_loop(self, recorder: Recorder) -> None:
         """Recordings that stopped early (disk error, budget), as ``recording_stopped`` events of their scans."""
@@ -299,6 +383,7 @@ class Server:
     async def _status_loop(self) -> None:
         while True:
             status = self.scans.status()
+            self._prune_rings()
             if self.metrics is not None:  # what scrapes read until the next heartbeat (metrics.py)
                 self.metrics.update(status, self.scans)
             await self._publish([Publication(topics.STATUS, status)])

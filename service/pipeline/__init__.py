@@ -7,10 +7,13 @@ from .atoms import PostProcess, postprocess
 from .axis import AxisError, AxisMap, length_factor
 from .batcher import InferenceWorker, PixelQueue
 from .frames import FrameBinding, FrameRecognizer, recognize_image, rescale, zoom_factor
-from .loading import Recognizer, load_recognizers, open_recognizer, recognizer_for
+from .loading import Recognizer, load_recognizers, open_recognizer, provider_warnings, recognizer_for
 from .onnx_model import ModelError, OnnxModel, read_card, session_options
 from .pca import PCAAnalyzer, StreamingPCA
 from .processor import Binding, Processor, Publication, WorkItem, takes_of
+from .providers import (DEFAULT_PARALLEL, DEFAULT_THREADS, PROVIDERS, ProviderError, per_provider,
+                        normalize as normalize_providers, normalize_table as provider_table,
+                        resolve as resolve_providers)
 from .scan import ScanState
 from .scans import ScanLimits, ScanManager, WorkerOptions
 from .seqs import SeqRanges
@@ -18,10 +21,12 @@ from .spectral import SpectralBinding, SpectralProcessor, SpectralRecognizer
 from .tracking import DefectTracker
 
 __all__ = [
+    "DEFAULT_PARALLEL", "DEFAULT_THREADS", "PROVIDERS",
     "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "InferenceWorker",
-    "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "Publication",
+    "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "ProviderError", "Publication",
     "Recognizer", "ScanLimits", "ScanManager", "ScanState", "SeqRanges", "SpectralBinding", "SpectralProcessor",
     "SpectralRecognizer", "StreamingPCA", "WorkItem", "WorkerOptions", "length_factor", "load_recognizers",
-    "open_recognizer", "postprocess", "read_card", "recognize_image", "recognizer_for", "rescale",
-    "session_options", "takes_of", "zoom_factor",
+    "normalize_providers", "open_recognizer", "per_provider", "postprocess", "provider_table", "provider_warnings",
+    "read_card", "recognize_image", "recognizer_for", "rescale", "resolve_providers", "session_options", "takes_of",
+    "zoom_factor",
 ]

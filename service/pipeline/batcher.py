@@ -104,13 +104,16 @@ class PixelQueue:
             self.gate.release(sum(item.values.nbytes for item in dropped))
         return dropped
 
-    async def take(self, max_pixels: int) -> list[WorkItem]:
-        """At least one item; then as many more as fit in ``max_pixels``."""
+    async def take(self, max_pixels: int, alone: Callable[[WorkItem], bool] = lambda item: False) -> list[WorkItem]:
+        """At least one item; then as many more as fit in ``max_pixels`` — none when the first one is to
+        run ``alone``, and none that is."""
         async with self._cond:
             await self._cond.wait_for(lambda: bool(self._items))
             batch = [self._items.popleft()]
             total = batch[0].n_pixels
-            while self._items and total + self._items[0].n_pixels <= max_pixels:
+            single = alone(batch[0])
+            while (not single and self._items and total + self._items[0].n_pixels <= max_pixels
+                   and not alone(self._items[0])):
                 item = self._items.popleft()
                 batch.append(item)
                 total += item.n_pixels
@@ -152,11 +155,12 @@ class InferenceWorker:
                 while True:
                     await slots.acquire()
                     try:
-                        items = await self.queue.take(self.max_batch_pixels)
+                        items = await self.queue.take(self.max_batch_pixels, self.processor.runs_alone)
                     except BaseException:
                         slots.release()
                         raise
                     tg.create_task(self._run_batch(items, slots))
+                    items = None  # the batch's task holds it; no reference here may outlive it (ring slots)
         finally:
             self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -297,7 +297,8 @@ class FrameRecognizer(Processor):
         m = self.multiple
         padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
         with self._run_slots:
-            outputs = self.model.run(self._output_names, padded[None, None])
+            # through an I/O binding: under CUDA the outputs stay on the device until one copy at the end
+            outputs = self.model.run_bound(self._output_names, padded[None, None])
         novelty = float(outputs[1].reshape(-1)[0]) if len(outputs) > 1 else None
         return outputs[0][0, :, :h, :w], novelty
 

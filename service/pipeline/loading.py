@@ -1,12 +1,15 @@
 """Loading recognizers: one ONNX file -> the right recognizer, a folder of files -> all of them.
 
 The card decides the kind: an input ``axis`` makes a ``SpectralRecognizer`` (``spectral.py``), an
-input ``pixel_size`` a ``FrameRecognizer`` (``frames.py``). Both hold the file's ``OnnxModel``.
+input ``pixel_size`` a ``FrameRecognizer`` (``frames.py``). Both hold the file's ``OnnxModel``, opened
+with the requested execution providers (``providers.py``); ``load_recognizers`` logs their fallback
+warnings once per load, not once per model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .frames import FrameRecognizer
@@ -26,16 +29,26 @@ def recognizer_for(model: OnnxModel) -> Recognizer:
     return SpectralRecognizer(model)
 
 
-def open_recognizer(path: Path | str, *, threads: int = 2) -> Recognizer:
-    """The recognizer of one model file; ModelError when it cannot be served."""
-    return recognizer_for(OnnxModel.open(path, threads=threads))
+def open_recognizer(path: Path | str, *, threads: int | Mapping[str, int] = 2,
+                    providers: Sequence[str] = ("CPU",)) -> Recognizer:
+    """The recognizer of one model file (``OnnxModel.open``: threads and providers); ModelError when it
+    cannot be served. Its provider warnings are in ``rec.model.warnings``, not logged."""
+    return recognizer_for(OnnxModel.open(path, threads=threads, providers=providers))
 
 
-def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *, threads: int = 2,
+def provider_warnings(recognizers: Mapping[str, object]) -> list[str]:
+    """The provider fallback warnings of every recognizer's model, each text once, in order."""
+    return list(dict.fromkeys(w for rec in recognizers.values()
+                              for w in getattr(getattr(rec, "model", None), "warnings", ())))
+
+
+def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *,
+                     threads: int | Mapping[str, int] = 2, providers: Sequence[str] = ("CPU",),
                      user_dir: Path | str | None = None) -> dict[str, Recognizer]:
     """Every ``*.onnx`` in ``model_dir`` and, next to them, in the user model directory ``user_dir`` (when
     given; it need not exist), or only ``names``; keyed by card name. ModelError on problems, among them
-    a name found in two files: a user model never shadows another (the error names both files and the fix)."""
+    a name found in two files: a user model never shadows another (the error names both files and the fix).
+    ``threads`` and ``providers`` as in ``OnnxModel.open``; each provider fallback warning is logged once."""
     model_dir = Path(model_dir)
     files = sorted(model_dir.glob("*.onnx"))
     if not files:
@@ -46,7 +59,7 @@ def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *, t
     loaded: dict[str, Recognizer] = {}
     every: dict[str, Path] = {}  # name -> file, over all files (also those ``names`` leaves out)
     for path in [*files, *user_files]:
-        rec = open_recognizer(path, threads=threads)
+        rec = open_recognizer(path, threads=threads, providers=providers)
         if rec.name in every:
             first = every[rec.name]
             if path in user_files:
@@ -59,8 +72,11 @@ def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *, t
         if names is not None and rec.name not in names:
             continue
         loaded[rec.name] = rec
-        log.info("loaded recognizer %s (%s) from %s", rec.name, rec.modality, path)
+        log.info("loaded recognizer %s (%s) from %s on %s", rec.name, rec.modality, path,
+                 ", ".join(rec.model.providers))
     if names is not None and (absent := sorted(set(names) - set(loaded))):
         where = f"{model_dir} or {user_dir}" if user_files else str(model_dir)
         raise ModelError(f"recognizers {absent} not found in {where}")
+    for warning in provider_warnings(loaded):
+        log.warning("%s", warning)
     return loaded

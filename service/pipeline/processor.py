@@ -138,6 +138,11 @@ class Processor(ABC):
     def process(self, items: list[WorkItem]) -> list[dict[str, Any]]:
         """In a worker thread: the results of each item, keyed by output name."""
 
+    def runs_alone(self, item: WorkItem) -> bool:
+        """Whether ``item`` is best processed in a batch of its own (no batching gain, only a copy): then
+        the worker's parallel runs share the queued items one each instead of one run taking them all."""
+        return False
+
     def finish(self, binding: Binding) -> None:
         """Called once when the scan closes (e.g. to recompute maps with final state)."""
 

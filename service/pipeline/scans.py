@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from .axis import AxisError, length_factor
 from .batcher import ByteGate, InferenceWorker, ResultHandler
 from .memory import MemoryLedger, mib
 from .processor import Processor, Publication, WorkItem, takes_of
+from .providers import DEFAULT_PARALLEL, per_provider
 from .scan import LIST_LIMIT, ScanState
 from .stats import LatencyHistogram
 
@@ -56,11 +57,18 @@ class WorkerOptions:
 
     max_batch_pixels: int = 4096
     queue_pixels: int = 65536
-    parallel: int = 1
+    #: runs in flight per processor, or a table by execution provider (``inference_parallel``)
+    parallel: int | Mapping[str, int] = 1
     #: bytes all ingest queues hold together (None: bounded in pixels only, nothing reserved); the
     #: server gives a sixteenth of the memory budget and reserves it in the ledger
     queue_bytes: int | None = None
     max_item_bytes: int = 0  # the largest message a queue can be handed (max_message_bytes)
+
+    def parallel_of(self, processor: Processor) -> int:
+        """``parallel`` for one processor: a table's entry for the provider that runs its model (the first of
+        ``model.providers``; analyzers run on CPU), else the CPU entry, else ``DEFAULT_PARALLEL``."""
+        model = getattr(processor, "model", None)
+        return per_provider(self.parallel, getattr(model, "providers", ["CPU"])[0], DEFAULT_PARALLEL)
 
 
 #: the memory ledger's key for the ingest queues (no scan id can be this: it has spaces)
@@ -100,7 +108,7 @@ class ScanManager:
                                  f"max(memory_budget_bytes / 16, max_message_bytes): {exc}; raise "
                                  "memory_budget_bytes or lower max_message_bytes") from None
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
-                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel,
+                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel_of(proc),
                                               gate=self.gate)
                         for name, proc in self.processors.items()}
         self._t0 = time.monotonic()
@@ -450,6 +458,10 @@ class ScanManager:
     # ------------------------------------------------------------------ queries (control socket)
 
     def status(self) -> Status:
+        # the recognizers' ONNX models (``OnnxModel``): the providers that took each session, and why
+        # some run on another provider than the first one asked for (each warning once)
+        models = {name: m for name, rec in self.recognizers.items()
+                  if hasattr(m := getattr(rec, "model", None), "providers")}
         return Status(version=__version__, protocol=PROTOCOL_REVISION, uptime_s=time.monotonic() - self._t0, open_scans=list(self.open_scans),
                       memory_bytes=self.ledger.used, memory_budget_bytes=self.ledger.budget,
                       recognizers=list(self.processors),
@@ -457,7 +469,9 @@ class ScanManager:
                                 "backpressure_waits": sum(w.queue.waits for w in self.workers.values()),
                                 "queue_byte_waits": self.gate.waits, "queued_bytes": self.gate.used,
                                 "queued_bytes_peak": self.gate.peak},
-                      queued_pixels=sum(w.queue.pixels for w in self.workers.values()))
+                      queued_pixels=sum(w.queue.pixels for w in self.workers.values()),
+                      providers={name: list(m.providers) for name, m in models.items()},
+                      provider_warnings=list(dict.fromkeys(w for m in models.values() for w in m.warnings)))
 
     def query(self, request: Request) -> tuple[dict[str, Any], list, list[np.ndarray]]:
         """A control request -> (result, array specs, arrays); ProtocolError when it cannot be answered."""

@@ -3,12 +3,16 @@
 ``SpectralProcessor.bind`` maps the scan's calibrated axis onto the processor's (``axis.py``), picks
 the components it needs in its order and allocates the full-resolution maps it fills; a
 ``SpectralBinding`` feeds each line through that mapping and writes the results into the maps.
-``SpectralRecognizer`` is one ``OnnxModel`` whose card has an input axis: every item of a batch is
-mapped straight into one preallocated float32 batch, the session runs once, results split by item.
+``SpectralRecognizer`` is one ``OnnxModel`` whose card has an input axis. A line that already is what
+the model takes (float32 on the model's axis, components in its order, contiguous, at least
+``DIRECT_MIN_PIXELS`` spectra) runs on its own received buffer, with no copy; other items are mapped
+into one float32 batch that each inference thread keeps and reuses (no allocation per batch), the
+session runs once for them and the results are split by item (docs/performance.md, "The hot path").
 """
 
 from __future__ import annotations
 
+import threading
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,11 @@ from .axis import AxisError, AxisMap
 from .onnx_model import ModelError, OnnxModel
 from .processor import FOREIGN_FRACTION, NOVEL, NOVELTY, Binding, Processor, Publication, WorkItem
 from .stats import latency_percentiles
+
+#: a model-ready line of at least this many spectra runs alone on its own buffer: on 2 cores a session
+#: run of 256 spectra of 2048 channels is as fast per spectrum as one of 4096 (the batch stays in cache),
+#: so batching such lines would only add a copy
+DIRECT_MIN_PIXELS = 128
 
 
 def component_order(scan: list[str] | None, needed: list[str] | None, name: str) -> np.ndarray | None:
@@ -68,6 +77,12 @@ class SpectralBinding(Binding):
             specs = [s.model_copy(update={"shape": [n, *s.shape]}) for s in self.processor.pixel_specs()]
             self._line_specs[n] = specs
         return specs
+
+    def ready(self, spectra: np.ndarray) -> bool:
+        """Whether received pixels already are the processor's input as they are: float32 on its axis,
+        components in its order, C-contiguous (then ``prepare`` would only copy them)."""
+        return (self.axis_map.identity and self.component_order is None and spectra.dtype == np.float32
+                and spectra.flags.c_contiguous)
 
     def prepare(self, spectra: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Received pixels -> float32 on the processor's axis, components in its order."""
@@ -201,6 +216,7 @@ class SpectralRecognizer(SpectralProcessor):
         self._output_names = [o.name for o in card.outputs]
         self.novelty_threshold = card.novelty.threshold if card.novelty is not None else None
         self._pixel_specs = self._build_pixel_specs()
+        self._buffers = threading.local()  # each inference thread's reused batch (``_batch``)
         if warm_up_batch:
             self.run(np.zeros((warm_up_batch, *self.input_shape), np.float32))
 
@@ -242,20 +258,41 @@ class SpectralRecognizer(SpectralProcessor):
         return tuple(specs)
 
     def process(self, items: list[WorkItem]) -> list[dict[str, np.ndarray]]:
-        """One session run for all items: each is mapped straight into one preallocated batch."""
-        total = sum(item.n_pixels for item in items)
-        batch = np.empty((total, *self.input_shape), dtype=np.float32)
-        offset = 0
-        for item in items:
-            item.binding.prepare(item.values, out=batch[offset: offset + item.n_pixels])
-            offset += item.n_pixels
-        outputs = self.run(batch)
-        per_item, offset = [], 0
-        for item in items:
-            end = offset + item.n_pixels
-            per_item.append({name: values[offset:end] for name, values in outputs.items()})
-            offset = end
-        return per_item
+        """Outputs per item: model-ready lines of ``DIRECT_MIN_PIXELS`` or more each run on their own
+        buffer; the others are mapped into this thread's reused batch and run together once."""
+        results: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        copied = []
+        for i, item in enumerate(items):
+            if self.runs_alone(item):
+                results[i] = self.run(item.values)
+            else:
+                copied.append(i)
+        if copied:
+            total = sum(items[i].n_pixels for i in copied)
+            batch = self._batch(total)
+            offset = 0
+            for i in copied:
+                n = items[i].n_pixels
+                items[i].binding.prepare(items[i].values, out=batch[offset: offset + n])
+                offset += n
+            outputs = self.run(batch)
+            offset = 0
+            for i in copied:
+                end = offset + items[i].n_pixels
+                results[i] = {name: values[offset:end] for name, values in outputs.items()}
+                offset = end
+        return results  # type: ignore[return-value]
+
+    def runs_alone(self, item: WorkItem) -> bool:
+        return item.n_pixels >= DIRECT_MIN_PIXELS and item.binding.ready(item.values)
+
+    def _batch(self, n: int) -> np.ndarray:
+        """The first ``n`` rows of this inference thread's batch buffer, grown (never shrunk) to fit: a
+        fresh 32 MiB array per batch costs more in page faults than copying the spectra into it."""
+        buf = getattr(self._buffers, "batch", None)
+        if buf is None or len(buf) < n:
+            buf = self._buffers.batch = np.empty((n, *self.input_shape), dtype=np.float32)
+        return buf[:n]
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """float32 ``[n, channels]`` -> published arrays keyed like ``pixel_specs`` (each ``[n, ...]``)."""

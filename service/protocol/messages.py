@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_va
 PROTOCOL_VERSION = 1
 #: the version of docs/protocol.md this module implements: 1.x only adds to 1.0 (its §9), so the wire's
 #: ``v`` stays ``PROTOCOL_VERSION``; ``status`` reports it as ``protocol``
-PROTOCOL_REVISION = "1.1"
+PROTOCOL_REVISION = "1.2"
 
 #: Largest scan edge and signal axis we accept; bigger values are certainly a corrupt header.
 MAX_EDGE = 65_536
@@ -150,6 +150,10 @@ class ScanStart(_Header):
     frame_interval_s: Real | None = Field(
         None, gt=0, description="imaging scans (optional): seconds from one frame's start to the next's (a "
                                 "movie's time calibration: diffusion constants in nm^2/s)")
+    ring: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] | None = Field(
+        None, description="protocol 1.2: the token of a shared-memory ring this sender registered with the service "
+                          "(docs/protocol.md §3.6); its data or frame messages may then name a slot instead of "
+                          "carrying the payload")
 
     @field_validator("meta")
     @classmethod
@@ -188,6 +192,9 @@ class Data(_Header):
     shape: tuple[Edge, Edge] | tuple[Edge, Edge, Annotated[int, Strict(), Field(ge=1, le=16)]]
     dtype: DType
     t_ns: Int | None = Field(default=None, description="sender's wall clock, informative only")
+    slot: Annotated[int, Strict(), Field(ge=0, le=1023)] | None = Field(
+        default=None, description="protocol 1.2: the payload is in this slot of the scan's shared-memory ring "
+                                  "(no buffer follows the header; docs/protocol.md §3.6)")
 
 
 class Frame(_Header):
@@ -201,6 +208,9 @@ class Frame(_Header):
     shape: tuple[Edge, Edge]
     dtype: DType
     t_ns: Int | None = Field(default=None, description="sender's wall clock, informative only")
+    slot: Annotated[int, Strict(), Field(ge=0, le=1023)] | None = Field(
+        default=None, description="protocol 1.2: the payload is in this slot of the scan's shared-memory ring "
+                                  "(no buffer follows the header; docs/protocol.md §3.6)")
 
 
 class ScanEnd(_Header):
@@ -376,6 +386,12 @@ class Status(_Header):
     queued_pixels: Index
     memory_bytes: Index | None = Field(None, description="bytes reserved by open and retained scans")
     memory_budget_bytes: Index | None = Field(None, description="memory_budget_bytes of the service")
+    providers: dict[Name, list[Name]] | None = Field(
+        None, description="1.1: per recognizer, the ONNX Runtime execution providers that took its session, the one "
+                          "that runs it first (short names: CPU, CUDA, TensorRT, ...)")
+    provider_warnings: list[str] | None = Field(
+        None, description="1.1: why recognizers run on another execution provider than the first one configured "
+                          "(e.g. CUDA not in this onnxruntime build, falling back to CPU), each once; empty: none")
 
 
 # --------------------------------------------------------------------------- control: client <-> service
