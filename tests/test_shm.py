@@ -355,3 +355,24 @@ async def test_a_movie_through_the_ring(model_dir, policy):
             for seq in got:
                 for name in ref[seq]:
                     assert np.array_equal(got[seq][name], ref[seq][name]), (seq, name)
+
+
+@pytest.mark.parametrize("shm", [True, False])
+async def test_line_buffer_writes_the_line_where_the_service_reads_it(model_dir, shm):
+    """``ScanStream.line_buffer``: the instrument fills the line in place (a ring slot itself, or a plain
+    array without a ring); the maps are those of the truth either way."""
+    async with serving(loopback_settings(model_dir)) as server:
+        async with Subscriber(server.endpoints["publish"], scan_id="inplace") as sub, \
+                Control(server.endpoints["control"]) as ctl:
+            await sub.wait_ready()
+            async with Instrument(server.endpoints["ingest"], shm=shm, ring_slots=2) as inst:
+                async with inst.scan("inplace", "eels", TRUTH.shape, band_axis()) as scan:
+                    for row in range(TRUTH.shape[0]):
+                        async with scan.line_buffer(row, TRUTH.shape[1]) as line:
+                            line[...] = band_spectra(TRUTH[row])
+                    assert (scan.ring is not None) == shm
+            summary = await wait_for_summary(sub, "inplace", timeout=30)
+            snap = await ctl.snapshot("inplace")
+        assert (summary.state, summary.n_lost, summary.pixels_recognized) == ("complete", 0, TRUTH.size)
+        assert server.counters["shm_messages"] == (len(TRUTH) if shm else 0)
+    assert np.array_equal(snap.arrays["band/class"], TRUTH)
