@@ -36,12 +36,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import zmq
 import zmq.asyncio
 from threadpoolctl import threadpool_limits
@@ -331,7 +331,7 @@ class Server:
             if sid not in self.scans.open_scans:  # (a duplicate scan_start keeps the open scan's ring)
                 self._prune_rings()
                 self._scan_rings[sid] = ring  # also when the scan is refused: its lines' slots must come back
-            return header, buffers, self._as_recorded(header.model_copy(update={"ring": None}), [])
+            return header, buffers, self._as_recorded(header, [])
         ring = self._scan_rings.get(sid)
         if ring is None:
             raise ProtocolError("bad_message", f"seq {header.seq} names ring slot {header.slot}, but no scan_start "
@@ -343,18 +343,21 @@ class Server:
             raise ProtocolError("bad_message", f"seq {header.seq} names ring slot {header.slot} and carries a "
                                 "buffer too: one or the other", scan_id=sid, seq=header.seq)
         try:
-            nbytes = wire_dtype(header.dtype).itemsize * int(np.prod(header.shape, dtype=np.int64))
+            nbytes = wire_dtype(header.dtype).itemsize * math.prod(header.shape)
             view = ring.slot(header.slot, nbytes)
         except ValueError as exc:
             raise ProtocolError("bad_message", f"seq {header.seq}, ring slot {header.slot}: {exc}",
                                 scan_id=sid, seq=header.seq) from None
         self.scans.counters["shm_messages"] += 1
-        header = header.model_copy(update={"slot": None})
+        # the pipeline never reads ``slot``; only a recording gets the header as if sent without a ring
         return header, [view], self._as_recorded(header, [view])
 
     def _as_recorded(self, header: Message, buffers: list) -> list:
         """The frames a recording keeps of a message that came through a ring: as if sent without one."""
-        return [encode(header)[0], *buffers] if self.recorder is not None else []
+        if self.recorder is None:
+            return []
+        field = "ring" if header.kind == "scan_start" else "slot"
+        return [encode(header.model_copy(update={field: None}))[0], *buffers]
 
     def _prune_rings(self) -> None:
         """Forget which ring a scan used once the scan is closed and its ring is gone (the mapping goes when

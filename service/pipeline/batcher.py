@@ -5,7 +5,8 @@ Each processor (recognizer or analyzer) has one ``InferenceWorker``: a bounded q
 to the processor in one call (a recognizer maps every item straight into one preallocated float32
 batch, runs its session once and splits the results by item).
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
-(low latency) when the instrument is slow. A full queue makes ``submit`` wait: the ingest loop then
+(low latency) when the instrument is slow. A batch of at most ``Processor.inline_pixels`` pixels (a
+lone line of a few spectra) runs on the event loop itself: shorter than the hand-off to a thread. A full queue makes ``submit`` wait: the ingest loop then
 stops reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
 
 All queues together are also bounded in bytes by one ``ByteGate`` (a share of the memory budget,
@@ -167,8 +168,12 @@ class InferenceWorker:
     async def _run_batch(self, items: list[WorkItem], slots: asyncio.Semaphore) -> None:
         try:
             try:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.processor.process, items)
+                if sum(item.n_pixels for item in items) <= self.processor.inline_pixels:
+                    # a handful of spectra: a run takes less than the hand-off to a thread and back
+                    results = self.processor.process(items)
+                else:
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self.processor.process, items)
             except Exception as exc:  # a model failure must not stop the service
                 log.exception("inference failed in %s", self.processor.name)
                 results, error = [None] * len(items), f"inference failed: {exc}"

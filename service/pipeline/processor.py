@@ -129,6 +129,9 @@ class Processor(ABC):
     modality: str | None = None
     takes: ClassVar[Takes]
     max_parallel: int | None = None
+    #: batches of at most this many pixels run on the event loop itself (0: never): for a model whose run
+    #: on so few pixels is shorter than the hand-off to an inference thread and back
+    inline_pixels: int = 0
 
     @abstractmethod
     def bind(self, start: ScanStart) -> Binding:
