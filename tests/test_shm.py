@@ -17,12 +17,11 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from scanlens.client import Control, Instrument, Subscriber
 from scanlens.protocol.messages import Data, ScanEnd, ScanStart
-from scanlens.testing import (band_axis, band_spectra, connected, loopback_settings, send_band_scan, serving,
-                              wait_for_event, wait_for_summary)
+from scanlens.testing import (band_axis, band_spectra, loopback_settings, send_band_scan, serving, wait_for_event,
+                              wait_for_summary)
 from scanlens.transport import RingClient, RingError, ring_socket_name
 from scanlens.protocol.codec import encode
 

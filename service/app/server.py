@@ -125,7 +125,8 @@ class Server:
         self.endpoints: dict[str, str] = {}
         self.metrics: MetricsEndpoint | None = MetricsEndpoint() if s.metrics is not None else None
         self.rings: RingServer | None = None
-        self._scan_rings: dict[str, RingMapping] = {}  # open scans that named a ring in scan_start
+        #: scan id -> the ring its scan_start named (kept after the scan closes, see ``_prune_rings``)
+        self._scan_rings: dict[str, RingMapping] = {}
         self.recorder: Recorder | None = None
         if s.record_dir is not None:  # last: it locks the directory (RecordingError when it is unusable)
             self.recorder = self._recorder(s, analyzers)

@@ -81,11 +81,9 @@ class Instrument(_Client):
         ring, self.ring = self.ring, None
         if ring is None:
             return
-        with contextlib.suppress(TimeoutError, RingError):
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._linger_ms / 1000):
-                while ring.free < ring.slots and not ring.closed:
-                    slot = await ring.acquire()
-                    ring.unacquire(slot)
+                while ring.free < ring.slots and not ring.closed:  # ``free`` reads the release notices
                     await asyncio.sleep(0.001)
         ring.close()
 

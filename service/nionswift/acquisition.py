@@ -113,12 +113,16 @@ class _MainThreadWriter:
     """Collects updates on any thread and draws them on Swift's main thread, one ``_flush`` per burst:
     ``_schedule`` after each update (outside ``_lock``); ``_flush`` (main thread) clears ``_scheduled``."""
 
-    call_soon: Callable[[Callable[[], None]], None]
-    document_model: Any
-    title_base: str
-    data_items: dict[Any, Any]
-    _lock: threading.Lock
-    _scheduled: bool
+    def __init__(self, document_model: Any, call_soon: Callable[[Callable[[], None]], None], scan_id: str,
+                 spatial_calibrations: list[Any] | None, title_base: str):
+        self.document_model = document_model
+        self.call_soon = call_soon
+        self.scan_id = scan_id
+        self.spatial_calibrations = spatial_calibrations
+        self.title_base = title_base
+        self._lock = threading.Lock()
+        self.data_items: dict[Any, Any] = {}  # key -> the Swift data item (created on the main thread)
+        self._scheduled = False
 
     def _schedule(self) -> None:
         with self._lock:
@@ -160,20 +164,13 @@ class MapWriter(_MainThreadWriter):
 
     def __init__(self, document_model: Any, call_soon: Callable[[Callable[[], None]], None], scan_id: str,
                  shape: tuple[int, int], spatial_calibrations: list[Any] | None = None, title_base: str = ""):
-        self.document_model = document_model
-        self.call_soon = call_soon
-        self.scan_id = scan_id
+        super().__init__(document_model, call_soon, scan_id, spatial_calibrations, title_base)
         self.shape = shape
-        self.spatial_calibrations = spatial_calibrations
-        self.title_base = title_base
-        self._lock = threading.Lock()
-        #: (recognizer, output, component index or None) -> [rows, cols] float32, NaN where not yet recognized
+        #: (recognizer, output, component index or None) -> [rows, cols] float32, NaN where not yet recognized;
+        #: ``data_items`` has the same keys
         self.arrays: dict[tuple[str, str, int | None], np.ndarray] = {}
         self.labels: dict[tuple[str, str, int | None], str] = {}
-        #: the same keys -> the Swift data item (created on the main thread)
-        self.data_items: dict[tuple[str, str, int | None], Any] = {}
         self._dirty: set[tuple[str, str, int | None]] = set()
-        self._scheduled = False
         self.rows_filled: dict[str, np.ndarray] = {}  # recognizer -> bool [rows, cols]
 
     # ---- any thread
@@ -244,18 +241,11 @@ class FrameMapWriter(_MainThreadWriter):
 
     def __init__(self, document_model: Any, call_soon: Callable[[Callable[[], None]], None], scan_id: str,
                  spatial_calibrations: list[Any] | None = None, title_base: str = ""):
-        self.document_model = document_model
-        self.call_soon = call_soon
-        self.scan_id = scan_id
-        self.spatial_calibrations = spatial_calibrations
-        self.title_base = title_base
-        self._lock = threading.Lock()
+        super().__init__(document_model, call_soon, scan_id, spatial_calibrations, title_base)
         self._pending: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}  # recognizer -> newest (classes, meta)
-        self.history: dict[str, list[list[int]]] = {}
-        self.data_items: dict[str, Any] = {}
+        self.history: dict[str, list[list[int]]] = {}  # ``data_items`` is keyed by recognizer
         self.frames_written: dict[str, int] = {}  # recognizer -> frames drawn into its data item
         self.frames_received: dict[str, int] = {}
-        self._scheduled = False
 
     def begin(self, scan_id: str, spatial_calibrations: list[Any] | None = None) -> None:
         with self._lock:

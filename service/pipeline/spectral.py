@@ -7,7 +7,8 @@ the components it needs in its order and allocates the full-resolution maps it f
 the model takes (float32 on the model's axis, components in its order, contiguous, at least
 ``DIRECT_MIN_PIXELS`` spectra) runs on its own received buffer, with no copy; other items are mapped
 into one float32 batch that each inference thread keeps and reuses (no allocation per batch), the
-session runs once for them and the results are split by item (docs/performance.md, "The hot path").
+session runs once for them and the results are split by item (docs/performance.md, "How the service
+is built for speed").
 """
 
 from __future__ import annotations
