@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
@@ -73,6 +74,18 @@ class Settings(BaseSettings):
     record_budget_bytes: int = Field(50 * 2**30, ge=1, description="the most bytes the recordings and journals in "
                                      "record_dir may occupy; a scan that would exceed it stops being recorded (a "
                                      "recording_stopped event), the scan goes on")
+    trainer: Literal["warm", "on_demand", "off"] = Field(
+        "on_demand", description="live training (docs/live-training.md): the trainer process (torch, the train "
+                                 "extra) starts with the service (warm), at the first train request and stays "
+                                 "(on_demand), or train requests are refused (off)")
+    trainer_threads: int = Field(1, ge=1, le=64, description="torch threads of the trainer process (1 leaves the "
+                                 "other core of a small machine to acquisition)")
+    train_budget_s: float = Field(8.0, gt=0, le=3600, description="seconds a spectral train job may take when the "
+                                  "request gives no budget_s")
+    train_frame_budget_s: float = Field(25.0, gt=0, le=3600, description="seconds a frame train job may take when "
+                                        "the request gives no budget_s")
+    retain_frames: int = Field(8, ge=1, le=4096, description="frames a movie started with retain keeps (its "
+                               "latest), for train requests on one of them")
     metrics: str | None = Field(None, description="HOST:PORT of the Prometheus /metrics endpoint (HTTP, no "
                                 "authentication; port 0: any free port), e.g. 127.0.0.1:9464; None: no endpoint. "
                                 "Loopback only unless network_isolated (docs/operations.md)")

@@ -47,8 +47,8 @@ import zmq.asyncio
 from threadpoolctl import threadpool_limits
 
 from .. import __version__
-from ..pipeline import (ModelError, PCAAnalyzer, Processor, Publication, Recognizer, ScanLimits, ScanManager,
-                        WorkerOptions, WorkItem, load_recognizers)
+from ..pipeline import (InferenceWorker, ModelError, PCAAnalyzer, Processor, Publication, Recognizer, ScanLimits,
+                        ScanManager, WorkerOptions, WorkItem, load_recognizers)
 from ..protocol import topics
 from ..protocol.codec import Limits, ProtocolError, decode, encode, split_envelope, wire_dtype
 from ..protocol.messages import Message, Reply, Request
@@ -57,6 +57,7 @@ from ..transport.sockets import bind
 from .config import Settings, check_binds, metrics_address
 from .limits import WireLimits
 from .metrics import MetricsEndpoint
+from .training import Jobs, TrainingOptions, trainer_missing
 
 if TYPE_CHECKING:
     from ..recording import Recorder
@@ -115,7 +116,7 @@ class Server:
             limits=ScanLimits(max_open_scans=s.max_open_scans, max_scan_pixels=s.max_scan_pixels,
                               keep_closed_scans=s.keep_closed_scans, scan_timeout_s=s.scan_timeout_s,
                               start_timeout_s=s.start_timeout_s, memory_budget_bytes=s.memory_budget_bytes,
-                              max_reply_bytes=s.max_reply_bytes),
+                              max_reply_bytes=s.max_reply_bytes, retain_frames=s.retain_frames),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
                                   parallel=s.inference_parallel, queue_bytes=s.memory_budget_bytes // 16,
                                   max_item_bytes=s.max_message_bytes))
@@ -130,6 +131,12 @@ class Server:
         self.recorder: Recorder | None = None
         if s.record_dir is not None:  # last: it locks the directory (RecordingError when it is unusable)
             self.recorder = self._recorder(s, analyzers)
+        self.jobs = Jobs(self.scans, self._publish, self._serve_worker, TrainingOptions(
+            model_dir=s.user_model_dir, budget_s=s.train_budget_s, frame_budget_s=s.train_frame_budget_s,
+            threads=s.trainer_threads, inference_threads=s.inference_threads, providers=s.providers,
+            max_batch_pixels=s.max_batch_pixels))
+        self._tg: asyncio.TaskGroup | None = None
+        self._worker_tasks: dict[int, asyncio.Task] = {}  # id(worker) -> its serve task
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -249,19 +256,49 @@ class Server:
     async def _serve(self) -> None:
         """All long-lived tasks under one TaskGroup, until ``stop``."""
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             tasks = [tg.create_task(self._ingest_loop(), name="ingest"),
                      tg.create_task(self._control_loop(), name="control"),
                      tg.create_task(self._status_loop(), name="status"),
                      tg.create_task(self._timeout_loop(), name="timeouts")]
-            tasks += [tg.create_task(w.serve(), name=f"worker-{n}") for n, w in self.scans.workers.items()]
+            for name, worker in self.scans.workers.items():
+                self._worker_tasks[id(worker)] = task = tg.create_task(worker.serve(), name=f"worker-{name}")
+                tasks.append(task)
+            if self.settings.trainer == "warm":
+                tasks.append(tg.create_task(self._warm_trainer(), name="trainer-start"))
             if self.recorder is not None:
                 tasks.append(tg.create_task(self._recording_loop(self.recorder), name="recording"))
             self.ready.set()
             await self._stop.wait()
             # a clean stop (SIGTERM, Ctrl-C) ends every open scan with a summary, state "aborted"
+            await self.jobs.aclose()
             await self._publish(self.scans.abort_all())
-            for task in tasks:
+            for task in [*tasks, *self._worker_tasks.values()]:
                 task.cancel()
+
+    async def _warm_trainer(self) -> None:
+        """``trainer = "warm"``: start the trainer with the service, so that the first job does not wait for torch."""
+        if (missing := trainer_missing()) is not None:
+            log.warning("trainer = warm, but %s", missing)
+            return
+        try:
+            await self.jobs.trainer.start()
+        except Exception as exc:  # the service runs without it; a train request will say why
+            log.error("the trainer did not start: %s", exc)
+
+    def _serve_worker(self, worker: InferenceWorker, old: InferenceWorker | None) -> None:
+        """Serve a live recognizer's new worker; stop the one it replaces once that has nothing left."""
+        assert self._tg is not None
+        self._worker_tasks[id(worker)] = self._tg.create_task(worker.serve(), name=f"worker-{worker.processor.name}")
+        if old is not None:
+            self._tg.create_task(self._retire(old), name=f"retire-{old.processor.name}")
+
+    async def _retire(self, worker: InferenceWorker) -> None:
+        while not worker.idle:
+            await asyncio.sleep(0.05)
+        task = self._worker_tasks.pop(id(worker), None)
+        if task is not None:
+            task.cancel()
 
     # ------------------------------------------------------------------ publishing
 
@@ -398,11 +435,14 @@ class Server:
             envelope, body = split_envelope(await self.control.recv_multipart())
             request_id, op = None, "?"
             try:
-                request, _ = decode(body, self.control_limits)
+                request, buffers = decode(body, self.control_limits)
                 if not isinstance(request, Request):
                     raise ProtocolError("bad_message", f"control socket expects kind 'request', got {request.kind!r}")
                 request_id, op = request.id, request.op
-                result, specs, arrays = self.scans.query(request)
+                if op == "train":
+                    result, specs, arrays = self._train(request, buffers), [], []
+                else:
+                    result, specs, arrays = self.scans.query(request)
                 reply = Reply(id=request_id, op=op, ok=True, result=result, arrays=specs)
             except ProtocolError as exc:
                 self.scans.counters["control_errors"] += 1
@@ -419,6 +459,13 @@ class Server:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 self.scans.counters["control_replies_dropped"] += 1
+
+
+    def _train(self, request: Request, buffers: list) -> dict[str, Any]:
+        if self.settings.trainer == "off":
+            raise ProtocolError("bad_message", "live training is off in this service (trainer = \"off\"); set "
+                                "trainer = \"on_demand\" or \"warm\" to allow train requests")
+        return self.jobs.submit(request, buffers)
 
 
 @contextlib.asynccontextmanager

@@ -1,9 +1,10 @@
-"""The control side: a DEALER connection to the control socket (status, models, scans, snapshot)."""
+"""The control side: a DEALER connection to the control socket (status, models, scans, snapshot, train)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from ..protocol.codec import UnknownKindError, arrays_from, decode, encode, split_envelope
+from ..protocol.codec import UnknownKindError, array_spec, arrays_from, decode, encode, split_envelope
 from ..protocol.messages import Reply, Request
 from ..transport.sockets import CurveClient
 from .base import _Client
@@ -46,12 +47,16 @@ class Control(_Client):
         self._ids = itertools.count()
 
     async def request(self, op: str, scan_id: str | None = None, timeout: float = 10.0,
-                      rows: tuple[int, int] | None = None) -> ControlReply:
-        req = Request(id=next(self._ids), op=op, scan_id=scan_id, rows=rows)
+                      rows: tuple[int, int] | None = None, arrays: Sequence[np.ndarray] = (),
+                      **fields: Any) -> ControlReply:
+        """One request; ``arrays`` travel as its buffers (described in ``arrays``), ``fields`` are further
+        header fields of the op (docs/protocol.md §5). ServiceError when the service answers not ok."""
+        specs = [array_spec("labels", a) for a in arrays] or None
+        req = Request(id=next(self._ids), op=op, scan_id=scan_id, rows=rows, arrays=specs, **fields)
         # the send counts against the timeout too: a DEALER without a peer (nothing listening, or a CURVE
         # handshake that was refused and is reconnecting) blocks in send until one appears
         async with asyncio.timeout(timeout):
-            await self.sock.send_multipart([b"", *encode(req)])
+            await self.sock.send_multipart([b"", *encode(req, arrays)])
             while True:
                 _, body = split_envelope(await self.sock.recv_multipart(copy=False), hops=0)
                 try:
@@ -63,6 +68,18 @@ class Control(_Client):
         if not header.ok:
             raise ServiceError(f"{op} failed: {header.error}", header.result)
         return ControlReply(header, arrays_from(header.arrays, buffers) if header.arrays else {})
+
+    async def train(self, scan_id: str, labels: np.ndarray, classes: Sequence[str], *, name: str | None = None,
+                    base: str | None = None, budget_s: float | None = None, frame: int | None = None,
+                    timeout: float = 10.0) -> dict[str, Any]:
+        """Ask the service to learn the scan's sample from labelled pixels (docs/live-training.md): ``labels``
+        uint8 ``[rows, cols]`` (a movie: of frame ``frame``), 0 = unlabelled, k = ``classes[k-1]``. Returns at once
+        with the job (``job``, ``recognizer``, ``revision``, ``labelled_pixels``, ...); its progress and the swap
+        come as ``train_update`` messages on ``scan/<scan_id>/train`` (``Subscriber.train_updates``)."""
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        reply = await self.request("train", scan_id, timeout=timeout, arrays=[labels], classes=list(classes),
+                                   name=name, base=base, budget_s=budget_s, frame=frame)
+        return reply.result
 
     async def status(self) -> dict[str, Any]:
         return (await self.request("status")).result

@@ -123,21 +123,25 @@ class Instrument(_Client):
 
     def movie(self, scan_id: str, modality: str, shape: tuple[int, int], pixel_size: PixelSize, *,
               frames: int | None = None, policy: str = "lossless", recognizers: list[str] | None = None,
-              meta: dict[str, Any] | None = None, frame_interval_s: float | None = None) -> ScanStream:
+              meta: dict[str, Any] | None = None, frame_interval_s: float | None = None,
+              retain: bool = False) -> ScanStream:
         """An imaging scan to send frame by frame (``send_frame``); ``policy`` "lossless" or "latest";
-        ``frame_interval_s`` the time from one frame to the next (D in nm²/s)."""
+        ``frame_interval_s`` the time from one frame to the next (D in nm²/s); ``retain``: the service keeps the
+        latest frames, so that ``Control.train`` can learn from a labelled one (docs/live-training.md)."""
         return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, pixel_size=pixel_size,
                                           frames=frames, policy=policy, recognizers=recognizers, meta=meta or {},
-                                          frame_interval_s=frame_interval_s))
+                                          frame_interval_s=frame_interval_s, retain=retain or None))
 
     def scan(self, scan_id: str, modality: str, shape: tuple[int, int], axis: Axis, *,
              components: list[str] | None = None, recognizers: list[str] | None = None,
-             meta: dict[str, Any] | None = None, scan_step: PixelSize | None = None) -> ScanStream:
+             meta: dict[str, Any] | None = None, scan_step: PixelSize | None = None,
+             retain: bool = False) -> ScanStream:
         """A scan to send; ``components`` names the last axis of multi-component data; ``scan_step`` the
-        distance between neighbouring scan pixels (the map's spatial calibration)."""
+        distance between neighbouring scan pixels (the map's spatial calibration); ``retain``: the service keeps
+        the spectra, so that ``Control.train`` can learn from labelled pixels (docs/live-training.md)."""
         return ScanStream(self, ScanStart(scan_id=scan_id, modality=modality, shape=shape, axis=axis,
                                           components=components, recognizers=recognizers, meta=meta or {},
-                                          scan_step=scan_step))
+                                          scan_step=scan_step, retain=retain or None))
 
 
 class ScanStream:

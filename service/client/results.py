@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..protocol.messages import Event, Maps, ScanStarted, ScanSummary, line_slice
+from ..protocol.messages import Event, Maps, ScanStarted, ScanSummary, TrainUpdate, line_slice
 from .control import ControlReply, ServiceError
 
 
@@ -22,6 +22,9 @@ class ScanResult:
     events: list[Event] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     summary: ScanSummary | None = None
+    #: live training of this scan (docs/live-training.md): every train_update, and each recognizer's revision
+    train_updates: list[TrainUpdate] = field(default_factory=list)
+    revisions: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def begin(cls, started: ScanStarted) -> ScanResult:
@@ -47,7 +50,20 @@ class ScanResult:
             self.filled[rec][...] = snapshot.arrays[f"{rec}/filled"].astype(bool)
         self.recovered = True
 
+    def train(self, update: TrainUpdate) -> None:
+        """A live training job's update; at ``swapped`` the new revision's maps start empty (its lines come
+        again, re-recognized) and older revisions' maps are stale from then on."""
+        self.train_updates.append(update)
+        if update.state == "swapped" and update.outputs is not None:
+            rows, cols = self.started.shape
+            self.maps[update.recognizer] = {s.name: np.zeros((rows, cols, *s.shape), dtype=s.dtype)
+                                            for s in update.outputs}
+            self.filled[update.recognizer] = np.zeros((rows, cols), dtype=bool)
+            self.revisions[update.recognizer] = update.revision
+
     def add(self, header: Maps, arrays: dict[str, np.ndarray]) -> None:
+        if (header.revision or 0) < self.revisions.get(header.recognizer, 0) or header.recognizer not in self.maps:
+            return  # made by a revision that has been replaced (or a recognizer this result never heard of)
         sl = line_slice(header.row, header.col0, header.n_pixels)
         for name, values in arrays.items():
             self.maps[header.recognizer][name][sl] = values
@@ -67,6 +83,7 @@ class MovieResult:
     summary: ScanSummary | None = None
     #: recognizer -> the running tracking statistics of its latest frame result (live, before the summary)
     tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_updates: list[TrainUpdate] = field(default_factory=list)  # live training of this movie
 
 
 R = TypeVar("R", ScanResult, MovieResult)

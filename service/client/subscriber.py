@@ -13,7 +13,7 @@ import zmq.asyncio
 
 from ..protocol import topics
 from ..protocol.codec import UnknownKindError, arrays_from, decode, validate_tolerant
-from ..protocol.messages import Event, FrameResult, Maps, Message, ScanStarted, ScanSummary
+from ..protocol.messages import Event, FrameResult, Maps, Message, ScanStarted, ScanSummary, TrainUpdate
 from ..transport.sockets import CurveClient
 from .base import _Client
 from .control import Control
@@ -157,6 +157,9 @@ class Subscriber(_Client):
                     early_events.append(h)
                 else:
                     note_event(result, h, scan_id)
+            elif isinstance(h, TrainUpdate):
+                if result is not None:
+                    result.train(h)
             elif isinstance(h, ScanSummary):
                 if result is None and control is not None:
                     result = await join()  # joined after the last maps: the closed scan's snapshot
@@ -201,5 +204,7 @@ class Subscriber(_Client):
                     progress(result)
             elif isinstance(h, Event):
                 note_event(result, h, scan_id)
+            elif isinstance(h, TrainUpdate) and result is not None:
+                result.train_updates.append(h)
             elif isinstance(h, ScanSummary):
                 return summarized(result, h, scan_id)

@@ -7,10 +7,12 @@ from .atoms import PostProcess, postprocess
 from .axis import AxisError, AxisMap, length_factor
 from .batcher import InferenceWorker, PixelQueue
 from .frames import FrameBinding, FrameRecognizer, recognize_image, rescale, zoom_factor
+from .live import LabelError, TrainingSet, training_set
 from .loading import Recognizer, load_recognizers, open_recognizer, provider_warnings, recognizer_for
 from .onnx_model import ModelError, OnnxModel, read_card, session_options
 from .pca import PCAAnalyzer, StreamingPCA
 from .processor import Binding, Processor, Publication, WorkItem, takes_of
+from .retention import FrameRetention, Line, SpectraRetention, retention_for
 from .providers import (DEFAULT_PARALLEL, DEFAULT_THREADS, PROVIDERS, ProviderError, per_provider,
                         normalize as normalize_providers, normalize_table as provider_table,
                         resolve as resolve_providers)
@@ -22,7 +24,8 @@ from .tracking import DefectTracker
 
 __all__ = [
     "DEFAULT_PARALLEL", "DEFAULT_THREADS", "PROVIDERS",
-    "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "InferenceWorker",
+    "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "FrameRetention",
+    "InferenceWorker", "LabelError", "Line", "SpectraRetention", "TrainingSet", "retention_for", "training_set",
     "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "ProviderError", "Publication",
     "Recognizer", "ScanLimits", "ScanManager", "ScanState", "SeqRanges", "SpectralBinding", "SpectralProcessor",
     "SpectralRecognizer", "StreamingPCA", "WorkItem", "WorkerOptions", "length_factor", "load_recognizers",

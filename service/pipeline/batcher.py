@@ -145,6 +145,12 @@ class InferenceWorker:
                                             thread_name_prefix=f"infer-{processor.name}")
         self.batches = 0
         self.pixels = 0
+        self.running = 0  # batches taken and not yet handed back
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running: a replaced worker can stop (``Server``, live training)."""
+        return not len(self.queue) and not self.running
 
     async def submit(self, item: WorkItem) -> None:
         await self.queue.put(item)
@@ -160,6 +166,7 @@ class InferenceWorker:
                     except BaseException:
                         slots.release()
                         raise
+                    self.running += 1
                     tg.create_task(self._run_batch(items, slots))
                     items = None  # the batch's task holds it; no reference here may outlive it (ring slots)
         finally:
@@ -183,11 +190,14 @@ class InferenceWorker:
                 self.pixels += sum(item.n_pixels for item in items)
         finally:
             slots.release()
-        for item, outputs in zip(items, results):
-            try:
-                await _maybe_await(self._on_result(item, outputs, error))
-            except Exception:  # publishing one result must not lose the others
-                log.exception("handling a result of %s failed", self.processor.name)
+        try:
+            for item, outputs in zip(items, results):
+                try:
+                    await _maybe_await(self._on_result(item, outputs, error))
+                except Exception:  # publishing one result must not lose the others
+                    log.exception("handling a result of %s failed", self.processor.name)
+        finally:
+            self.running -= 1
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:

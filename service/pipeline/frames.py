@@ -183,7 +183,8 @@ class FrameBinding(Binding):
         return Publication(topics.scan_topic(item.scan_id, topics.FRAME), FrameResult(
             scan_id=item.scan_id, recognizer=rec.name, seq=item.seq, frame=item.row, latency_ms=latency_ms,
             n_atoms=len(outputs["atoms"]), n_defects=len(outputs["defects"]), arrays=specs,
-            tracking=outputs.get("tracking"), novelty=outputs.get(NOVELTY), novel=outputs.get(NOVEL)),
+            tracking=outputs.get("tracking"), novelty=outputs.get(NOVELTY), novel=outputs.get(NOVEL),
+            revision=self.revision),
             [outputs[s.name] for s in specs])
 
     def snapshot_arrays(self) -> list[tuple[ArraySpec, np.ndarray]]:
@@ -218,6 +219,7 @@ class FrameRecognizer(Processor):
         if len(seg) != 1:
             raise ModelError(f"{model.path}: an image recognizer needs exactly one segmentation output")
         self.name = card.name
+        self.by_name_only = card.training.get("live") is True  # trained live on one sample's labels
         self.modality = card.modality
         self.seg_output = seg[0]
         self._output_names = [seg[0].name]

@@ -66,6 +66,8 @@ class Binding(ABC):
     processor: Processor
     pixels_done: int = field(default=0, init=False)
     latencies_ms: list[float] = field(default_factory=list, init=False)  # receipt -> stored
+    #: which live training of the processor this is (published with its results); None: loaded at start
+    revision: int | None = field(default=None, init=False)
 
     @abstractmethod
     def work(self, scan_id: str, seq: int, row: int, col0: int, values: np.ndarray, t_received: float) -> WorkItem:
@@ -129,6 +131,8 @@ class Processor(ABC):
     modality: str | None = None
     takes: ClassVar[Takes]
     max_parallel: int | None = None
+    #: only scans that name it get it (a model trained live on one sample: docs/live-training.md), never by modality
+    by_name_only: bool = False
     #: batches of at most this many pixels run on the event loop itself (0: never): for a model whose run
     #: on so few pixels is shorter than the hand-off to an inference thread and back
     inline_pixels: int = 0

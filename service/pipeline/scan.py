@@ -18,6 +18,7 @@ import numpy as np
 from ..protocol.codec import ProtocolError, buffer_to_array
 from ..protocol.messages import ArraySpec, Data, Frame, Rejection, ScanStart, ScanSummary
 from .processor import Binding, Processor, WorkItem, takes_of
+from .retention import FrameRetention, Retention, SpectraRetention
 from .seqs import SeqRanges, count_of, first_of
 from .stats import latency_percentiles
 
@@ -48,6 +49,7 @@ class ScanState:
     summary: ScanSummary | None = None  # set once the scan is closed
     owner: str | None = None  # authenticated identity (CURVE public key) of the sender that started it
     not_running: dict[str, str] = field(default_factory=dict)  # recognizer -> why it cannot take this scan
+    retained: Retention | None = None  # the raw data, when scan_start asked for retain (retention.py)
 
     @classmethod
     def open(cls, start: ScanStart, processors: list[Processor], owner: str | None = None) -> ScanState:
@@ -64,8 +66,9 @@ class ScanState:
         return not self.received and not self.rejected and self.n_messages is None
 
     def footprint(self) -> int:
-        """What the scan reserves in the memory budget: every binding's most."""
-        return sum(b.footprint() for b in self.bindings.values())
+        """What the scan reserves in the memory budget: every binding's most, and its retained data."""
+        kept = self.retained.nbytes if self.retained is not None else 0
+        return sum(b.footprint() for b in self.bindings.values()) + kept
 
     @property
     def max_messages(self) -> int:
@@ -111,6 +114,8 @@ class ScanState:
                                      f"are outside the scan shape {list(self.start.shape)}")
         spectra = self._payload(data, buffers, "data message", "spectra contain")
         self.pixels_received += n
+        if isinstance(self.retained, SpectraRetention):
+            self.retained.keep(data.seq, data.row, data.col0, spectra)
         return spectra
 
     def accept_frame(self, msg: Frame, buffers: list[memoryview]) -> np.ndarray:
@@ -128,6 +133,8 @@ class ScanState:
         image = self._payload(msg, buffers, "frame message", "frame contains", needs_range=True)
         self.last_frame = msg.frame
         self.pixels_received += image.size
+        if isinstance(self.retained, FrameRetention):
+            self.retained.keep(msg.seq, msg.frame, image)
         return image
 
     def _payload(self, msg: Data | Frame, buffers: list[memoryview], kind: str, contents: str, *,

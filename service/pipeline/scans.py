@@ -29,8 +29,9 @@ from ..protocol.messages import (INGEST_KINDS, MAX_EDGE, PROTOCOL_REVISION, Data
 from .axis import AxisError, length_factor
 from .batcher import ByteGate, InferenceWorker, ResultHandler
 from .memory import MemoryLedger, mib
-from .processor import Processor, Publication, WorkItem, takes_of
+from .processor import Binding, Processor, Publication, WorkItem, takes_of
 from .providers import DEFAULT_PARALLEL, per_provider
+from .retention import Line, SpectraRetention, retention_for
 from .scan import LIST_LIMIT, ScanState
 from .stats import LatencyHistogram
 
@@ -49,6 +50,7 @@ class ScanLimits:
     start_timeout_s: float = 10.0  # a scan that sends nothing after scan_start gives its slot back this soon
     memory_budget_bytes: int = 4 * 2**30  # maps and results of all open and retained scans (memory.py)
     max_reply_bytes: int = 64 * 2**20  # the largest control reply; bigger snapshots come in parts (rows)
+    retain_frames: int = 8  # frames a movie with ``retain`` keeps (its latest), for live training
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class ScanManager:
                 raise ValueError(f"memory_budget_bytes cannot hold the ingest queues, which need "
                                  f"max(memory_budget_bytes / 16, max_message_bytes): {exc}; raise "
                                  "memory_budget_bytes or lower max_message_bytes") from None
+        self._on_result, self._worker_options = on_result, workers
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
                                               queue_pixels=workers.queue_pixels, parallel=workers.parallel_of(proc),
                                               gate=self.gate)
@@ -226,7 +229,8 @@ class ScanManager:
                 refused[fallback.name] = str(exc)
         if not bindings:
             raise ProtocolError("scan_rejected", _why_not(refused), scan_id=sid)
-        return ScanState(start, bindings, owner=owner, not_running=refused)
+        return ScanState(start, bindings, owner=owner, not_running=refused,
+                         retained=retention_for(start, self.limits.retain_frames))
 
     def choose(self, start: ScanStart) -> list[Processor]:
         """The requested processors, or every recognizer of the modality that takes what the scan sends
@@ -244,7 +248,8 @@ class ScanManager:
                                         f"{proc.modality!r}, the scan is {modality!r}", scan_id=sid)
                 chosen.append(proc)
             return chosen
-        chosen = [r for r in self.recognizers.values() if r.modality == modality and r.takes == takes]
+        chosen = [r for r in self.recognizers.values()
+                  if r.modality == modality and r.takes == takes and not r.by_name_only]
         if chosen:
             return chosen
         if takes == "frames":
@@ -275,7 +280,7 @@ class ScanManager:
                        t_received: float) -> list[Publication]:
         spectra = scan.accept(data, buffers)
         self.counters["pixels_in"] += data.shape[0]
-        for binding in scan.bindings.values():
+        for binding in list(scan.bindings.values()):  # a live recognizer may be attached while this waits
             scan.in_flight += 1
             await self.workers[binding.processor.name].submit(
                 binding.work(scan.scan_id, data.seq, data.row, data.col0, spectra, t_received))
@@ -287,7 +292,7 @@ class ScanManager:
         image = scan.accept_frame(msg, buffers)
         self.counters["frames_in"] += 1
         out: list[Publication] = []
-        for binding in scan.bindings.values():
+        for binding in list(scan.bindings.values()):
             worker = self.workers[binding.processor.name]
             if scan.start.policy == "latest":  # newest frame wins: drop this scan's frames still waiting
                 for stale in worker.queue.discard(lambda item: item.scan_id == sid):
@@ -326,6 +331,10 @@ class ScanManager:
         scan = self.open_scans[item.scan_id]  # an item in flight keeps its scan open
         scan.in_flight -= 1
         out: list[Publication] = []
+        if scan.bindings.get(item.binding.processor.name) is not item.binding:
+            # a live recognizer's earlier revision, replaced while this was in flight: the new one redoes it
+            self.counters["results_superseded"] += 1
+            return out
         try:
             if outputs is None:
                 scan.rejected.setdefault(item.seq, error or "inference failed")
@@ -454,6 +463,95 @@ class ScanManager:
     def max_publication_bytes(self) -> int:
         """The largest message any processor can publish within the scan limits."""
         return max(p.max_publication_bytes(self.limits.max_scan_pixels, MAX_EDGE) for p in self.processors.values())
+
+    # ------------------------------------------------------------------ live training (docs/live-training.md)
+
+    def find_scan(self, sid: str | None) -> ScanState:
+        """An open or recently closed scan; ProtocolError ``unknown_scan`` saying which it is not."""
+        scan = (self.open_scans.get(sid) or self.closed_scans.get(sid)) if sid else None
+        if scan is not None:
+            return scan
+        if sid in self.evicted_ids:
+            raise ProtocolError("unknown_scan", f"scan {sid!r} has closed and its record is no longer kept (the "
+                                f"service keeps the last {self.limits.keep_closed_scans} closed scans)")
+        raise ProtocolError("unknown_scan", f"no open or recently closed scan {sid!r}")
+
+    def add_processor(self, proc: Processor) -> tuple[InferenceWorker, InferenceWorker | None]:
+        """Register a recognizer trained live (or its new revision, replacing the one of the same name) with a
+        worker of its own; returns (the new worker, the replaced one or None): the server serves the first and
+        stops the second once its queue is empty."""
+        old = self.workers.get(proc.name)
+        if proc.name in self.processors and not getattr(self.processors[proc.name], "by_name_only", False):
+            raise ValueError(f"{proc.name!r} names a recognizer loaded at start; a live model needs another name")
+        self.recognizers[proc.name] = proc
+        self.processors[proc.name] = proc
+        self.latency.setdefault(proc.name, LatencyHistogram())
+        opts = self._worker_options
+        worker = InferenceWorker(proc, self._on_result, max_batch_pixels=opts.max_batch_pixels,
+                                 queue_pixels=opts.queue_pixels, parallel=opts.parallel_of(proc), gate=self.gate)
+        self.workers[proc.name] = worker
+        return worker, old
+
+    def live_binding(self, sid: str, proc: Processor, revision: int) -> Binding:
+        """``proc`` bound to the scan (AxisError: it does not take the scan), not yet attached."""
+        binding = proc.bind(self.find_scan(sid).start)
+        binding.revision = revision
+        return binding
+
+    def attach(self, sid: str, binding: Binding) -> list[Line]:
+        """Attach a ``live_binding`` to the scan from the next message on (a line or frame boundary: this runs
+        between two messages on the event loop) and return the kept lines received before, which the caller
+        re-recognizes (``redo_items``, ``store_redone``). The scan's reservation grows by the new maps
+        (MemoryError when they do not fit). An open scan stays open until ``redo_done``."""
+        scan = self.find_scan(sid)
+        proc = binding.processor
+        old = scan.bindings.get(proc.name)
+        held = self.ledger.release(sid)
+        extra = binding.footprint() - (old.footprint() if old is not None else 0)
+        try:
+            self.ledger.reserve(sid, held + max(extra, 0))
+        except MemoryError:
+            self.ledger.reserve(sid, held)
+            raise
+        scan.bindings[proc.name] = binding
+        scan.not_running.pop(proc.name, None)
+        lines = list(scan.retained.lines) if isinstance(scan.retained, SpectraRetention) else []
+        if not scan.closed:
+            scan.in_flight += 1  # the redo: the scan cannot close under it
+        return lines
+
+    @staticmethod
+    def redo_items(scan: ScanState, binding: Binding, lines: list[Line], max_pixels: int) -> list[list[WorkItem]]:
+        """The kept lines as work items for ``binding``, in batches of at most ``max_pixels`` pixels."""
+        assert isinstance(scan.retained, SpectraRetention)
+        batches: list[list[WorkItem]] = [[]]
+        pixels, now = 0, time.perf_counter()
+        for line in lines:
+            if batches[-1] and pixels + line.n > max_pixels:
+                batches.append([])
+                pixels = 0
+            values = scan.retained.line_values(line)
+            batches[-1].append(binding.work(scan.scan_id, line.seq, line.row, line.col0, values, now))
+            pixels += line.n
+        return [b for b in batches if b]
+
+    def store_redone(self, scan: ScanState, items: list[WorkItem], outputs: list[dict[str, Any]]) -> list[Publication]:
+        """Store re-recognized lines (if their binding is still the scan's) and what to publish for them."""
+        out = []
+        for item, result in zip(items, outputs):
+            if scan.bindings.get(item.binding.processor.name) is not item.binding:
+                continue  # replaced by a newer revision meanwhile
+            item.binding.store(item, result)
+            self.counters["pixels_redone"] += item.n_pixels
+            out.append(item.binding.publication(item, result, (time.perf_counter() - item.t_received) * 1e3))
+        return out
+
+    def redo_done(self, scan: ScanState) -> list[Publication]:
+        """The redo of ``attach`` has finished: the scan may close."""
+        if scan.closed:
+            return []
+        scan.in_flight -= 1
+        return self._maybe_close(scan)
 
     # ------------------------------------------------------------------ queries (control socket)
 

@@ -127,7 +127,8 @@ class SpectralBinding(Binding):
         specs = self.line_specs(item.n_pixels)
         return Publication(topics.scan_topic(item.scan_id, topics.MAPS), Maps(
             scan_id=item.scan_id, recognizer=self.processor.name, seq=item.seq, row=item.row, col0=item.col0,
-            n_pixels=item.n_pixels, latency_ms=latency_ms, arrays=specs), [outputs[s.name] for s in specs])
+            n_pixels=item.n_pixels, latency_ms=latency_ms, arrays=specs, revision=self.revision),
+            [outputs[s.name] for s in specs])
 
     def footprint(self) -> int:
         maps = sum(values.nbytes for values in self.maps.values())
@@ -214,6 +215,7 @@ class SpectralRecognizer(SpectralProcessor):
         if card.input.axis is None:
             raise ModelError(f"{model.path}: a spectral recognizer needs an input axis")
         self.name = card.name
+        self.by_name_only = card.training.get("live") is True  # trained live on one sample's labels
         self.modality = card.modality
         self.components = card.input.components
         self.channels = card.input.axis.size

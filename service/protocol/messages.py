@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, field_va
 PROTOCOL_VERSION = 1
 #: the version of docs/protocol.md this module implements: 1.x only adds to 1.0 (its §9), so the wire's
 #: ``v`` stays ``PROTOCOL_VERSION``; ``status`` reports it as ``protocol``
-PROTOCOL_REVISION = "1.2"
+PROTOCOL_REVISION = "1.3"
 
 #: Largest scan edge and signal axis we accept; bigger values are certainly a corrupt header.
 MAX_EDGE = 65_536
@@ -154,6 +154,12 @@ class ScanStart(_Header):
         None, description="protocol 1.2: the token of a shared-memory ring this sender registered with the service "
                           "(docs/protocol.md §3.6); its data or frame messages may then name a slot instead of "
                           "carrying the payload")
+    # None is false, and leaves the key out of what a client sends (a 1.2 service refuses keys it does not know)
+    retain: bool | None = Field(
+        None, description="protocol 1.3: keep the scan's raw data in the service (within the memory budget: "
+                           "spectra as float32, or the last retain_frames frames of a movie) so that a `train` "
+                           "request can learn from labelled pixels and earlier lines can be re-recognized by the "
+                           "new model (docs/live-training.md)")
 
     @field_validator("meta")
     @classmethod
@@ -239,6 +245,7 @@ EventCode = Literal[
     "mostly_foreign",  # more than half of what a recognizer has seen of a scan is novel (unlike its training data)
     "recording_stopped",  # recording of a scan stopped early (disk error, record_budget_bytes); the scan goes on
     "recognizers_skipped",  # 1.1: recognizers of the scan's modality that cannot take its data; the others run
+    "train_failed",  # 1.3: a live training job failed (bad labels, trainer crashed or past its budget); nothing changed
     "internal",  # a bug in scanlens; the scan it names may be incomplete
 ]
 
@@ -279,6 +286,10 @@ class Maps(_Header):
     n_pixels: Edge
     latency_ms: float = Field(description="from receipt of the data message to this publication")
     arrays: list[ArraySpec]
+    revision: int | None = Field(
+        None, description="protocol 1.3: which live training of this recognizer made these maps (1, 2, ...); absent "
+                          "for a model loaded at start. A line may come again with a higher revision (re-recognized "
+                          "by a new model): the higher revision wins, a lower one arriving later is stale")
 
 
 def line_slice(row: int, col0: int, n_pixels: int) -> tuple[int, slice]:
@@ -312,6 +323,9 @@ class FrameResult(_Header):
     novel: bool | None = Field(
         default=None, description="models with novelty: novelty above the card's threshold; the frame's atoms and "
         "defects are not vouched for")
+    revision: int | None = Field(
+        None, description="protocol 1.3: which live training of this recognizer made this result; absent for a "
+                          "model loaded at start")
 
 
 class Event(_Header):
@@ -396,7 +410,10 @@ class Status(_Header):
 
 # --------------------------------------------------------------------------- control: client <-> service
 
-ControlOp = Literal["status", "models", "scans", "snapshot"]
+ControlOp = Literal["status", "models", "scans", "snapshot", "train"]
+
+#: the longest a live training job may be given (``budget_s`` of a ``train`` request)
+MAX_TRAIN_BUDGET_S = 3600.0
 
 
 class Request(_Header):
@@ -406,6 +423,52 @@ class Request(_Header):
     scan_id: ScanId | None = None
     rows: tuple[Index, Index] | None = Field(
         None, description="snapshot: only scan rows [start, stop) of the per-pixel arrays (a snapshot in parts)")
+    # protocol 1.3, op "train" (docs/protocol.md §5.5): the label image travels as the request's one buffer
+    arrays: list[ArraySpec] | None = Field(
+        None, max_length=1, description="train: the label image, uint8 [rows, cols] (a spectral "
+                                                        "scan) or [height, width] (one frame of a movie)")
+    classes: list[Name] | None = Field(
+        None, min_length=1, max_length=255, description="train: label k of the label image is classes[k-1]; 0 = "
+                                                        "unlabelled")
+    name: Name | None = Field(None, description="train: the new recognizer's name (default <scan_id>-live, "
+                                                "made a valid name)")
+    base: Name | None = Field(None, description="train: a recognizer to fine-tune (frames: default the scan's "
+                                                "frame recognizer)")
+    budget_s: Real | None = Field(None, gt=0, le=MAX_TRAIN_BUDGET_S,
+                                  description="train: seconds the job may take, export included (default: "
+                                              "the service's train_budget_s)")
+    frame: Index | None = Field(None, description="train, movies: the index of the labelled frame")
+
+
+TrainState = Literal["started", "progress", "trained", "swapped", "redone", "failed"]
+
+
+class TrainUpdate(_Header):
+    """Protocol 1.3: how a live training job goes, on topic ``scan/<scan_id>/train`` (docs/live-training.md).
+
+    ``started`` (the trainer took the job), ``progress`` (after every epoch), ``trained`` (the model is exported
+    and being loaded), ``swapped`` (the scan's data from ``first_seq`` on goes to the new recognizer; its
+    ``outputs`` say what its maps carry), ``redone`` (the lines received before were re-recognized and
+    re-published), or ``failed`` (``reason``; the scan and its recognizers are unchanged)."""
+
+    kind: Literal["train_update"] = "train_update"
+    job: Annotated[str, Field(min_length=1, max_length=64)]
+    scan_id: ScanId
+    state: TrainState
+    recognizer: Name
+    revision: int = Field(ge=1)
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    val_accuracy: float | None = None
+    elapsed_s: float = Field(description="seconds since the train request was accepted")
+    reason: str | None = None
+    metrics: dict[str, float] | None = None
+    outputs: list[ArraySpec] | None = Field(None, description="swapped: the arrays of the new recognizer's maps "
+                                                              "(shape given for one pixel), as in scan_started")
+    first_seq: int | None = Field(None, description="swapped: the first seq that reached the new recognizer "
+                                                    "directly; earlier ones are re-recognized")
+    lines: int | None = Field(None, description="swapped: lines (frames) to re-recognize; redone: how many were")
 
 
 class Reply(_Header):
@@ -420,7 +483,7 @@ class Reply(_Header):
 
 Message = Annotated[
     Union[ScanStart, Data, Frame, ScanEnd, ScanStarted, Maps, FrameResult, Event, ScanSummary, Status, Request,
-          Reply],
+          Reply, TrainUpdate],
     Field(discriminator="kind"),
 ]
 MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

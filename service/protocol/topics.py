@@ -13,6 +13,7 @@ MAPS = "maps"
 FRAME = "frame"
 EVENT = "event"
 SUMMARY = "summary"
+TRAIN = "train"  # protocol 1.3: live training jobs of the scan (train_update)
 
 
 def scan_prefix(scan_id: str) -> str:
