@@ -277,6 +277,101 @@ def list_models(
         typer.echo(f"    file   {rec.path}")
 
 
+def read_labels(path: Path) -> "np.ndarray":
+    """A label image from ``.npy`` (integers 0-255) or an 8-bit grayscale ``.png`` (pixel value = label);
+    ValueError saying what is wrong."""
+    import numpy as np
+
+    if not path.is_file():
+        raise ValueError(f"no label file {path}")
+    if path.suffix.lower() == ".npy":
+        labels = np.load(path, allow_pickle=False)
+    elif path.suffix.lower() == ".png":
+        from matplotlib import image
+
+        raw = image.imread(path)
+        if raw.ndim == 3:
+            if not np.allclose(raw[..., :3], raw[..., :1]):
+                raise ValueError(f"{path} is a colour PNG; label images are 8-bit grayscale (value = label)")
+            raw = raw[..., 0]
+        labels = np.rint(raw * 255) if raw.dtype.kind == "f" else raw
+    else:
+        raise ValueError(f"{path}: label images are .npy or 8-bit grayscale .png files")
+    if labels.ndim != 2:
+        raise ValueError(f"{path} holds a {labels.ndim}-d array; a label image is 2-d [rows, cols]")
+    if labels.dtype.kind not in "iuf" or labels.min() < 0 or labels.max() > 255 or not np.all(labels == np.rint(labels)):
+        raise ValueError(f"{path}: labels must be integers 0-255 (0 = unlabelled)")
+    return labels.astype(np.uint8)
+
+
+@app.command()
+def label(
+    scan_id: Annotated[str, typer.Argument(metavar="SCAN_ID", help="the scan to learn from (started with retain)")],
+    labels_file: Annotated[Path, typer.Argument(metavar="LABELS", help="label image: .npy or 8-bit grayscale "
+                                                "PNG, the scan's rows x cols (a movie: the frame's); 0 = "
+                                                "unlabelled, k = the k-th of --classes")],
+    classes: Annotated[str, typer.Option(help="class names of label values 1, 2, ... separated by commas, e.g. "
+                                         "CTO,interface,NGO")],
+    name: Annotated[Optional[str], typer.Option(help="the new recognizer's name (default <scan_id>-live)")] = None,
+    base: Annotated[Optional[str], typer.Option(help="a loaded recognizer to start from (movies: default the "
+                                                "scan's frame recognizer)")] = None,
+    budget: Annotated[Optional[float], typer.Option(min=0.01, help="seconds the job may take (default: the "
+                                                    "service's train_budget_s)")] = None,
+    frame: Annotated[Optional[int], typer.Option(min=0, help="movies: the index of the labelled frame")] = None,
+    control: Annotated[str, typer.Option(help="control endpoint of the running service")] = "tcp://127.0.0.1:5557",
+    publish: Annotated[str, typer.Option(help="publish endpoint, to follow the job")] = "tcp://127.0.0.1:5556",
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait for the service, and for each step "
+                                           "of the job")] = 60.0,
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
+) -> None:
+    """Teach a running scan your sample: train a recognizer on the labelled pixels, swap it in, redo the
+    earlier lines (docs/live-training.md). Progress goes to stderr; the outcome is printed as JSON.
+
+    Exit status: 0 the new model runs on the scan, 2 bad options or label file, 3 no service, 4 refused (the
+    reason says what to change), 5 the job failed (the scan goes on unchanged)."""
+    from ..client import Control, Subscriber, TrainFailed, client_keys, train_and_follow
+    from ..client.training import describe
+    from ..protocol import topics
+
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    try:
+        curve = client_keys(client_key, server_key)
+        labels = read_labels(labels_file)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if len(names) < 2:
+        typer.echo(f"error: --classes needs at least two names separated by commas, got {classes!r}", err=True)
+        raise typer.Exit(2)
+
+    async def run():
+        async with Control(control, curve=curve) as ctl, Subscriber(
+                publish, topics_=[topics.scan_topic(scan_id, topics.TRAIN)], curve=curve) as sub:
+            await sub.wait_ready(timeout)
+            return await train_and_follow(ctl, sub, scan_id, labels, names, timeout=timeout, name=name, base=base,
+                                          budget_s=budget, frame=frame,
+                                          on_update=lambda u: typer.echo(describe(u), err=True))
+
+    import zmq
+
+    try:
+        final = asyncio.run(run())
+    except zmq.ZMQError as exc:
+        typer.echo(f"error: cannot connect to {control!r} or {publish!r}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except TimeoutError:
+        typer.echo(f"error: no answer from the service within {timeout:g} s — is `scanlens serve` running at "
+                   f"{control} and {publish}?", err=True)
+        raise typer.Exit(3) from None
+    except TrainFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(4 if exc.refused else 5) from None
+    typer.echo(json.dumps({"scan_id": scan_id, "job": final.job, "recognizer": final.recognizer,
+                           "revision": final.revision, "lines_redone": final.lines,
+                           "seconds": round(final.elapsed_s, 3)}))
+
+
 @app.command()
 def status(
     control: Annotated[str, typer.Option(help="control endpoint of the running service")] = "tcp://127.0.0.1:5557",

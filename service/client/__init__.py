@@ -18,7 +18,7 @@
 Used by the simulators, the demo and the tests; other languages follow ``docs/protocol.md``.
 Modules by job: ``instrument`` (sending), ``subscriber`` (receiving), ``results`` (assembling a scan's
 maps), ``watch`` (a sender following its scan: accepted, refused, service gone, summary), ``control``
-(requests), ``base`` (the socket and context every client holds). Subscriber and
+(requests), ``training`` (a train request and its job), ``base`` (the socket and context every client holds). Subscriber and
 Control decode what the service publishes tolerantly (``scanlens.protocol.codec.decode(tolerant=True)``).
 """
 
@@ -31,7 +31,8 @@ from .instrument import Instrument, ScanStream
 from .results import MovieResult, ScanResult
 from .subscriber import Received, Subscriber
 from .watch import ScanFailed, ScanRejected, ScanWatch, ServiceStopped, ServiceUnreachable
+from .training import TrainFailed, train_and_follow
 
 __all__ = ["Control", "ControlReply", "CurveClient", "Instrument", "KeyFileError", "MovieResult", "Received",
            "ScanFailed", "ScanRejected", "ScanResult", "ScanStream", "ScanWatch", "ServiceError", "ServiceStopped",
-           "ServiceUnreachable", "Subscriber", "client_keys"]
+           "ServiceUnreachable", "Subscriber", "TrainFailed", "client_keys", "train_and_follow"]
