@@ -19,7 +19,7 @@ from scanlens.client import (CurveClient, Instrument, ScanFailed, ScanRejected, 
                              ServiceUnreachable, client_keys)
 from scanlens.protocol.messages import Axis
 
-from .eels import DEFAULT_AXIS, EELSConfig
+from .eels import DEFAULT_AXIS, SAMPLE_PHASES, EELSConfig
 from .sources import EELSSource, ScanSource
 from .stream import StreamReport, stream_scan
 
@@ -266,6 +266,12 @@ def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, 
                      "elapsed_s": round(report.elapsed_s, 3), "pixels_per_s": round(report.pixel_rate, 1)})
 
 
+def _eels_sample(value: str) -> str:
+    if value not in SAMPLE_PHASES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(SAMPLE_PHASES)}")
+    return value
+
+
 @app.command(epilog=EXIT_CODES)
 def eels(
     ingest: Ingest = DEFAULT_INGEST,
@@ -280,6 +286,11 @@ def eels(
     offset_ev: Annotated[float, typer.Option("--offset-ev", help="energy of channel 0, eV")] = DEFAULT_AXIS.offset,
     dispersion_ev: Annotated[float, typer.Option("--dispersion-ev", help="eV per channel")] = DEFAULT_AXIS.scale,
     unknown_region: Annotated[bool, typer.Option(help="add a region of a fourth phase not in the reference set")] = False,
+    sample: Annotated[str, typer.Option(
+        callback=_eels_sample,
+        help="which heterostructure: oxide (STO / LSMO / BFO, what the shipped models were trained on) or cto "
+             "(CaTiO3 / interface / NdGaO3, phases no shipped model knows: a sample for live training)",
+    )] = EELSConfig.sample,
     seed: Seed = 0,
     recognizer: Recognizers = None,
     truth: Truth = None,
@@ -293,7 +304,9 @@ def eels(
     """Stream an EELS spectrum image of an STO / LSMO / BFO oxide heterostructure, line by line.
 
     Layers with intermixed, rough interfaces; Poisson and read noise; optional energy drift and an
-    optional region of an unknown fourth phase. The spectrometer axis (channels, offset, dispersion) is
+    optional region of an unknown fourth phase. --sample cto streams a CaTiO3 / NdGaO3 heterostructure
+    with its own interface phase instead, none of whose phases the shipped models know: they flag it
+    novel (the ground truth names its phases). The spectrometer axis (channels, offset, dispersion) is
     yours to choose: the service resamples it onto each recognizer's axis. A recognizer whose axis it
     does not cover is left out, with a warning (pca runs when none is left); one named with
     --recognizer refuses the scan instead.
@@ -301,7 +314,7 @@ def eels(
     axis = _config(lambda: Axis(size=channels, offset=offset_ev, scale=dispersion_ev, units="eV"),
                    {"size": "--channels", "offset": "--offset-ev", "scale": "--dispersion-ev"})
     cfg = _config(lambda: EELSConfig(rows=rows, cols=cols, axis=axis, dose=dose, read_noise=read_noise,
-                                     drift_eV=drift_ev, unknown_region=unknown_region, seed=seed))
+                                     drift_eV=drift_ev, unknown_region=unknown_region, seed=seed, sample=sample))
     play(EELSSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth, _curve(client_key, server_key),
          service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout))
 
@@ -315,6 +328,10 @@ def bepfm(
     dwell_us: DwellUs = 300.0,
     noise: Annotated[float, typer.Option(help="rms of the complex measurement noise per frequency bin")] = 1.0,
     pixel_size_um: Annotated[float, typer.Option("--pixel-size-um", help="scan step, µm")] = 0.1,
+    spores_per_100um2: Annotated[float, typer.Option(
+        "--spores-per-100um2", min=0.0,
+        help="B. subtilis spores per 100 µm² (0 = none): a stiff-coated cell with its own resonance, a class the "
+             "shipped model does not know (label 3 in the ground truth)")] = 0.0,
     seed: Seed = 0,
     recognizer: Recognizers = None,
     truth: Truth = None,
@@ -330,11 +347,12 @@ def bepfm(
     Per pixel: amplitude and phase of a damped harmonic oscillator response over a frequency band around
     the contact resonance (components "amplitude", "phase"), with class-dependent, overlapping
     distributions of resonance frequency, quality factor, amplitude and phase, cell-to-cell variation
-    and noise.
+    and noise. --spores-per-100um2 adds B. subtilis spores, a class the shipped model does not know.
     """
     from .bepfm import BEPFMConfig, BEPFMSource
 
-    cfg = _config(lambda: BEPFMConfig(rows=rows, cols=cols, noise=noise, pixel_size_um=pixel_size_um, seed=seed))
+    cfg = _config(lambda: BEPFMConfig(rows=rows, cols=cols, noise=noise, pixel_size_um=pixel_size_um, seed=seed,
+                                      spores_per_100um2=spores_per_100um2))
     play(BEPFMSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth, _curve(client_key, server_key),
          service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout))
 

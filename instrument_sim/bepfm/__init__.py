@@ -60,6 +60,19 @@ distance ``d`` inside the outline blends the cell's parameters toward the local 
 (linearly in f0, ln Q, ln A0, phi0). A pixel is labelled as the cell's class where ``w >= 0.5``
 (its centre lies inside the outline), background elsewhere.
 
+**A class the shipped model does not know** (``BEPFMConfig.spores_per_100um2``, ``scanlens sim bepfm
+--spores-per-100um2``; 0 by default, and then a scan is exactly what it was before): *Bacillus
+subtilis* endospores, spherocylinders of width N(0.65, 0.04) um clipped to 0.55-0.8 um and length
+N(1.3, 0.1) um clipped to 1.6-2.4 widths, placed among the cocci and rods. Their rigid, dehydrated
+coat gives a stiffer, less lossy contact with a weak response of the opposite phase: mean f0 366 kHz,
+Q 141, A0 0.12 a.u., phi0 -0.70 rad (stiffness loadings (+1.75, +2.0, +2.7, -3.5): along the stiffness
+direction in f0, Q and A0, against it in phase, so off the training classes' sheets), with the same
+stiffness factor and scatter as the other cells. The class is :data:`SPORE_CLASS`, label 3; it is not in
+:data:`CLASSES`, which stays the shipped model's output order, but :data:`ALL_CLASSES` (``CLASSES`` then
+the spores) is the sample's ``classes``, the ground-truth file's ``class_names`` and the source's
+``meta["classes"]`` whenever spores are on. The shipped bepfm-mlp flags most spore pixels novel and
+calls them, confidently, background or P. fluorescens (tests/test_sim_foreign_samples.py).
+
 Modules: :mod:`.oscillator` (SHO response and its measurement), :mod:`.parameters` (class parameter
 distributions), :mod:`.geometry` (cells and their placement), :mod:`.config` (:class:`BEPFMConfig`),
 :mod:`.sample` (:class:`BEPFMSample`), :mod:`.truth` (the ground-truth file), :mod:`.source`
@@ -71,18 +84,29 @@ from __future__ import annotations
 from .config import BEPFMConfig
 from .geometry import Cell, segment_distance
 from .oscillator import COMPONENTS, DEFAULT_AXIS, axis_frequencies, measure, sho_amplitude_phase, sho_response
-from .parameters import CLASSES, F0_RANGE_KHZ, PARAM_NAMES, Q_RANGE, sample_parameters, to_physical
+from .parameters import (
+    ALL_CLASSES,
+    CLASSES,
+    F0_RANGE_KHZ,
+    PARAM_NAMES,
+    Q_RANGE,
+    SPORE_CLASS,
+    sample_parameters,
+    to_physical,
+)
 from .sample import BEPFMSample
 from .source import BEPFMSource
 from .truth import load_ground_truth
 
 __all__ = [
+    "ALL_CLASSES",
     "CLASSES",
     "COMPONENTS",
     "DEFAULT_AXIS",
     "F0_RANGE_KHZ",
     "PARAM_NAMES",
     "Q_RANGE",
+    "SPORE_CLASS",
     "BEPFMConfig",
     "BEPFMSample",
     "BEPFMSource",

@@ -16,6 +16,10 @@ _COCCUS_DIAMETER = (1.0, 0.08, 0.8, 1.2)
 _ROD_WIDTH = (0.55, 0.04, 0.45, 0.7)
 _ROD_LENGTH = (1.9, 0.25)
 _ROD_ASPECT = (2.0, 4.0)
+# B. subtilis endospores: short, plump ellipsoids ~1.2-1.4 x 0.6-0.7 um, as spherocylinders.
+_SPORE_WIDTH = (0.65, 0.04, 0.55, 0.8)
+_SPORE_LENGTH = (1.3, 0.1)
+_SPORE_ASPECT = (1.6, 2.4)
 _PLACEMENT_TRIES = 300
 
 
@@ -23,7 +27,7 @@ _PLACEMENT_TRIES = 300
 class Cell:
     """One bacterium: a spherocylinder of axis ``2 * half_length_um`` and radius ``radius_um`` (um)."""
 
-    klass: int  # index into CLASSES (1 or 2)
+    klass: int  # index into ALL_CLASSES (1 or 2; 3 for a spore)
     x_um: float  # centre, along columns
     y_um: float  # centre, along rows
     angle_rad: float  # orientation of the long axis, from the column direction
@@ -84,20 +88,28 @@ def _clipped_normal(rng: np.random.Generator, mean: float, sd: float, lo: float,
 
 def place_cells(cfg: BEPFMConfig, rng: np.random.Generator) -> list[Cell]:
     """The cells of a field of ``cfg``: random kinds, sizes, orientations and centres, outlines at least
-    ``cfg.min_gap_um`` apart (a cell that finds no room in ``_PLACEMENT_TRIES`` tries is left out)."""
+    ``cfg.min_gap_um`` apart (a cell that finds no room in ``_PLACEMENT_TRIES`` tries is left out).
+
+    Spores (``cfg.spores_per_100um2``) join the same shuffled queue after the cocci and rods; without
+    them the queue, and so every draw, is what it was before spores existed."""
     width_um, height_um = cfg.cols * cfg.pixel_size_um, cfg.rows * cfg.pixel_size_um
     area = width_um * height_um / 100.0
     n_cocci = int(round(cfg.cocci_per_100um2 * area))
     n_rods = int(round(cfg.rods_per_100um2 * area))
-    kinds = rng.permutation(np.array([1] * n_cocci + [2] * n_rods, dtype=np.intp))
+    n_spores = int(round(cfg.spores_per_100um2 * area))
+    kinds = rng.permutation(np.array([1] * n_cocci + [2] * n_rods + [3] * n_spores, dtype=np.intp))
     cells: list[Cell] = []
     segments: list[tuple[np.ndarray, np.ndarray]] = []
     for kind in kinds:
         if kind == 1:
             radius, half = 0.5 * _clipped_normal(rng, *_COCCUS_DIAMETER), 0.0
-        else:
+        elif kind == 2:
             width = _clipped_normal(rng, *_ROD_WIDTH)
             length = float(np.clip(rng.normal(*_ROD_LENGTH), _ROD_ASPECT[0] * width, _ROD_ASPECT[1] * width))
+            radius, half = 0.5 * width, 0.5 * (length - width)
+        else:
+            width = _clipped_normal(rng, *_SPORE_WIDTH)
+            length = float(np.clip(rng.normal(*_SPORE_LENGTH), _SPORE_ASPECT[0] * width, _SPORE_ASPECT[1] * width))
             radius, half = 0.5 * width, 0.5 * (length - width)
         angle = float(rng.uniform(0.0, math.pi))
         for _ in range(_PLACEMENT_TRIES):

@@ -1,4 +1,5 @@
-"""A simulated field of cocci and rods on a substrate (:class:`BEPFMSample`): ground-truth maps, BE scan lines."""
+"""A simulated field of cocci and rods (and optionally spores) on a substrate (:class:`BEPFMSample`):
+ground-truth maps, BE scan lines."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import numpy as np
 from .config import BEPFMConfig
 from .geometry import Cell, place_cells
 from .oscillator import axis_frequencies, measure_sho, sho_response
-from .parameters import pixel_scatter, sample_parameters, substrate_parameters, to_physical
+from .parameters import ALL_CLASSES, CLASSES, pixel_scatter, sample_parameters, substrate_parameters, to_physical
 from .truth import write_ground_truth
 
 
 class BEPFMSample:
-    """A simulated field of cocci and rods on a substrate: ground-truth maps and its BE scan lines on demand."""
+    """A simulated field of cocci and rods on a substrate: ground-truth maps and its BE scan lines on demand.
+
+    ``label`` indexes ``classes``: :data:`CLASSES` (the shipped model's order), with :data:`SPORE_CLASS`
+    appended as label 3 when ``cfg.spores_per_100um2 > 0`` (:data:`ALL_CLASSES`).
+    """
 
     def __init__(self, cfg: BEPFMConfig = BEPFMConfig()) -> None:
         self.cfg = cfg
+        self.classes: tuple[str, ...] = ALL_CLASSES if cfg.spores_per_100um2 > 0 else CLASSES
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
         self.freq_kHz = axis_frequencies(cfg.axis)
         self.cells: list[Cell] = place_cells(cfg, rng)
@@ -82,4 +88,4 @@ class BEPFMSample:
     def save_ground_truth(self, path: str | PathLike[str]) -> None:
         """Write label, parameter maps, cell ids, coverage, class names, axis and config to an ``.npz`` file."""
         write_ground_truth(path, self.cfg, label=self.label, cell_id=self.cell_id, coverage=self.coverage,
-                           params=self.params)
+                           params=self.params, class_names=self.classes)

@@ -11,12 +11,12 @@ from scanlens.protocol.messages import Axis, PixelSize
 
 from .config import BEPFMConfig
 from .oscillator import COMPONENTS
-from .parameters import CLASSES
 from .sample import BEPFMSample
 
 
 class BEPFMSource:
-    """What the streaming simulator plays: a BE-PFM scan of M. lysodeikticus and P. fluorescens."""
+    """What the streaming simulator plays: a BE-PFM scan of M. lysodeikticus and P. fluorescens (and
+    B. subtilis spores with ``cfg.spores_per_100um2 > 0``; ``meta["classes"]`` then names them too)."""
 
     modality = "bepfm"
 
@@ -29,7 +29,7 @@ class BEPFMSource:
         self.components: list[str] = list(COMPONENTS)
         self.meta: dict[str, Any] = {
             "simulator": "instrument_sim.bepfm",
-            "classes": list(CLASSES),
+            "classes": list(self.sample.classes),
             "components": list(COMPONENTS),
             "seed": cfg.seed,
             "pixel_size_um": cfg.pixel_size_um,

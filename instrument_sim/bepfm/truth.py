@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -16,15 +16,18 @@ from .parameters import CLASSES, PARAM_NAMES
 
 def write_ground_truth(
     path: str | PathLike[str], cfg: BEPFMConfig, *, label: np.ndarray, cell_id: np.ndarray, coverage: np.ndarray,
-    params: dict[str, np.ndarray],
+    params: dict[str, np.ndarray], class_names: Sequence[str] = CLASSES,
 ) -> None:
-    """The file of :meth:`BEPFMSample.save_ground_truth`: the maps, names, axis and config ``cfg``."""
+    """The file of :meth:`BEPFMSample.save_ground_truth`: the maps, names, axis and config ``cfg``.
+
+    ``class_names`` are what ``label`` indexes: :data:`CLASSES`, or :data:`ALL_CLASSES` for a scan with
+    spores."""
     np.savez_compressed(
         path,
         label=label,
         cell_id=cell_id,
         coverage=coverage,
-        class_names=np.array(CLASSES),
+        class_names=np.array(tuple(class_names)),
         components=np.array(COMPONENTS),
         axis=np.array(cfg.axis.model_dump_json()),
         config=np.array(cfg.to_json()),

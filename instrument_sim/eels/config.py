@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from scanlens.protocol.messages import Axis
 
 from ..config_io import JSONConfig
-from .spectra import DEFAULT_AXIS
+from .spectra import DEFAULT_AXIS, SAMPLE_PHASES
 
 
 @dataclass(frozen=True)
 class EELSConfig(JSONConfig):
     """Everything that defines a simulated spectrum image; equal configs give identical data.
 
-    JSON written before ``unknown_region`` existed reads back with its default (off).
+    JSON written before ``unknown_region`` or ``sample`` existed reads back with their defaults (off, and
+    the ``"oxide"`` sample).
+
+    ``sample`` picks the layer stack and its phases (:data:`~.spectra.SAMPLE_PHASES`): ``"oxide"``, the
+    STO / LSMO / BFO heterostructure the shipped models were trained on, or ``"cto"``, a CaTiO3 /
+    interface / NdGaO3 heterostructure none of whose phases they know (a user's own sample, for live
+    training). Every other field means the same for both.
     """
 
     rows: int = 128
@@ -28,6 +35,7 @@ class EELSConfig(JSONConfig):
     seed: int = 0
     unknown_region: bool = False  # a region of LAO (not in the reference set) crossing the layers
     pixel_size_nm: float = 0.4  # scan step (the scan_start's scan_step); the sample is laid out in pixels
+    sample: Literal["oxide", "cto"] = "oxide"  # which heterostructure: its layer stack and phases
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
@@ -40,3 +48,5 @@ class EELSConfig(JSONConfig):
             raise ValueError("seed must be >= 0")
         if not self.pixel_size_nm > 0:
             raise ValueError("pixel_size_nm must be > 0")
+        if self.sample not in SAMPLE_PHASES:
+            raise ValueError(f"sample must be one of {tuple(SAMPLE_PHASES)}, got {self.sample!r}")

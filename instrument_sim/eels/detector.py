@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from scanlens.protocol.messages import Axis
@@ -32,19 +34,26 @@ def add_detector_noise(
 
 
 def expected_counts(
-    abundance: np.ndarray, axis: Axis, dose: float | np.ndarray, shift_eV: float | np.ndarray = 0.0
+    abundance: np.ndarray, axis: Axis, dose: float | np.ndarray, shift_eV: float | np.ndarray = 0.0,
+    *, phases: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Noise-free counts ``dose * scale * sum_i a_i w_i(E - shift)`` on ``axis`` for ``[n, 3]`` abundances.
 
-    ``[n, 4]`` abundances add the unknown phase as a fourth column (order :data:`ALL_PHASES`).
+    ``[n, 4]`` abundances add the unknown phase as a fourth column (order :data:`ALL_PHASES`). ``phases``
+    names the columns instead (e.g. :data:`CTO_PHASES`, the ``"cto"`` sample's), one per column.
     ``dose`` and ``shift_eV`` are scalars or per-spectrum ``[n]``; spectra sharing a shift share one
     evaluation of the references, so quantise random shifts (e.g. to 0.01 eV) when rendering many.
     """
     a = np.asarray(abundance, dtype=np.float64)
     n = a.shape[0]
-    if a.ndim != 2 or a.shape[1] not in (len(PHASES), len(ALL_PHASES)):
+    if phases is not None:
+        phases = tuple(phases)
+        if a.ndim != 2 or a.shape[1] != len(phases):
+            raise ValueError(f"abundance must be [n, {len(phases)}] for phases {phases}, got {a.shape}")
+    elif a.ndim != 2 or a.shape[1] not in (len(PHASES), len(ALL_PHASES)):
         raise ValueError(f"abundance must be [n, {len(PHASES)}] or [n, {len(ALL_PHASES)}], got {a.shape}")
-    phases = PHASES if a.shape[1] == len(PHASES) else ALL_PHASES
+    else:
+        phases = PHASES if a.shape[1] == len(PHASES) else ALL_PHASES
     e = axis_energies(axis)
     shifts = np.broadcast_to(np.asarray(shift_eV, dtype=np.float64), (n,))
     uniq, inverse = np.unique(shifts, return_inverse=True)
@@ -65,9 +74,10 @@ def simulate_spectra(
     read_noise: float | np.ndarray,
     rng: np.random.Generator,
     shift_eV: float | np.ndarray = 0.0,
+    phases: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Noisy counts ``[n, axis.size]`` float32 for ``[n, 3]`` (or ``[n, 4]``, see :func:`expected_counts`)
-    abundances (same physics as a scan)."""
-    lam = expected_counts(abundance, axis, dose, shift_eV)
+    """Noisy counts ``[n, axis.size]`` float32 for ``[n, 3]`` (or ``[n, 4]``, or columns named by
+    ``phases``, see :func:`expected_counts`) abundances (same physics as a scan)."""
+    lam = expected_counts(abundance, axis, dose, shift_eV, phases=phases)
     rn = np.asarray(read_noise, dtype=np.float32)
     return add_detector_noise(lam, rn[:, None] if rn.ndim else rn, rng)

@@ -1,4 +1,9 @@
-"""A simulated STO / LSMO / BFO heterostructure (:class:`EELSSample`): layer stack, unknown region, scan lines."""
+"""A simulated oxide heterostructure (:class:`EELSSample`): layer stack, unknown region, scan lines.
+
+Two stacks (``EELSConfig.sample``): ``"oxide"``, STO / LSMO / BFO, the shipped models' training world,
+and ``"cto"``, CaTiO3 films on an NdGaO3 substrate with a reduced, intermixed interface layer of its own
+at every CTO / NGO interface, none of whose phases the shipped models know.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,20 @@ import numpy as np
 
 from .config import EELSConfig
 from .detector import add_detector_noise
-from .spectra import ALL_PHASES, PHASES, axis_energies, reference_spectra
+from .spectra import SAMPLE_PHASES, UNKNOWN_PHASE, axis_energies, reference_spectra
 from .truth import write_ground_truth
 
 # Layer stack from the substrate (row 0) upwards: (phase index, nominal thickness in px at 128 rows).
 _STACK: tuple[tuple[int, float], ...] = ((0, 30), (1, 14), (2, 24), (1, 9), (2, 18), (1, 13), (2, 20))
+# The "cto" stack (indices into CTO_PHASES: 0 CTO, 1 interface, 2 NGO): an NGO substrate and two CTO films
+# with an NGO spacer, an interface layer of ~6 px (2.4 nm, about 6 unit cells at 0.4 nm/px) at each of the
+# four CTO / NGO interfaces. Thick enough that the interface phase is the majority in its core despite the
+# erf intermixing of ``interface_width_px`` (2.5 px by default) on both sides; about a fifth of the pixels.
+_CTO_STACK: tuple[tuple[int, float], ...] = (
+    (2, 26), (1, 6), (0, 22), (1, 6), (2, 16), (1, 6), (0, 22), (1, 6), (2, 18)
+)
+#: The layer stack of each sample (``EELSConfig.sample``), phase indices into its ``SAMPLE_PHASES``.
+STACKS: dict[str, tuple[tuple[int, float], ...]] = {"oxide": _STACK, "cto": _CTO_STACK}
 _THICKNESS_JITTER = 0.12  # relative random variation of each layer's thickness per seed
 _ROUGHNESS_CORR_PX = 10.0  # lateral correlation length of the interface roughness
 _ROUGHNESS_SHARED = 0.6  # fraction of the roughness variance that is conformal (shared by interfaces)
@@ -76,23 +90,27 @@ def _unknown_region(cfg: EELSConfig) -> np.ndarray:
 
 
 class EELSSample:
-    """A simulated STO / LSMO / BFO heterostructure: ground-truth maps and its scan lines on demand.
+    """A simulated oxide heterostructure: ground-truth maps and its scan lines on demand.
 
-    Ground truth: ``abundance`` ``[rows, cols, 3]`` of the known phases (:data:`PHASES`), ``phase`` its
-    argmax, and ``unknown`` ``[rows, cols]`` the abundance of :data:`UNKNOWN_PHASE` (zeros unless
-    ``cfg.unknown_region``); ``abundance.sum(-1) + unknown == 1``.
+    ``phases`` are the sample's phases (``SAMPLE_PHASES[cfg.sample]``: :data:`PHASES` for ``"oxide"``,
+    :data:`CTO_PHASES` for ``"cto"``). Ground truth: ``abundance`` ``[rows, cols, 3]`` of those phases,
+    ``phase`` its argmax (an index into ``phases``), and ``unknown`` ``[rows, cols]`` the abundance of
+    :data:`UNKNOWN_PHASE` (zeros unless ``cfg.unknown_region``); ``abundance.sum(-1) + unknown == 1``.
+    The ``"oxide"`` sample is drawn exactly as before ``sample`` existed (same stack, same draws).
     """
 
     def __init__(self, cfg: EELSConfig = EELSConfig()) -> None:
         self.cfg = cfg
         rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
         self.energy = axis_energies(cfg.axis)
+        self.phases: tuple[str, ...] = SAMPLE_PHASES[cfg.sample]
+        stack = STACKS[cfg.sample]
 
         # Layer boundaries (rows) from the jittered stack, rescaled to the scan height.
-        thick = np.array([t for _, t in _STACK], dtype=np.float64)
+        thick = np.array([t for _, t in stack], dtype=np.float64)
         thick *= 1.0 + _THICKNESS_JITTER * rng.uniform(-1.0, 1.0, thick.size)
         thick *= cfg.rows / thick.sum()
-        self.layer_phases = np.array([p for p, _ in _STACK], dtype=np.uint8)
+        self.layer_phases = np.array([p for p, _ in stack], dtype=np.uint8)
         nominal = np.cumsum(thick)[:-1] - 0.5  # interface between layer j and j+1
 
         # Interface positions per column: nominal + correlated lateral roughness, kept in order.
@@ -113,7 +131,7 @@ class EELSSample:
         upper = np.concatenate([ones, h])
         lower = np.concatenate([h, zeros])
         layer_frac = np.clip(upper - lower, 0.0, None)  # [n_layers, rows, cols]
-        abundance = np.zeros((cfg.rows, cfg.cols, len(PHASES)))
+        abundance = np.zeros((cfg.rows, cfg.cols, len(self.phases)))
         for j, p in enumerate(self.layer_phases):
             abundance[..., p] += layer_frac[j]
         abundance /= abundance.sum(axis=-1, keepdims=True)
@@ -141,7 +159,7 @@ class EELSSample:
 
         # Reference counts per unit abundance on the scan axis, for the fast no-drift path (the unknown
         # phase's row is appended only when the region is on).
-        self._phases = ALL_PHASES if cfg.unknown_region else PHASES
+        self._phases = (*self.phases, UNKNOWN_PHASE) if cfg.unknown_region else self.phases
         self._counts_ref = (reference_spectra(self.energy, self._phases) * (cfg.dose * cfg.axis.scale)).astype(
             np.float32
         )
@@ -158,7 +176,7 @@ class EELSSample:
             ).astype(np.float32)
         if not self.cfg.unknown_region:
             return self.abundance[row] @ ref
-        k = len(PHASES)
+        k = len(self.phases)
         return self.abundance[row] @ ref[:k] + self.unknown[row][:, None] * ref[k]
 
     def line(self, row: int) -> np.ndarray:
@@ -170,7 +188,7 @@ class EELSSample:
         """Write phase, abundance, unknown-phase abundance and name, phase names, axis, energy shift and
         config to an ``.npz`` file."""
         write_ground_truth(path, self.cfg, phase=self.phase, abundance=self.abundance, unknown=self.unknown,
-                           shift_eV=self.shift_eV)
+                           shift_eV=self.shift_eV, phase_names=self.phases)
 
     def _check_row(self, row: int) -> None:
         if not 0 <= row < self.cfg.rows:

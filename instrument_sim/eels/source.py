@@ -1,4 +1,4 @@
-"""What the streaming simulator plays: :class:`EELSSource`, a spectrum image of the heterostructure."""
+"""What the streaming simulator plays: :class:`EELSSource`, a spectrum image of a heterostructure."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from scanlens.protocol.messages import PixelSize
 
 from .config import EELSConfig
 from .sample import EELSSample
-from .spectra import PHASES
 
 
 @dataclass
 class EELSSource:
-    """A simulated EELS spectrum image of an STO / LSMO / BFO heterostructure."""
+    """A simulated EELS spectrum image of an oxide heterostructure: STO / LSMO / BFO (``cfg.sample`` "oxide")
+    or CTO / interface / NGO ("cto"); ``meta["phases"]`` names the sample's phases."""
 
     cfg: EELSConfig = field(default_factory=EELSConfig)
     modality: str = "eels"
@@ -25,7 +25,7 @@ class EELSSource:
         self.shape = (self.cfg.rows, self.cfg.cols)
         self.axis = self.cfg.axis
         self.scan_step = PixelSize(size=self.cfg.pixel_size_nm, units="nm")
-        self.meta = {"simulator": "instrument_sim.eels", "phases": list(PHASES), "seed": self.cfg.seed,
+        self.meta = {"simulator": "instrument_sim.eels", "phases": list(self.sample.phases), "seed": self.cfg.seed,
                      "dose": self.cfg.dose, "drift_eV": self.cfg.drift_eV}
 
     def line(self, row: int) -> np.ndarray:

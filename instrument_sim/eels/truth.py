@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 from os import PathLike
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from scanlens.protocol.messages import Axis
 
 from .config import EELSConfig
-from .spectra import PHASES, UNKNOWN_PHASE
+from .spectra import SAMPLE_PHASES, UNKNOWN_PHASE
 
 
 def write_ground_truth(
     path: str | PathLike[str], cfg: EELSConfig, *, phase: np.ndarray, abundance: np.ndarray, unknown: np.ndarray,
-    shift_eV: np.ndarray,
+    shift_eV: np.ndarray, phase_names: Sequence[str] | None = None,
 ) -> None:
-    """The file of :meth:`EELSSample.save_ground_truth`: the maps, names, axis, energy shift and config ``cfg``."""
+    """The file of :meth:`EELSSample.save_ground_truth`: the maps, names, axis, energy shift and config ``cfg``.
+
+    ``phase_names`` (what ``phase`` indexes and ``abundance``'s last axis holds) default to the phases of
+    ``cfg.sample``; the file stores them, so a reader needs no simulator to name the classes."""
     np.savez_compressed(
         path,
         phase=phase,
         abundance=abundance,
         unknown=unknown,
         unknown_phase=np.array(UNKNOWN_PHASE),
-        phase_names=np.array(PHASES),
+        phase_names=np.array(SAMPLE_PHASES[cfg.sample] if phase_names is None else tuple(phase_names)),
         axis=np.array(cfg.axis.model_dump_json()),
         shift_eV=shift_eV,
         config=np.array(cfg.to_json()),

@@ -92,8 +92,9 @@ class TrainerProcess:
             await self.stop()
             raise TrainerFailed(f"the trainer did not start within {START_TIMEOUT_S:g} s") from None
         if ready is None or ready.get("type") != "ready":
+            why = await self.why_ended() if ready is None else f"it said {ready!r} instead of ready"
             await self.stop()
-            raise TrainerFailed(f"the trainer did not start: {self.why_ended()}")
+            raise TrainerFailed(f"the trainer did not start: {why}")
         log.info("trainer started (pid %s, torch %s)", ready.get("pid"), ready.get("torch"))
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
@@ -117,8 +118,17 @@ class TrainerProcess:
             log.error("trainer pipe: %s", exc)
             return None
 
-    def why_ended(self) -> str:
-        """One line: the exit code and the last line the trainer wrote to its standard error."""
+    async def why_ended(self) -> str:
+        """One line: the exit code and the last line the trainer wrote to its standard error (waiting a
+        moment for both: its pipe closes before the process is reaped)."""
+        if self.proc is not None:
+            try:
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+                    if self._stderr_task is not None:
+                        await asyncio.shield(self._stderr_task)
+            except TimeoutError:
+                pass
         code = self.proc.returncode if self.proc is not None else None
         last = next((line for line in reversed(self.stderr_tail) if line.strip()), "")
         return f"the trainer process ended (exit code {code})" + (f": {last}" if last else "")
@@ -297,7 +307,7 @@ class Jobs:
                 while True:
                     message = await self.trainer.read()
                     if message is None:
-                        raise TrainerFailed(self.trainer.why_ended())
+                        raise TrainerFailed(await self.trainer.why_ended())
                     if message.get("job") != job.id:
                         continue
                     kind = message.get("type")
