@@ -186,3 +186,59 @@ async def test_a_failing_trainer_leaves_the_scan_and_its_recognizers_unchanged(m
         assert {m.header.recognizer for m in got + rest if isinstance(m.header, Maps)} == {"band"}
         assert "s-live" not in (await ctl.models())
         assert not srv.jobs.trainer.alive  # killed (past the budget) or ended (crash); the next job starts another
+
+
+# --------------------------------------------------------------------------- the real trainer
+
+
+async def test_a_scan_learns_its_sample_swaps_and_redoes_the_earlier_lines(model_dir, tmp_path) -> None:
+    """The band model's world with classes it calls by other names: labels on the first rows train a new
+    recognizer (the real trainer process), which takes over the following lines; the earlier ones come again
+    with revision 1; the model is kept, listed and usable by name in a later scan."""
+    truth = truth_map()
+    user_dir = tmp_path / "user-models"
+    settings = loopback_settings(model_dir, user_model_dir=user_dir)
+    async with serving(settings) as srv, connected(srv) as (inst, sub, ctl):
+        async with inst.scan("s", "eels", truth.shape, band_axis(), retain=True) as scan:
+            await send_rows(scan, truth, range(6), srv)
+            labels = labels_for(truth, rows=3)
+            job = await ctl.train("s", labels, ["left", "middle", "right"], name="bands-live", budget_s=20)
+            assert job["labelled_pixels"] == 3 * COLS and job["revision"] == 1
+            assert job["label_counts"] == {c: int(np.sum(labels == k + 1)) for k, c in
+                                           enumerate(["left", "middle", "right"]) if np.any(labels == k + 1)}
+            got = await collect(sub, "s", lambda m: isinstance(m.header, TrainUpdate) and m.header.state in
+                                ("redone", "failed"), timeout=60)
+            states = [m.header.state for m in got if isinstance(m.header, TrainUpdate)]
+            assert states[0] == "started" and states[-1] == "redone", [m.header for m in got
+                                                                        if isinstance(m.header, TrainUpdate)]
+            assert "progress" in states and states.index("trained") < states.index("swapped")
+            swapped = next(m.header for m in got if isinstance(m.header, TrainUpdate) and m.header.state == "swapped")
+            assert [s.name for s in swapped.outputs][:2] == ["class", "confidence"]
+            assert swapped.outputs[0].labels == ["left", "middle", "right"]
+            redone = [m for m in got if isinstance(m.header, Maps) and m.header.recognizer == "bands-live"]
+            assert sorted(m.header.row for m in redone) == list(range(6))  # every earlier line, once
+            assert all(m.header.revision == 1 for m in redone)
+            await send_rows(scan, truth, range(6, ROWS))
+        rest = await collect(sub, "s", lambda m: isinstance(m.header, ScanSummary))
+        direct = [m for m in rest if isinstance(m.header, Maps) and m.header.recognizer == "bands-live"]
+        assert sorted(m.header.row for m in direct) == list(range(6, ROWS))
+        summary = rest[-1].header
+        assert summary.state == "complete" and set(summary.recognizers) == {"band", "bands-live"}
+        assert summary.recognizers["bands-live"].pixels_recognized == truth.size
+        snap = await ctl.snapshot("s")
+        live = snap.arrays["bands-live/class"]
+        unlabelled = labels == 0
+        assert np.mean(live[unlabelled] == truth[unlabelled]) >= 0.98
+        models = await ctl.models()
+        assert models["bands-live"]["training"]["scan_id"] == "s"
+        assert models["bands-live"]["training"]["live"] is True
+        assert (user_dir / "bands-live.onnx").is_file()
+        # a later scan takes it by name; by default only the model of the modality loaded at start runs
+        async with inst.scan("later", "eels", truth.shape, band_axis(), recognizers=["bands-live"]) as scan:
+            await send_rows(scan, truth, range(ROWS))
+        later = (await collect(sub, "later", lambda m: isinstance(m.header, ScanSummary)))[-1].header
+        assert later.state == "complete" and list(later.recognizers) == ["bands-live"]
+        async with inst.scan("default", "eels", truth.shape, band_axis()) as scan:
+            await send_rows(scan, truth, range(ROWS))
+        default = (await collect(sub, "default", lambda m: isinstance(m.header, ScanSummary)))[-1].header
+        assert list(default.recognizers) == ["band"]

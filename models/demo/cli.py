@@ -147,7 +147,8 @@ def demo(
     unknown_region: Annotated[bool, typer.Option(help="eels: add a region of an unknown fourth phase")] = False,
     rows: Annotated[Optional[int], typer.Option(min=1, help="scan rows (default 128; loops 64)")] = None,
     cols: Annotated[Optional[int], typer.Option(min=1, help="scan columns (default 128; loops 64)")] = None,
-    dwell_us: Annotated[float, typer.Option("--dwell-us", min=0.0, help="pixel dwell time, µs (0 = as fast as possible)")] = 300.0,
+    dwell_us: Annotated[Optional[float], typer.Option("--dwell-us", min=0.0, help="pixel dwell time, µs (0 = as fast "
+                                                      "as possible; default 300, with --live-train 1000)")] = None,
     frames: Annotated[int, typer.Option(min=2, help="haadf: frames in the movie")] = 100,
     frame_ms: Annotated[float, typer.Option("--frame-ms", min=0.0, help="haadf: frame period, ms (0 = as fast as possible)")] = 40.0,
     seed: Annotated[int, typer.Option(help="sample seed (the shipped models were never trained on seed 0)")] = 0,
@@ -155,6 +156,14 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a report")] = False,
     record: Annotated[Optional[Path], typer.Option(help="record the scan into this directory (<scan id>.h5, "
                                                    "as scanlens serve --record does)")] = None,
+    live_train: Annotated[bool, typer.Option("--live-train", help="eels or bepfm: scan a sample the shipped model "
+                                             "does not know, label a few patches part way through, let the service "
+                                             "train a model on them, swap it in and redo the earlier lines (needs "
+                                             "the train extra: pip install -e '.[train]'; docs/live-training.md)")] = False,
+    label_at: Annotated[float, typer.Option(min=0.05, max=1.0, help="with --live-train: label when this share of "
+                                            "the rows has been sent")] = 0.55,
+    label_fraction: Annotated[float, typer.Option(min=0.001, max=0.5, help="with --live-train: the most of the "
+                                                  "scan's pixels to label")] = 0.02,
 ) -> None:
     """Watch a simulated scan being recognized live: start the service, the simulated instrument and a
     subscriber on loopback, then score the live maps against the simulator's ground truth.
@@ -163,6 +172,13 @@ def demo(
     ground truth <out>/truth-<modality>.npz. Exits 1 if any pixel was not recognized.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if live_train:
+        from .live_train import live_train_demo
+
+        live_train_demo(modality, rows=rows or 128, cols=cols or 128, dwell_us=1000.0 if dwell_us is None else dwell_us,
+                        seed=seed, out=out, as_json=as_json, label_at=label_at, label_fraction=label_fraction)
+        return
+    dwell_us = 300.0 if dwell_us is None else dwell_us
     scenario = SCENARIOS.get(modality)
     if scenario is None:
         typer.echo(f"error: unknown modality {modality!r}; available: {', '.join(SCENARIOS)}", err=True)

@@ -282,7 +282,7 @@ class Server:
             log.warning("trainer = warm, but %s", missing)
             return
         try:
-            await self.jobs.trainer.start()
+            await self.jobs.start_trainer()
         except Exception as exc:  # the service runs without it; a train request will say why
             log.error("the trainer did not start: %s", exc)
 

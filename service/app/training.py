@@ -196,6 +196,15 @@ class Jobs:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.revisions: dict[str, int] = {}
 
+    async def start_trainer(self) -> None:
+        """Start the trainer unless it runs (counted: ``trainer_starts``; ``trainer_ready`` is 1 while it runs)."""
+        if self.trainer.alive:
+            return
+        self.scans.counters["trainer_ready"] = 0
+        await self.trainer.start()
+        self.scans.counters["trainer_starts"] += 1
+        self.scans.counters["trainer_ready"] = 1
+
     # ------------------------------------------------------------------ the request
 
     def submit(self, request: Request, buffers: list[memoryview]) -> dict[str, Any]:
@@ -290,8 +299,7 @@ class Jobs:
 
     async def _train(self, job: Job) -> Path:
         """The trainer's part: returns the ONNX file, renamed to ``<name>.onnx`` in the model directory."""
-        if not self.trainer.alive:
-            await self.trainer.start()
+        await self.start_trainer()
         directory = self._model_dir()
         partial = directory / f".{job.name}.r{job.revision}.onnx.partial"
         provenance = {"live": True, "revision": job.revision, "scan_id": job.data.scan_id, "job": job.id,
@@ -322,11 +330,13 @@ class Jobs:
                         break
         except TimeoutError:
             await self.trainer.stop()  # the next job starts a fresh one
+            self.scans.counters["trainer_ready"] = 0
             raise TrainerFailed(f"the job ran past its budget of {job.budget_s:g} s (killed after {limit:g} s); "
                                 "give a larger budget_s or label fewer pixels") from None
         except TrainerFailed:
             if not self.trainer.alive:
                 await self.trainer.stop()
+                self.scans.counters["trainer_ready"] = 0
             raise
         final = directory / f"{job.name}.onnx"
         os.replace(partial, final)

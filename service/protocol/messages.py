@@ -447,7 +447,7 @@ class TrainUpdate(_Header):
     """Protocol 1.3: how a live training job goes, on topic ``scan/<scan_id>/train`` (docs/live-training.md).
 
     ``started`` (the trainer took the job), ``progress`` (after every epoch), ``trained`` (the model is exported
-    and being loaded), ``swapped`` (the scan's data from ``first_seq`` on goes to the new recognizer; its
+    and being loaded), ``swapped`` (every data message from now on goes to the new recognizer too; its
     ``outputs`` say what its maps carry), ``redone`` (the lines received before were re-recognized and
     re-published), or ``failed`` (``reason``; the scan and its recognizers are unchanged)."""
 
@@ -466,8 +466,6 @@ class TrainUpdate(_Header):
     metrics: dict[str, float] | None = None
     outputs: list[ArraySpec] | None = Field(None, description="swapped: the arrays of the new recognizer's maps "
                                                               "(shape given for one pixel), as in scan_started")
-    first_seq: int | None = Field(None, description="swapped: the first seq that reached the new recognizer "
-                                                    "directly; earlier ones are re-recognized")
     lines: int | None = Field(None, description="swapped: lines (frames) to re-recognize; redone: how many were")
 
 
