@@ -81,34 +81,58 @@ SAMPLES = {"eels": eels_sample, "bepfm": bepfm_sample}
 
 
 def choose_labels(sample: LiveSample, rows_seen: int, budget: float, patch: int, seed: int) -> np.ndarray:
-    """The operator's label image: for every class in the first ``rows_seen`` rows, a few ``patch`` x ``patch``
-    squares wholly inside it (``sample.interior``), spread over the image, until ``budget`` of all pixels is
-    labelled; label k + 1 for class k, 0 elsewhere."""
+    """The operator's label image: small squares wholly inside regions (``sample.interior``) of the first
+    ``rows_seen`` rows, as a person would mark a few obvious examples of every class — each square in another
+    region (layer, cell) than the last of its class, the classes in turn, until ``budget`` of all pixels is
+    labelled. A region too thin for a ``patch`` x ``patch`` square gets the largest square that fits (at least
+    2 x 2). Label k + 1 for class k, 0 elsewhere."""
+    from scipy import ndimage
+
     rows, cols = sample.truth.shape
     rng = np.random.default_rng(seed)
     labels = np.zeros((rows, cols), np.uint8)
     limit = int(budget * rows * cols)
     inside = sample.interior.copy()
     inside[rows_seen:] = False
-    candidates: dict[int, list[tuple[int, int]]] = {}
+    queues: dict[int, list[list[tuple[int, int, int]]]] = {}  # class -> per region, its squares (r, c, size)
     for k in np.unique(sample.truth[:rows_seen]):
         ok = inside & (sample.truth == k)
-        spots = [(r, c) for r in range(0, rows_seen - patch + 1) for c in range(0, cols - patch + 1)
-                 if ok[r:r + patch, c:c + patch].all()]
-        if not spots:  # a thin region: the largest square that fits
-            spots = [(r, c) for r, c in zip(*np.nonzero(ok))]
-        candidates[int(k)] = [spots[i] for i in rng.permutation(len(spots))]
-    size = patch * patch
-    while candidates and np.count_nonzero(labels) + size * len(candidates) <= limit:
-        for k in list(candidates):
-            while candidates[k]:
-                r, c = candidates[k].pop()
-                window = labels[r:r + patch, c:c + patch]
-                if not window.any():
-                    window[...] = np.where(sample.truth[r:r + patch, c:c + patch] == k, k + 1, 0)
+        regions, n = ndimage.label(ok)
+        per_region = []
+        for region in rng.permutation(np.arange(1, n + 1)):
+            mask = regions == region
+            for size in range(patch, 1, -1):
+                fits = ndimage.binary_erosion(mask, np.ones((size, size), bool), origin=-(size // 2),
+                                              border_value=0) if size > 1 else mask
+                spots = [(int(r), int(c), size) for r, c in zip(*np.nonzero(fits))
+                         if r + size <= rows_seen and c + size <= cols and mask[r:r + size, c:c + size].all()]
+                if spots:
+                    per_region.append([spots[i] for i in rng.permutation(len(spots))])
                     break
-            if not candidates[k]:
-                del candidates[k]
+        if per_region:
+            queues[int(k)] = per_region
+    turn = {k: 0 for k in queues}
+    while queues:
+        placed = False
+        for k in list(queues):
+            regions = queues[k]
+            while regions:
+                spots = regions[turn[k] % len(regions)]
+                r, c, size = spots.pop()
+                if not spots:
+                    regions.remove(spots)
+                if np.count_nonzero(labels) + size * size > limit:
+                    return labels
+                window = labels[r:r + size, c:c + size]
+                if not window.any():
+                    window[...] = k + 1
+                    turn[k] += 1
+                    placed = True
+                    break
+            if not regions:
+                del queues[k]
+        if not placed:
+            break
     return labels
 
 
@@ -270,7 +294,7 @@ def live_train_demo(modality: str, *, rows: int, cols: int, dwell_us: float, see
                                              label_fraction=label_fraction, patch=patch, seed=seed,
                                              model_dir=out / "models", on_update=on_update))
     except (ServiceError, TimeoutError, OSError, ValueError) as exc:
-        fail(f"live-train demo failed: {exc or type(exc).__name__}")
+        fail("live-train demo failed: " + (" ".join(str(exc).split()) or type(exc).__name__))
     report = outcome.report
     report["png"] = str(draw(out / f"demo-live-train-{modality}.png", sample, outcome))
     report["model"] = str(out / "models" / f"{report['recognizer']}.onnx")

@@ -28,6 +28,12 @@ everything it needs to read raw input is inside the ONNX graph:
   class scores a little lower than in the folds: the threshold errs towards fewer false alarms. Each fit
   takes at most ``sqrt(NOVELTY_FIT_COST / features)`` of the pixels, an equal share per class (an SVD costs
   ``pixels^2 x features``).
+* **Mixtures** (:func:`_mixup`): an operator labels the obvious middle of each region, but a boundary pixel
+  holds two phases under the probe, and its spectrum is their sum. Half of every batch is such a mixture of
+  two labelled pixels of different classes in random proportion, labelled as the dominant one. Measured on
+  the CaTiO3 / interface / NdGaO3 demo sample (``scanlens demo --live-train``, 1.9 % of the pixels labelled
+  in the layers' cores): without mixtures 0.979 of the unlabelled pixels right, the interface class 0.896,
+  its errors all on the layers' borders.
 * **Budget**: the epochs are planned from the data (about :data:`TARGET_STEPS` optimiser steps, one-cycle
   learning rate over them), training stops early when it has converged (:data:`CONVERGED_LOSS`, a rule on
   the losses, so deterministic) or when :data:`TRAIN_SHARE_OF_BUDGET` of ``budget_s`` is spent (the schedule
@@ -80,6 +86,8 @@ MIN_BATCH, MAX_BATCH = 32, 256
 #: converged: the mean training loss below this for CONVERGED_EPOCHS epochs in a row, validation all right
 CONVERGED_LOSS = 0.02
 CONVERGED_EPOCHS = 3
+#: share of each batch replaced by mixtures of two labelled pixels of different classes (module docstring)
+MIXUP_SHARE = 0.5
 #: a component is count-like when at least this share of its labelled values is >= 0: a dark-subtracted
 #: spectrum has a few slightly negative channels
 COUNT_LIKE_SHARE = 0.99
@@ -369,6 +377,24 @@ def _fit_novelty(features: np.ndarray, y: np.ndarray, seed: int) -> NoveltyFit:
     return NoveltyFit(head, threshold, method, calibration)
 
 
+def _mixup(x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch ``idx`` with :data:`MIXUP_SHARE` of it replaced by ``w a + (1 - w) b`` of a pixel ``a`` and a
+    random partner ``b`` of another class, ``w`` uniform in [0, 1], labelled as the class that dominates
+    (``a``'s if ``w >= 0.5``): what a boundary pixel of a spectrum image is (both phases under the probe, the
+    signal a sum), so that the network puts its border between two classes where either is half (the ground
+    truth of a phase map is the dominant phase), not wherever the labelled cores happen to leave it. Returns
+    the inputs, the labels and which samples are mixtures."""
+    partner = idx[torch.randperm(len(idx), generator=gen)]
+    w = torch.rand(len(idx), generator=gen)
+    mixed = (torch.rand(len(idx), generator=gen) < MIXUP_SHARE) & (y[partner] != y[idx])
+    a, b = x[idx], x[partner]
+    wb = w.view(-1, *([1] * (a.dim() - 1)))
+    xb = torch.where(mixed.view_as(wb), wb * a + (1 - wb) * b, a)
+    yb = torch.where(mixed & (w < 0.5), y[partner], y[idx])
+    return xb, yb, mixed
+
+
 def train_spectral(x: np.ndarray, y: np.ndarray, *, classes: list[str], axis: dict, components: list[str] | None,
                    name: str, modality: str, out_path: str, budget_s: float, seed: int = 0,
                    provenance: dict | None = None, base: str | None = None,
@@ -413,21 +439,26 @@ def train_spectral(x: np.ndarray, y: np.ndarray, *, classes: list[str], axis: di
             t_epoch = time.perf_counter()
             net.train()
             order = torch.randperm(len(train_idx), generator=gen)
-            running = 0.0
+            running, clean, n_clean = 0.0, 0.0, 0
             for s in range(0, len(order), batch):
                 idx = order[s:s + batch]
-                loss = nn.functional.cross_entropy(net.logits(x_train[idx]), y_train[idx])
+                xb, yb, mixed = _mixup(x_train, y_train, idx, gen)
+                losses = nn.functional.cross_entropy(net.logits(xb), yb, reduction="none")
+                loss = losses.mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 running += loss.detach().item() * len(idx)
+                clean += float(losses.detach()[~mixed].sum())
+                n_clean += int((~mixed).sum())
             loss_value = running / len(order)
+            clean_loss = clean / max(n_clean, 1)  # on the labelled pixels themselves: what convergence means
             val_acc = float((_logits(net, x_val).argmax(dim=1) == y_val).float().mean())
             done = epoch + 1
             if progress is not None:
                 progress({"epoch": done, "epochs": epochs, "loss": loss_value, "val_accuracy": val_acc})
-            low_loss = low_loss + 1 if loss_value < CONVERGED_LOSS and val_acc == 1.0 else 0
+            low_loss = low_loss + 1 if clean_loss < CONVERGED_LOSS and val_acc == 1.0 else 0
             if low_loss >= CONVERGED_EPOCHS:
                 stopped = "converged"
                 break

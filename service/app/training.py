@@ -158,6 +158,7 @@ class Job:
     revision: int
     budget_s: float
     base: str | None
+    held: bool = False  # the scan is kept open until the job ends (ScanManager.hold)
     t0: float = field(default_factory=time.perf_counter)
 
     def update(self, state: str, **fields: Any) -> Publication:
@@ -237,6 +238,7 @@ class Jobs:
         revision = self._next_revision(name)
         budget = request.budget_s or (self.options.frame_budget_s if data.kind == "frame" else self.options.budget_s)
         job = Job(f"{scan.scan_id}#{next(self._ids)}"[-64:], data, name, revision, budget, base)
+        job.held = self.scans.hold(scan)
         task = asyncio.create_task(self._run(job), name=f"train-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -289,6 +291,12 @@ class Jobs:
         except Exception as exc:  # a bug: said as such, and the service goes on
             log.exception("train job %s failed", job.id)
             await self._fail(job, f"internal: {type(exc).__name__}: {exc}")
+        finally:
+            if job.held:  # the scan may close now (its summary, if scan_end came meanwhile)
+                job.held = False
+                scan = self.scans.open_scans.get(job.data.scan_id)
+                if scan is not None:
+                    await self.publish(self.scans.release(scan))
 
     async def _fail(self, job: Job, reason: str) -> None:
         self.scans.counters["train_failed"] += 1
@@ -365,8 +373,7 @@ class Jobs:
                 await self.publish(self.scans.store_redone(scan, items, results))
                 done += len(items)
         finally:
-            closing = self.scans.redo_done(scan)
-            await self.publish([job.update("redone", lines=done)] + closing)
+            await self.publish([job.update("redone", lines=done)])
         log.info("job %s: %s revision %d took over scan %s; %d earlier lines redone in %.1f s", job.id, job.name,
                  job.revision, scan.scan_id, done, time.perf_counter() - job.t0)
 

@@ -502,7 +502,7 @@ class ScanManager:
         """Attach a ``live_binding`` to the scan from the next message on (a line or frame boundary: this runs
         between two messages on the event loop) and return the kept lines received before, which the caller
         re-recognizes (``redo_items``, ``store_redone``). The scan's reservation grows by the new maps
-        (MemoryError when they do not fit). An open scan stays open until ``redo_done``."""
+        (MemoryError when they do not fit)."""
         scan = self.find_scan(sid)
         proc = binding.processor
         old = scan.bindings.get(proc.name)
@@ -515,10 +515,7 @@ class ScanManager:
             raise
         scan.bindings[proc.name] = binding
         scan.not_running.pop(proc.name, None)
-        lines = list(scan.retained.lines) if isinstance(scan.retained, SpectraRetention) else []
-        if not scan.closed:
-            scan.in_flight += 1  # the redo: the scan cannot close under it
-        return lines
+        return list(scan.retained.lines) if isinstance(scan.retained, SpectraRetention) else []
 
     @staticmethod
     def redo_items(scan: ScanState, binding: Binding, lines: list[Line], max_pixels: int) -> list[list[WorkItem]]:
@@ -546,10 +543,17 @@ class ScanManager:
             out.append(item.binding.publication(item, result, (time.perf_counter() - item.t_received) * 1e3))
         return out
 
-    def redo_done(self, scan: ScanState) -> list[Publication]:
-        """The redo of ``attach`` has finished: the scan may close."""
+    @staticmethod
+    def hold(scan: ScanState) -> bool:
+        """Keep an open scan from closing while a train job for it runs (its summary then lists the new
+        recognizer, whose maps are complete); False for a closed scan. ``release`` ends it."""
         if scan.closed:
-            return []
+            return False
+        scan.in_flight += 1
+        return True
+
+    def release(self, scan: ScanState) -> list[Publication]:
+        """The end of a ``hold``: the scan may close (its summary, if it has ended)."""
         scan.in_flight -= 1
         return self._maybe_close(scan)
 

@@ -24,6 +24,8 @@ MAX_EDGE = 65_536
 
 ScanId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+#: a class name, as people write it ("B. subtilis spores"): any printable text
+ClassName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")]
 # Numbers are strict: an integer field takes a msgpack integer only (not "17", 3.0 or true), a float
 # field a msgpack float or integer; lax coercion would accept headers that no sender meant.
 Int = Annotated[int, Strict()]
@@ -427,7 +429,7 @@ class Request(_Header):
     arrays: list[ArraySpec] | None = Field(
         None, max_length=1, description="train: the label image, uint8 [rows, cols] (a spectral "
                                                         "scan) or [height, width] (one frame of a movie)")
-    classes: list[Name] | None = Field(
+    classes: list[ClassName] | None = Field(
         None, min_length=1, max_length=255, description="train: label k of the label image is classes[k-1]; 0 = "
                                                         "unlabelled")
     name: Name | None = Field(None, description="train: the new recognizer's name (default <scan_id>-live, "
