@@ -97,6 +97,8 @@ Recognizers = Annotated[Optional[list[str]], typer.Option(
     "--recognizer", callback=_recognizer_names, help="recognizer to run (repeat; `pca` is built in; default: all of the modality)")]
 Truth = Annotated[Optional[Path], typer.Option(help="save the ground truth to this .npz")]
 Quiet = Annotated[bool, typer.Option(help="no progress bar")]
+Retain = Annotated[bool, typer.Option(help="ask the service to keep the scan's spectra, so that `scanlens label` "
+                                           "can train a recognizer on labelled pixels of it (docs/live-training.md)")]
 ClientKey = Annotated[Optional[Path], typer.Option(
     "--client-key", help="this instrument's secret CURVE key file (NAME.key_secret, `scanlens keys create`), for "
                          "a service with authentication; with --server-key")]
@@ -249,7 +251,7 @@ def _curve(client_key: Path | None, server_key: Path | None) -> CurveClient | No
 
 def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, recognizers: list[str] | None,
          quiet: bool, truth: Path | None = None, curve: CurveClient | None = None, *,
-         service: Service | None = None) -> None:
+         service: Service | None = None, retain: bool = False) -> None:
     """Save the ground truth if asked, stream ``source`` with a progress bar until its summary, print a
     one-line JSON report; exit non-zero when the scan failed (EXIT_CODES). ``service`` (its ingest and
     curve replaced by ``ingest`` and ``curve``) says where it publishes and how long to wait."""
@@ -259,7 +261,7 @@ def play(source: ScanSource, ingest: str, scan_id: str | None, dwell_us: float, 
 
     def stream(inst: Instrument, watch: ScanWatch, progress: Callable[[int, int], None]) -> Awaitable[StreamReport]:
         return stream_scan(inst, source, scan_id, dwell_s=dwell_us * 1e-6, recognizers=recognizers, progress=progress,
-                           watch=watch, start_timeout=service.connect_timeout)
+                           watch=watch, start_timeout=service.connect_timeout, retain=retain)
 
     report = _run_scan(service, scan_id, "lines", source.shape[0], quiet, stream)
     _finish(report, {"scan_id": report.scan_id, "messages": report.messages, "pixels": report.pixels,
@@ -295,6 +297,7 @@ def eels(
     recognizer: Recognizers = None,
     truth: Truth = None,
     quiet: Quiet = False,
+    retain: Retain = False,
     client_key: ClientKey = None,
     server_key: ServerKey = None,
     publish: Publish = DEFAULT_PUBLISH,
@@ -316,7 +319,7 @@ def eels(
     cfg = _config(lambda: EELSConfig(rows=rows, cols=cols, axis=axis, dose=dose, read_noise=read_noise,
                                      drift_eV=drift_ev, unknown_region=unknown_region, seed=seed, sample=sample))
     play(EELSSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth, _curve(client_key, server_key),
-         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout))
+         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout), retain=retain)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -336,6 +339,7 @@ def bepfm(
     recognizer: Recognizers = None,
     truth: Truth = None,
     quiet: Quiet = False,
+    retain: Retain = False,
     client_key: ClientKey = None,
     server_key: ServerKey = None,
     publish: Publish = DEFAULT_PUBLISH,
@@ -354,7 +358,7 @@ def bepfm(
     cfg = _config(lambda: BEPFMConfig(rows=rows, cols=cols, noise=noise, pixel_size_um=pixel_size_um, seed=seed,
                                       spores_per_100um2=spores_per_100um2))
     play(BEPFMSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth, _curve(client_key, server_key),
-         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout))
+         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout), retain=retain)
 
 
 @app.command(epilog=EXIT_CODES)
@@ -368,6 +372,7 @@ def loops(
     recognizer: Recognizers = None,
     truth: Truth = None,
     quiet: Quiet = False,
+    retain: Retain = False,
     client_key: ClientKey = None,
     server_key: ServerKey = None,
     publish: Publish = DEFAULT_PUBLISH,
@@ -383,7 +388,7 @@ def loops(
 
     cfg = _config(lambda: LoopsConfig(rows=rows, cols=cols, seed=seed))
     play(LoopsSource(cfg), ingest, scan_id, dwell_us, recognizer, quiet, truth, _curve(client_key, server_key),
-         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout))
+         service=Service(ingest, publish, None, connect_timeout, heartbeat_timeout), retain=retain)
 
 
 def _policy(value: str) -> str:

@@ -82,9 +82,9 @@ async def _watched(send: Callable[[], Awaitable[tuple[int, float]]],
 async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, *, dwell_s: float = 0.0,
                       recognizers: list[str] | None = None, clock: Clock | None = None,
                       progress: Callable[[int, int], None] | None = None, watch: ScanWatch | None = None,
-                      start_timeout: float = 5.0) -> StreamReport:
+                      start_timeout: float = 5.0, retain: bool = False) -> StreamReport:
     """Send ``scan_start``, every line, ``scan_end``; ``progress(rows_sent, rows)`` after each line. With
-    ``watch``: see the module notes."""
+    ``watch``: see the module notes. ``retain``: the service keeps the spectra (live training)."""
     clock = clock or MonotonicClock()
     rows, cols = source.shape
     t0 = clock.now()
@@ -93,7 +93,8 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
         async with _opened(instrument.scan(scan_id, source.modality, source.shape, source.axis,
                                            components=getattr(source, "components", None), recognizers=recognizers,
                                            meta={**source.meta, "dwell_s": dwell_s},
-                                           scan_step=getattr(source, "scan_step", None)), watch, start_timeout) as scan:
+                                           scan_step=getattr(source, "scan_step", None), retain=retain),
+                           watch, start_timeout) as scan:
             for row in range(rows):
                 spectra = source.line(row)
                 if dwell_s > 0:

@@ -10,6 +10,7 @@ be made to crash or hang on purpose. Torch being absent is the one thing mocked 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import textwrap
 
@@ -242,3 +243,37 @@ async def test_a_scan_learns_its_sample_swaps_and_redoes_the_earlier_lines(model
             await send_rows(scan, truth, range(ROWS))
         default = (await collect(sub, "default", lambda m: isinstance(m.header, ScanSummary)))[-1].header
         assert list(default.recognizers) == ["band"]
+
+
+async def test_scanlens_label_on_the_command_line(model_dir, tmp_path) -> None:
+    """``scanlens label`` as an operator runs it: a .npy label image, progress on stderr, the outcome as JSON;
+    a refused request exits 4 with the reason, a label file that is not one exits 2."""
+    from scanlens.testing import run_cli_result
+
+    truth = truth_map()
+    labels_file = tmp_path / "labels.npy"
+    np.save(labels_file, labels_for(truth, rows=3))
+    settings = loopback_settings(model_dir, user_model_dir=tmp_path / "user")
+    async with serving(settings) as srv, connected(srv) as (inst, sub, ctl):
+        ep = srv.endpoints
+        cli = ("-c", "from scanlens.app.cli import main; main()", "label")
+        where = ("--control", ep["control"], "--publish", ep["publish"])
+        async with inst.scan("s", "eels", truth.shape, band_axis(), retain=True) as scan:
+            await send_rows(scan, truth, range(ROWS), srv)
+            ok = await run_cli_result(*cli, "s", str(labels_file), "--classes", "left,middle,right", *where,
+                                      "--name", "cli-live", timeout=120)
+            assert ok.returncode == 0, ok.stderr
+            outcome = json.loads(ok.stdout)
+            assert outcome["recognizer"] == "cli-live" and outcome["lines_redone"] == ROWS
+            assert "progress: epoch 1/" in ok.stderr and "redone" in ok.stderr
+        async with inst.scan("plain", "eels", truth.shape, band_axis()) as scan:
+            await send_rows(scan, truth, range(ROWS), srv)
+            refused = await run_cli_result(*cli, "plain", str(labels_file), "--classes", "a,b,c", *where)
+            assert refused.returncode == 4
+            assert refused.stderr.strip().splitlines() == [
+                "error: scan plain does not keep its data: start it with retain=true in scan_start "
+                "(`Instrument.scan(..., retain=True)`, `scanlens sim eels --retain`) to train on it"]
+        (tmp_path / "labels.txt").write_text("1 2 3")
+        bad = await run_cli_result(*cli, "s", str(tmp_path / "labels.txt"), "--classes", "a,b", *where)
+        assert bad.returncode == 2 and bad.stderr.strip() == (
+            f"error: {tmp_path / 'labels.txt'}: label images are .npy or 8-bit grayscale .png files")

@@ -50,7 +50,7 @@ def training_set(scan: ScanState, labels: np.ndarray, classes: list[str], frame:
     kept = scan.retained
     if kept is None:
         raise LabelError(f"scan {sid} does not keep its data: start it with retain=true in scan_start "
-                         "(`Instrument.start_scan(..., retain=True)`, `scanlens sim ... --retain`) to train on it")
+                         "(`Instrument.scan(..., retain=True)`, `scanlens sim eels --retain`) to train on it")
     if labels.ndim != 2 or tuple(labels.shape) != tuple(start.shape):
         what = "the scan's [rows, cols]" if not start.imaging else "the frame's [height, width]"
         raise LabelError(f"labels of shape {list(labels.shape)} do not match {what} {list(start.shape)}")
