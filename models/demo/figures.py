@@ -84,6 +84,7 @@ class Panel:
     marks: np.ndarray | None = None  # bool [rows, cols]: pixels to circle (e.g. misclassified)
     marks_label: str = ""
     contour: np.ndarray | None = None  # bool [rows, cols]: outline this region (e.g. the true unknown phase)
+    contour_color: str = "cyan"
     points: np.ndarray | None = None  # [n, 2] x, y: small markers (e.g. found atoms)
     points2: np.ndarray | None = None  # [m, 2] x, y: large markers (e.g. found defects)
     paths: list[np.ndarray] | None = None  # each [k, 2] x, y: polylines (e.g. trajectories)
@@ -173,7 +174,7 @@ def _draw(fig, ax, p: Panel) -> None:
     for path in p.paths or []:
         ax.plot(path[:, 0], path[:, 1], lw=1.0)
     if p.contour is not None and p.contour.any() and not p.contour.all():
-        ax.contour(p.contour.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
+        ax.contour(p.contour.astype(float), levels=[0.5], colors=p.contour_color, linewidths=1.0)
     if p.marks is not None and p.marks.any():
         if ax.get_legend() is not None:  # keep the class legend next to the marks'
             ax.add_artist(ax.get_legend())
