@@ -114,7 +114,11 @@ async def test_bad_train_requests_get_clear_errors_and_the_scan_goes_on(model_di
             with pytest.raises(ServiceError, match="no open or recently closed scan 'ghost'"):
                 await ctl.train("ghost", labels_for(truth), ["a", "b", "c"])
             await send_rows(scan, truth, range(4, ROWS))
-        summaries = [m.header for m in await collect(sub, "kept", lambda m: isinstance(m.header, ScanSummary))]
+        got = await collect(sub, "kept", lambda m: isinstance(m.header, ScanSummary))
+        # every refusal is also an event on the scan's topic, for whoever watches it
+        refusals = [m.header.reason for m in got if isinstance(m.header, Event) and m.header.code == "train_failed"]
+        assert len(refusals) == 11 and all(r.startswith("train request refused: ") for r in refusals)
+        summaries = [m.header for m in got]
         assert summaries[-1].state == "complete" and summaries[-1].pixels_recognized == truth.size
         # keep_closed_scans=1: "kept" closing evicted "plain"
         with pytest.raises(ServiceError, match="has closed and its record is no longer kept"):

@@ -440,7 +440,7 @@ class Server:
                     raise ProtocolError("bad_message", f"control socket expects kind 'request', got {request.kind!r}")
                 request_id, op = request.id, request.op
                 if op == "train":
-                    result, specs, arrays = self._train(request, buffers), [], []
+                    result, specs, arrays = await self._train(request, buffers), [], []
                 else:
                     result, specs, arrays = self.scans.query(request)
                 reply = Reply(id=request_id, op=op, ok=True, result=result, arrays=specs)
@@ -461,11 +461,21 @@ class Server:
                 self.scans.counters["control_replies_dropped"] += 1
 
 
-    def _train(self, request: Request, buffers: list) -> dict[str, Any]:
-        if self.settings.trainer == "off":
-            raise ProtocolError("bad_message", "live training is off in this service (trainer = \"off\"); set "
-                                "trainer = \"on_demand\" or \"warm\" to allow train requests")
-        return self.jobs.submit(request, buffers)
+    async def _train(self, request: Request, buffers: list) -> dict[str, Any]:
+        """A train request (docs/protocol.md §5.1): the job, or ProtocolError — which is also published as a
+        ``train_failed`` event, so that whoever watches the scan sees the refusal too."""
+        try:
+            if self.settings.trainer == "off":
+                raise ProtocolError("bad_message", "live training is off in this service (trainer = \"off\"); set "
+                                    "trainer = \"on_demand\" or \"warm\" to allow train requests")
+            return self.jobs.submit(request, buffers)
+        except ProtocolError as exc:
+            known = request.scan_id if request.scan_id in self.scans.open_scans or \
+                request.scan_id in self.scans.closed_scans else None
+            event = self.scans.event("train_failed", f"train request refused: {exc.reason}; nothing changed",
+                                     scan_id=known, level="warning")
+            await self._publish([event])
+            raise
 
 
 @contextlib.asynccontextmanager

@@ -44,6 +44,7 @@ class ScanResult:
                    for rec, s in self.summary.recognizers.items() if rec in self.filled)
 
     def fill_from(self, snapshot: ControlReply) -> None:
+        self.revisions.update(snapshot.result.get("revisions") or {})
         for rec, outputs in self.maps.items():
             for name, values in outputs.items():
                 values[...] = snapshot.arrays[f"{rec}/{name}"]

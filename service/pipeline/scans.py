@@ -626,7 +626,9 @@ class ScanManager:
         result = {"scan_id": scan.scan_id, "open": not scan.closed, "shape": list(shape), "rows": [start, stop],
                   "row_bytes": row_bytes, "max_reply_bytes": limit, "pixels_received": scan.pixels_received,
                   "summary": scan.summary.model_dump(mode="json") if scan.summary else None,
-                  "started": self._started(scan).model_dump(mode="json")}
+                  "started": self._started(scan).model_dump(mode="json"),
+                  # 1.3: which live training made each live recognizer's maps (the others have none)
+                  "revisions": {name: b.revision for name, b in scan.bindings.items() if b.revision is not None}}
         result["row_arrays"] = [spec.name for spec, p in zip(specs, per_row) if p]
         size = fixed + row_bytes * (stop - start)
         if size > limit:
