@@ -47,8 +47,9 @@ score later frames against their truth for that (``tests/test_one_frame.py`` doe
 
 **Modules** (this package re-exports their public names): :mod:`.config` (name, budget, augmentation
 ranges, class weights), :mod:`.geometry` (input checks, geometry from the labels), :mod:`.crops`
-(training examples), :mod:`.fitting` (:func:`fit_one_frame`, :class:`OneFrameResult`) and
-:mod:`.exporting` (:func:`model_card`, :func:`train_one_frame`).
+(training examples), :mod:`.fitting` (:func:`prepare_frame`, :func:`fit_one_frame`, :class:`OneFrameResult`)
+and :mod:`.exporting` (:func:`model_card`, :func:`train_one_frame`). ``models.live.frames`` (live training
+in the service) fine-tunes on a labelled frame with the same geometry, crops and card.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ from .config import (
     VERSION,
 )
 from .crops import TrainingFrame, sample_batch, sample_crop
-from .exporting import model_card, train_one_frame
-from .fitting import OneFrameResult, fit_one_frame, training_frame_scores
+from .exporting import check_name, model_card, train_one_frame
+from .fitting import OneFrameResult, PreparedFrame, fit_one_frame, prepare_frame, training_frame_scores
 from .geometry import (
     blob_centres,
     column_centres,
@@ -84,12 +85,14 @@ from .geometry import (
     is_counts,
     nearest_neighbour_px,
     validate,
+    validate_frame,
 )
 
 __all__ = [
     "CLASS_WEIGHTS", "DEFECT_CROP_SHARE", "DEFECT_WEIGHT", "GAIN_RANGE", "IGNORE", "LEARNING_RATE", "MAX_CROP_PX",
     "MIN_FRAME_PX", "MIN_REGION_PX", "NAME", "PIXELS_PER_STEP", "QUICK_STEPS", "STEPS", "THINNED_SHARE",
-    "THINNING_RANGE", "THRESHOLD", "VERSION", "OneFrameResult", "TrainingFrame", "blob_centres", "column_centres",
-    "distance_map", "drop_outside_columns", "export_model", "fit_one_frame", "is_counts", "model_card",
-    "nearest_neighbour_px", "sample_batch", "sample_crop", "train_one_frame", "training_frame_scores", "validate",
+    "THINNING_RANGE", "THRESHOLD", "VERSION", "OneFrameResult", "PreparedFrame", "TrainingFrame", "blob_centres",
+    "check_name", "column_centres", "distance_map", "drop_outside_columns", "export_model", "fit_one_frame",
+    "is_counts", "model_card", "nearest_neighbour_px", "prepare_frame", "sample_batch", "sample_crop",
+    "train_one_frame", "training_frame_scores", "validate", "validate_frame",
 ]

@@ -18,29 +18,35 @@ class TrainingFrame:
     """The one frame and what training needs of it."""
 
     image: np.ndarray  # float32 [h, w]
-    labels: np.ndarray  # uint8 [h, w] SEG_CLASSES indices
+    labels: np.ndarray  # uint8 [h, w] SEG_CLASSES indices (IGNORE: unlabelled, no loss)
     distance: np.ndarray  # float32 [h, w], see geometry.distance_map
     counts: bool  # integer counts: augment by binomial thinning
     crop: int  # training crop edge (px, multiple of 16)
     defect_pixels: np.ndarray  # int [k, 2] (row, col) of the pixels labelled with a defect class
     centres: np.ndarray  # float32 [2, h, w], see geometry.blob_centres
+    #: int [m, 2] (row, col): where only part of the frame is labelled (``models.live``), the crops not placed
+    #: on a defect contain one of these pixels (a labelled one) instead of lying anywhere; None: anywhere
+    anchors: np.ndarray | None = None
 
 
 def sample_crop(frame: TrainingFrame, rng: np.random.Generator, valid: tuple[int, int] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One example (counts float32, labels uint8, distance float32), each ``[crop, crop]``: a random
-    crop (containing a defect pixel for a :data:`DEFECT_CROP_SHARE` of the calls), one of the 8 dihedral
+    crop (containing a defect pixel for a :data:`DEFECT_CROP_SHARE` of the calls, one of ``frame.anchors``
+    for the others where the frame has them), one of the 8 dihedral
     transforms, binomial thinning (count frames) and a gain. Blobs centred outside the crop are background
     in it, as columns centred outside a frame are (see ``geometry.drop_outside_columns``).
 
     With ``valid = (h, w)`` only an ``h x w`` region of the frame is cut, transformed, and completed to
     ``crop x crop`` by reflection at the bottom and right, as the service pads frames to a multiple of 16;
-    the padding is labelled ``IGNORE``."""
+    the padding is labelled ``IGNORE``, as unlabelled pixels of the frame stay."""
     s = frame.crop
     vh, vw = valid or (s, s)
     h, w = frame.image.shape
-    if len(frame.defect_pixels) and rng.random() < DEFECT_CROP_SHARE:
-        py, px = (int(v) for v in frame.defect_pixels[int(rng.integers(len(frame.defect_pixels)))])
+    on_defect = len(frame.defect_pixels) and rng.random() < DEFECT_CROP_SHARE
+    if on_defect or frame.anchors is not None:
+        pixels = frame.defect_pixels if on_defect else frame.anchors
+        py, px = (int(v) for v in pixels[int(rng.integers(len(pixels)))])
         y0 = int(rng.integers(max(0, py - vh + 1), min(py, h - vh) + 1))
         x0 = int(rng.integers(max(0, px - vw + 1), min(px, w - vw) + 1))
     else:
@@ -50,7 +56,7 @@ def sample_crop(frame: TrainingFrame, rng: np.random.Generator, valid: tuple[int
     dist = frame.distance[y0 : y0 + vh, x0 : x0 + vw]
     cy = frame.centres[0, y0 : y0 + vh, x0 : x0 + vw] - y0
     cx = frame.centres[1, y0 : y0 + vh, x0 : x0 + vw] - x0
-    outside = (lab > 0) & ~((cy >= -0.5) & (cy < vh - 0.5) & (cx >= -0.5) & (cx < vw - 0.5))
+    outside = (lab > 0) & (lab != IGNORE) & ~((cy >= -0.5) & (cy < vh - 0.5) & (cx >= -0.5) & (cx < vw - 0.5))
     if outside.any():
         lab = np.where(outside, 0, lab).astype(np.uint8)
         dist = np.where(outside, np.inf, dist).astype(np.float32)

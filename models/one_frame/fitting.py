@@ -68,16 +68,57 @@ class OneFrameResult(SegmentationResult):
 
 
 def training_frame_scores(model: STEMUNet, spec: dict[str, Any], image: np.ndarray, centres: np.ndarray,
-                          nn_px: float) -> dict[str, float]:
-    """Atom F1, precision, recall and class accuracy on the training frame (against the label blobs' centres)."""
+                          nn_px: float, labelled: np.ndarray | None = None) -> dict[str, float]:
+    """Atom F1, precision, recall and class accuracy on the training frame (against the label blobs' centres);
+    with ``labelled`` (bool ``[h, w]``, a partly labelled frame) only the atoms found on labelled pixels count."""
     seg = TorchSegmenter(model, spec)
     _, atoms, _ = postprocess(seg.segment(image), seg.pp)
+    if labelled is not None:
+        h, w = labelled.shape
+        rows = np.clip(np.round(atoms[:, 1]).astype(np.intp), 0, h - 1)
+        cols = np.clip(np.round(atoms[:, 0]).astype(np.intp), 0, w - 1)
+        atoms = atoms[labelled[rows, cols]]
     true = np.column_stack([centres[:, :2], [_ATOM_OF_SEG[int(c)] for c in centres[:, 2]]])
     s = atom_scores(atoms, true, MATCH_FRACTION * nn_px)
     out = {f"training_frame_atom_{k}": float(s[k]) for k in ("f1", "precision", "recall")}
     if "class_accuracy" in s:
         out["training_frame_atom_class_accuracy"] = float(s["class_accuracy"])
     return out
+
+
+@dataclass
+class PreparedFrame:
+    """A labelled frame made ready for training (:func:`prepare_frame`)."""
+
+    frame: TrainingFrame  # its labels with the edge slivers dropped
+    centres: np.ndarray  # [k, 3] (x, y, SEG_CLASSES index) of the labelled atom columns
+    nn_px: float  # nearest-neighbour column spacing measured in the labels
+    sigma_px: float  # width of the soft targets
+    postprocess: dict[str, Any]  # the card's post-processing spec for this lattice
+    batch: int  # crops per step
+    dropped: int  # edge slivers dropped
+
+
+def prepare_frame(img: np.ndarray, lab: np.ndarray, pixel_size_nm: float) -> PreparedFrame:
+    """Measure the lattice in the labels (SEG_CLASSES indices; ``IGNORE`` where unlabelled) and derive what
+    training needs: the :class:`TrainingFrame`, the soft-target width, the post-processing spec, the batch.
+    ValueError when the labels do not mark at least two atom columns apart. See the package docstring."""
+    lab, dropped = drop_outside_columns(lab)
+    centres = column_centres(lab)
+    nn_px = nearest_neighbour_px(centres)
+    if nn_px < 2.0:
+        raise ValueError(f"atom columns in the labels are only {nn_px:.2g} px apart: label one blob per column")
+    scale = nn_px / NN_PX  # this frame's lattice relative to stem-unet's (WS2 at 0.02 nm/px)
+    sigma_px = TARGET_SIGMA_PX * scale
+    spec = postprocess_spec(THRESHOLD, max(2, int(round(MIN_REGION_PX * scale**2))), nn_px=nn_px,
+                            pixel_size_nm=float(pixel_size_nm))
+    crop = min(MAX_CROP_PX, min(img.shape) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    blobs = blob_centres(lab)
+    frame = TrainingFrame(image=img, labels=lab, distance=distance_map(blobs), counts=is_counts(img), crop=crop,
+                          defect_pixels=np.argwhere(np.isin(lab, SEG_OF_DEFECT)), centres=blobs)
+    batch = max(2, PIXELS_PER_STEP // crop**2)
+    return PreparedFrame(frame=frame, centres=centres, nn_px=nn_px, sigma_px=sigma_px, postprocess=spec,
+                         batch=batch, dropped=dropped)
 
 
 def _digest(a: np.ndarray) -> str:
@@ -95,20 +136,10 @@ def fit_one_frame(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float, *
     steps = int(steps)
     emit(progress, TrainProgress("data", 0, 1, message="measuring the lattice in the labels"))
     labels_digest = _digest(lab)
-    lab, dropped = drop_outside_columns(lab)
-    centres = column_centres(lab)
-    nn_px = nearest_neighbour_px(centres)
-    if nn_px < 2.0:
-        raise ValueError(f"atom columns in the labels are only {nn_px:.2g} px apart: label one blob per column")
-    scale = nn_px / NN_PX  # this frame's lattice relative to stem-unet's (WS2 at 0.02 nm/px)
-    sigma_px = TARGET_SIGMA_PX * scale
-    spec = postprocess_spec(THRESHOLD, max(2, int(round(MIN_REGION_PX * scale**2))), nn_px=nn_px,
-                            pixel_size_nm=float(pixel_size_nm))
-    crop = min(MAX_CROP_PX, min(img.shape) // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    blobs = blob_centres(lab)
-    frame = TrainingFrame(image=img, labels=lab, distance=distance_map(blobs), counts=is_counts(img), crop=crop,
-                          defect_pixels=np.argwhere(np.isin(lab, SEG_OF_DEFECT)), centres=blobs)
-    batch = max(2, PIXELS_PER_STEP // crop**2)
+    prepared = prepare_frame(img, lab, pixel_size_nm)
+    frame, centres, nn_px, sigma_px, spec = (prepared.frame, prepared.centres, prepared.nn_px, prepared.sigma_px,
+                                             prepared.postprocess)
+    lab, dropped, crop, batch = frame.labels, prepared.dropped, frame.crop, prepared.batch
     class_pixels = np.bincount(lab.ravel(), minlength=len(SEG_CLASSES))
     emit(progress, TrainProgress("data", 1, 1, message=f"{len(centres)} columns, nn {nn_px:.2f} px"))
     t_data = time.perf_counter() - t0

@@ -18,6 +18,22 @@ from .config import MIN_FRAME_PX
 
 def validate(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float) -> tuple[np.ndarray, np.ndarray]:
     """(image float32, labels uint8) after checking them; ValueError with the reason otherwise."""
+    img, lab = validate_frame(image, labels, len(SEG_CLASSES) - 1,
+                              f"SEG_CLASSES indices 0..{len(SEG_CLASSES) - 1} ({', '.join(SEG_CLASSES)})")
+    try:
+        px = float(pixel_size_nm)
+    except (TypeError, ValueError):
+        px = math.nan
+    if isinstance(pixel_size_nm, bool) or not (math.isfinite(px) and px > 0):
+        raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm!r}")
+    return img, lab
+
+
+def validate_frame(image: np.ndarray, labels: np.ndarray, max_label: int, meaning: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32, labels uint8) of a labelled frame: a finite 2-D image of at least
+    :data:`MIN_FRAME_PX` px a side, labels of its shape holding integers ``0..max_label``; ValueError
+    otherwise (``meaning`` says what the label values are, e.g. "SEG_CLASSES indices 0..6 (...)")."""
     img = np.asarray(image)
     lab = np.asarray(labels)
     if img.ndim != 2:
@@ -35,15 +51,8 @@ def validate(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float) -> tup
         if not (np.issubdtype(lab.dtype, np.floating) and np.all(np.isfinite(lab)) and np.all(lab == np.round(lab))):
             raise ValueError(f"labels must be integer class indices, got dtype {lab.dtype}")
     lo, hi = float(lab.min()), float(lab.max())
-    if lo < 0 or hi > len(SEG_CLASSES) - 1:
-        raise ValueError(f"labels must be SEG_CLASSES indices 0..{len(SEG_CLASSES) - 1} "
-                         f"({', '.join(SEG_CLASSES)}), got values {lo:g}..{hi:g}")
-    try:
-        px = float(pixel_size_nm)
-    except (TypeError, ValueError):
-        px = math.nan
-    if isinstance(pixel_size_nm, bool) or not (math.isfinite(px) and px > 0):
-        raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm!r}")
+    if lo < 0 or hi > max_label:
+        raise ValueError(f"labels must be {meaning}, got values {lo:g}..{hi:g}")
     return img, lab.astype(np.uint8)
 
 
