@@ -130,15 +130,15 @@ async def spectral(ep: dict[str, str], args: argparse.Namespace) -> dict[str, An
 
 
 async def frames(ep: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
-    from scanlens.models.scoring import detection_score
-    from scanlens.models.stem_unet.data import paint_labels, truth_points
-    from scanlens.sim.stem import SEG_CLASSES, STEMConfig, STEMMovie
+    from scanlens.models.scoring import MATCH_FRACTION, atom_scores
+    from scanlens.protocol import PixelSize
+    from scanlens.sim.stem import SEG_CLASSES, STEMConfig, STEMMovie, merge_sublattices, nearest_neighbour_spacing_px
 
-    cfg = STEMConfig(lattice="graphene", size=args.size, frames=args.n_frames, seed=args.seed)
+    cfg = STEMConfig(lattice="graphene", size=args.size, frames=args.n_frames, seed=args.seed, n_defects=2)
     movie = STEMMovie(cfg)
-    pixel = {"size": cfg.pixel_size_nm, "units": "nm"}
+    radius = MATCH_FRACTION * nearest_neighbour_spacing_px(cfg)
     scan_id, name = "bench-live-frames", "bench-graphene"
-    results: dict[int, tuple[float, FrameResult, dict]] = {}
+    results: dict[int, tuple[float, Any, dict]] = {}
     updates: list[tuple[float, TrainUpdate]] = []
     async with Instrument(ep["ingest"]) as inst, Control(ep["control"]) as ctl, \
             Subscriber(ep["publish"], scan_id=scan_id) as sub:
@@ -148,7 +148,7 @@ async def frames(ep: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
 
         async def listen() -> None:
             while True:
-                msg = await sub.recv(180)
+                msg = await sub.recv(300)
                 h, now = msg.header, time.perf_counter()
                 if isinstance(h, FrameResult) and h.recognizer == name:
                     results[h.frame] = (now, h, msg.arrays)
@@ -159,35 +159,31 @@ async def frames(ep: dict[str, str], args: argparse.Namespace) -> dict[str, Any]
                     return
 
         listener = asyncio.create_task(listen())
-        from scanlens.protocol import PixelSize
-
         t0 = time.perf_counter()
         t_request = None
-        async with inst.movie(scan_id, "haadf", (args.size, args.size), PixelSize(**pixel), frames=args.n_frames,
-                              retain=True, frame_interval_s=1 / args.fps) as scan:
+        async with inst.movie(scan_id, "haadf", (args.size, args.size), PixelSize(size=cfg.pixel_size_nm, units="nm"),
+                              frames=args.n_frames, retain=True, frame_interval_s=1 / args.fps) as scan:
             for i in range(args.n_frames):
                 await scan.send_frame(i, movie.frame(i).astype(np.float32))
                 if i == args.label_frame:
-                    await asyncio.sleep(0.2)  # the frame is in the service before its labels
-                    truth = movie.truth(i) if hasattr(movie, "truth") else None
-                    labels = paint_labels(truth_points(truth), (args.size, args.size)).astype(np.uint8) + 1
+                    await asyncio.sleep(0.5)  # the frame is in the service before its labels
+                    labels = merge_sublattices(movie.truth(i)["labels"]) + 1  # 0 = unlabelled: none is
                     t_request = time.perf_counter()
-                    await ctl.train(scan_id, labels, list(SEG_CLASSES), name=name, frame=i)
+                    await ctl.train(scan_id, labels.astype(np.uint8), list(SEG_CLASSES), name=name, frame=i)
                 wait = t0 + (i + 1) / args.fps - time.perf_counter()
                 if wait > 0:
                     await asyncio.sleep(wait)
         await asyncio.wait_for(listener, 300)
-    f1 = []
-    for i, (_, h, arrays) in sorted(results.items()):
-        truth_xy = truth_points(movie.truth(i))[:, :2]
-        f1.append(detection_score(arrays["atoms"][:, :2], truth_xy, tolerance=0.5 * 0.142 / cfg.pixel_size_nm)["f1"])
+    f1 = [atom_scores(arrays["atoms"][:, :2], np.asarray(movie.truth(i)["atoms"])[:, :2], radius)["f1"]
+          for i, (_, _, arrays) in sorted(results.items())]
     first = min((t for t, _, _ in results.values()), default=None)
     failed = next((u.reason for _, u in updates if u.state == "failed"), None)
     return {"case": "frames", "size": args.size, "fps": args.fps, "frames": args.n_frames,
-            "trainer_warm_wait_s": round(warm_s, 2),
+            "label_frame": args.label_frame, "trainer_warm_wait_s": round(warm_s, 2),
             "time_to_first_frame_s": None if first is None else first - t_request,
             "frames_by_new_model": len(results), "f1_mean": float(np.mean(f1)) if f1 else None,
-            "f1_min": float(np.min(f1)) if f1 else None, "lost": done[0].n_lost, "failed": failed}
+            "f1_min": float(np.min(f1)) if f1 else None, "lost": done[0].n_lost, "state": done[0].state,
+            "failed": failed}
 
 
 def main() -> None:

@@ -239,7 +239,10 @@ class ScanState:
         lost_runs, expected = self.lost_ranges()
         if takes_of(self.start) == "frames":  # pixels of an imaging scan: frames x frame pixels
             rows, cols = min(expected, self.max_messages), rows * cols  # never more frames than it can have
-        recognized = min((b.pixels_done for b in self.bindings.values()), default=0)
+        # the recognizers the scan started with; one attached by live training (a revision) reports its own count
+        # in its summary entry: a movie's frames before the swap are not redone
+        started = [b for b in self.bindings.values() if b.revision is None] or list(self.bindings.values())
+        recognized = min((b.pixels_done for b in started), default=0)
         # frames beyond scan_end's count that were recognized before it came are rejected: not counted
         recognized = min(recognized, rows * cols)
         summaries = {}

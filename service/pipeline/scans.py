@@ -519,8 +519,10 @@ class ScanManager:
 
     @staticmethod
     def redo_items(scan: ScanState, binding: Binding, lines: list[Line], max_pixels: int) -> list[list[WorkItem]]:
-        """The kept lines as work items for ``binding``, in batches of at most ``max_pixels`` pixels."""
-        assert isinstance(scan.retained, SpectraRetention)
+        """The kept lines as work items for ``binding``, in batches of at most ``max_pixels`` pixels (none for a
+        movie: its earlier frames are not redone)."""
+        if not lines or not isinstance(scan.retained, SpectraRetention):
+            return []
         batches: list[list[WorkItem]] = [[]]
         pixels, now = 0, time.perf_counter()
         for line in lines:
