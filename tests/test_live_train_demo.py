@@ -38,6 +38,18 @@ async def test_eels_a_foreign_heterostructure_is_learnt_from_few_labels(tmp_path
     assert np.isclose(training["labelled_fraction"], report["labelled_fraction"])
 
 
+async def test_bepfm_a_class_the_shipped_model_does_not_know_is_learnt(tmp_path) -> None:
+    result = await run_cli_result(*DEMO, "--live-train", "--modality", "bepfm", "--json", "--dwell-us", "300",
+                                  "--out", str(tmp_path), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert "B. subtilis spores" in report["classes"]
+    assert report["labelled_fraction"] <= 0.05
+    assert report["accuracy"] >= 0.95, report["accuracy_per_class"]
+    assert report["accuracy_per_class"]["B. subtilis spores"] >= 0.9  # recall on the new class
+    assert report["lost"] == 0
+
+
 async def test_wrong_input_is_one_line_and_a_non_zero_exit(tmp_path) -> None:
     result = await run_cli_result(*DEMO, "--live-train", "--modality", "loops", "--out", str(tmp_path), timeout=60)
     assert result.returncode == 2

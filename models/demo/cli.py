@@ -160,10 +160,12 @@ def demo(
                                              "does not know, label a few patches part way through, let the service "
                                              "train a model on them, swap it in and redo the earlier lines (needs "
                                              "the train extra: pip install -e '.[train]'; docs/live-training.md)")] = False,
-    label_at: Annotated[float, typer.Option(min=0.05, max=1.0, help="with --live-train: label when this share of "
-                                            "the rows has been sent")] = 0.55,
-    label_fraction: Annotated[float, typer.Option(min=0.001, max=0.5, help="with --live-train: the most of the "
-                                                  "scan's pixels to label")] = 0.02,
+    label_at: Annotated[Optional[float], typer.Option(min=0.05, max=1.0, help="with --live-train: label when this "
+                                                      "share of the rows has been sent (default eels 0.55, bepfm "
+                                                      "0.8)")] = None,
+    label_fraction: Annotated[Optional[float], typer.Option(min=0.001, max=0.5, help="with --live-train: the most of "
+                                                            "the scan's pixels to label (default eels 0.02, bepfm "
+                                                            "0.045)")] = None,
 ) -> None:
     """Watch a simulated scan being recognized live: start the service, the simulated instrument and a
     subscriber on loopback, then score the live maps against the simulator's ground truth.
