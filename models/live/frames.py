@@ -100,6 +100,7 @@ from scanlens.models.one_frame import (
     TrainingFrame,
     check_name,
     model_card,
+    positive_number,
     prepare_frame,
     sample_batch,
     sample_crop,
@@ -262,12 +263,7 @@ def _pixel_size_nm(pixel_size: Any) -> float:
     if not isinstance(pixel_size, dict) or "size" not in pixel_size:
         raise ValueError(f"pixel_size must be {{'size': float, 'units': 'nm'}}, got {pixel_size!r}")
     size, units = pixel_size["size"], pixel_size.get("units", "nm")
-    try:
-        value = float(size)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(size, bool) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"pixel_size['size'] must be a finite number > 0, got {size!r}")
+    value = positive_number(size, "pixel_size['size']")
     try:
         return value * length_factor(str(units), "nm")
     except ValueError:

@@ -84,6 +84,7 @@ from .geometry import (
     drop_outside_columns,
     is_counts,
     nearest_neighbour_px,
+    positive_number,
     validate,
     validate_frame,
 )
@@ -93,6 +94,6 @@ __all__ = [
     "MIN_FRAME_PX", "MIN_REGION_PX", "NAME", "PIXELS_PER_STEP", "QUICK_STEPS", "STEPS", "THINNED_SHARE",
     "THINNING_RANGE", "THRESHOLD", "VERSION", "OneFrameResult", "PreparedFrame", "TrainingFrame", "blob_centres",
     "check_name", "column_centres", "distance_map", "drop_outside_columns", "export_model", "fit_one_frame",
-    "is_counts", "model_card", "nearest_neighbour_px", "prepare_frame", "sample_batch", "sample_crop",
+    "is_counts", "model_card", "nearest_neighbour_px", "positive_number", "prepare_frame", "sample_batch", "sample_crop",
     "train_one_frame", "training_frame_scores", "validate", "validate_frame",
 ]

@@ -20,13 +20,19 @@ def validate(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float) -> tup
     """(image float32, labels uint8) after checking them; ValueError with the reason otherwise."""
     img, lab = validate_frame(image, labels, len(SEG_CLASSES) - 1,
                               f"SEG_CLASSES indices 0..{len(SEG_CLASSES) - 1} ({', '.join(SEG_CLASSES)})")
-    try:
-        px = float(pixel_size_nm)
-    except (TypeError, ValueError):
-        px = math.nan
-    if isinstance(pixel_size_nm, bool) or not (math.isfinite(px) and px > 0):
-        raise ValueError(f"pixel_size_nm must be a finite number > 0, got {pixel_size_nm!r}")
+    positive_number(pixel_size_nm, "pixel_size_nm")
     return img, lab
+
+
+def positive_number(value: object, what: str) -> float:
+    """``value`` as a float when it is a finite number > 0 (not a bool); ValueError naming ``what`` otherwise."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
+    return number
 
 
 def validate_frame(image: np.ndarray, labels: np.ndarray, max_label: int, meaning: str

@@ -17,6 +17,11 @@ from .retention import FrameRetention, SpectraRetention
 from .scan import ScanState
 
 
+#: the most labelled spectra one request may train on: they are copied out of the scan's kept data and down the
+#: trainer's pipe (65 536 spectra of 2048 channels: 512 MiB), and a few hundred per class already suffice
+MAX_LABELLED_SPECTRA = 65_536
+
+
 class LabelError(ValueError):
     """A train request that cannot be trained on, and why."""
 
@@ -71,6 +76,9 @@ def training_set(scan: ScanState, labels: np.ndarray, classes: list[str], frame:
     if isinstance(kept, SpectraRetention):
         if frame is not None:
             raise LabelError(f"scan {sid} is a spectral scan: frame applies to movies only")
+        if (n := int(np.count_nonzero(mask))) > MAX_LABELLED_SPECTRA:
+            raise LabelError(f"{n} pixels are labelled; at most {MAX_LABELLED_SPECTRA} can be trained on at once: "
+                             "label smaller regions (a few hundred pixels per class are enough)")
         missing = int(np.count_nonzero(mask & ~kept.have))
         if missing:
             raise LabelError(f"{missing} labelled pixels have not been received yet: label only pixels of lines "
