@@ -281,3 +281,38 @@ async def test_scanlens_label_on_the_command_line(model_dir, tmp_path) -> None:
         bad = await run_cli_result(*cli, "s", str(tmp_path / "labels.txt"), "--classes", "a,b", *where)
         assert bad.returncode == 2 and bad.stderr.strip() == (
             f"error: {tmp_path / 'labels.txt'}: label images are .npy or 8-bit grayscale .png files")
+
+
+async def test_a_recorded_scan_without_retain_is_read_back_from_its_recording(model_dir, tmp_path) -> None:
+    """``serve --record``: a scan that did not ask for retain can still be trained on; the lines received before
+    the request are read back from its journal, the ones after are kept as they come, all are redone."""
+    truth = truth_map()
+    settings = loopback_settings(model_dir, user_model_dir=tmp_path / "user", record_dir=tmp_path / "runs")
+    async with serving(settings) as srv, connected(srv) as (inst, sub, ctl):
+        async with inst.scan("rec", "eels", truth.shape, band_axis()) as scan:
+            await send_rows(scan, truth, range(6), srv)
+            job = await ctl.train("rec", labels_for(truth, rows=3), ["left", "middle", "right"], name="rec-live")
+            await send_rows(scan, truth, range(6, 9))  # while the job reads back and trains
+            got = await collect(sub, "rec", lambda m: isinstance(m.header, TrainUpdate) and m.header.state in
+                                ("redone", "failed"), timeout=60)
+            assert got[-1].header.state == "redone", got[-1].header
+            await send_rows(scan, truth, range(9, ROWS))
+        rest = await collect(sub, "rec", lambda m: isinstance(m.header, ScanSummary))
+        live = [m for m in got + rest if isinstance(m.header, Maps) and m.header.recognizer == "rec-live"]
+        assert sorted(m.header.row for m in live) == list(range(ROWS))  # each line once: redone or direct
+        summary = rest[-1].header
+        assert summary.state == "complete" and summary.recognizers["rec-live"].pixels_recognized == truth.size
+        assert job["labelled_pixels"] == 3 * COLS
+        snap = await ctl.snapshot("rec")
+        unlabelled = labels_for(truth, rows=3) == 0
+        assert np.mean(snap.arrays["rec-live/class"][unlabelled] == truth[unlabelled]) >= 0.98
+        # labels of lines the recording does not hold yet are refused only once read back: the job fails
+        async with inst.scan("rec2", "eels", truth.shape, band_axis()) as scan:
+            await send_rows(scan, truth, range(2), srv)
+            await ctl.train("rec2", labels_for(truth, rows=4), ["left", "middle", "right"], name="rec2-live")
+            failed = await collect(sub, "rec2", lambda m: isinstance(m.header, TrainUpdate) and m.header.state in
+                                   ("redone", "failed"), timeout=60)
+            assert failed[-1].header.state == "failed"
+            assert "have not been received yet" in failed[-1].header.reason
+            await send_rows(scan, truth, range(2, ROWS))
+        assert (await collect(sub, "rec2", lambda m: isinstance(m.header, ScanSummary)))[-1].header.state == "complete"

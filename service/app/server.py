@@ -135,6 +135,7 @@ class Server:
             model_dir=s.user_model_dir, budget_s=s.train_budget_s, frame_budget_s=s.train_frame_budget_s,
             threads=s.trainer_threads, inference_threads=s.inference_threads, providers=s.providers,
             max_batch_pixels=s.max_batch_pixels))
+        self.jobs.recorder = self.recorder
         self._tg: asyncio.TaskGroup | None = None
         self._worker_tasks: dict[int, asyncio.Task] = {}  # id(worker) -> its serve task
         self.ready = asyncio.Event()

@@ -35,6 +35,7 @@ from ..protocol import topics
 from ..protocol.codec import ProtocolError, buffer_to_array
 from ..protocol.messages import Request, TrainUpdate
 from ..protocol.trainer_wire import TrainerWireError, pack, read_frame_async
+from ..recording import Recorder, received_data
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,9 @@ class Job:
     budget_s: float
     base: str | None
     held: bool = False  # the scan is kept open until the job ends (ScanManager.hold)
+    #: a recorded scan without retain: its earlier lines are read back from the recording first (the request's
+    #: labels, classes and frame, to build the training set again then)
+    read_back: tuple[np.ndarray, list[str], int | None] | None = None
     t0: float = field(default_factory=time.perf_counter)
 
     def update(self, state: str, **fields: Any) -> Publication:
@@ -196,6 +200,8 @@ class Jobs:
         self._tasks: set[asyncio.Task] = set()
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.revisions: dict[str, int] = {}
+        #: the service's recorder (``serve --record``): a recorded scan can be trained on without retain
+        self.recorder: Recorder | None = None
 
     async def start_trainer(self) -> None:
         """Start the trainer unless it runs (counted: ``trainer_starts``; ``trainer_ready`` is 1 while it runs)."""
@@ -216,9 +222,15 @@ class Jobs:
         if not request.classes:
             raise ProtocolError("bad_message", "train needs classes: the names of label values 1, 2, ...")
         labels = self._labels(request, buffers)
+        read_back = (scan.retained is None and not scan.start.imaging and not scan.closed
+                     and self.recorder is not None and self.recorder.recording(scan.scan_id))
+        if read_back:  # keep what arrives from now on; the job reads the earlier lines back
+            self.scans.keep_from_now(scan)
         try:
-            data = training_set(scan, labels, list(request.classes), request.frame)
+            data = training_set(scan, labels, list(request.classes), request.frame, received=not read_back)
         except LabelError as exc:
+            if read_back:
+                self.scans.stop_keeping(scan)
             raise ProtocolError("bad_message", str(exc), scan_id=scan.scan_id) from None
         name = request.name or default_name(scan.scan_id)
         current = self.scans.processors.get(name)
@@ -239,6 +251,8 @@ class Jobs:
         budget = request.budget_s or (self.options.frame_budget_s if data.kind == "frame" else self.options.budget_s)
         job = Job(f"{scan.scan_id}#{next(self._ids)}"[-64:], data, name, revision, budget, base)
         job.held = self.scans.hold(scan)
+        if read_back:
+            job.read_back = (labels.copy(), list(request.classes), request.frame)
         task = asyncio.create_task(self._run(job), name=f"train-{job.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -282,6 +296,8 @@ class Jobs:
     async def _run(self, job: Job) -> None:
         try:
             async with self._lock:
+                if job.read_back is not None:
+                    await self._read_back(job)
                 path = await self._train(job)
                 await self._swap(job, path)
         except (TrainerFailed, LabelError, ModelError, AxisError, MemoryError, ProtocolError) as exc:
@@ -304,6 +320,20 @@ class Jobs:
                             self.scans.event("train_failed", f"job {job.id} ({job.name} revision {job.revision}): "
                                              f"{reason}; the scan goes on with its recognizers unchanged",
                                              scan_id=job.data.scan_id)])
+
+    async def _read_back(self, job: Job) -> None:
+        """A recorded scan without retain: the lines received before the request, read back from its journal
+        (after the recorder has written everything queued) into the scan's kept data; then the training set."""
+        assert self.recorder is not None and job.read_back is not None
+        scan = self.scans.find_scan(job.data.scan_id)
+        path = await self.recorder.journal_of(scan.scan_id)
+        if path is None:
+            raise TrainerFailed(f"scan {scan.scan_id}'s recording stopped (or never wrote a line): its earlier lines "
+                                "cannot be read back; start the scan with retain=true to train on it")
+        lines = await asyncio.to_thread(_read_lines, path, scan.retained)
+        labels, classes, frame = job.read_back
+        job.data = training_set(scan, labels, classes, frame)  # LabelError: labelled pixels never received
+        log.info("job %s: %d lines of scan %s read back from %s", job.id, lines, scan.scan_id, path)
 
     async def _train(self, job: Job) -> Path:
         """The trainer's part: returns the ONNX file, renamed to ``<name>.onnx`` in the model directory."""
@@ -385,6 +415,19 @@ class Jobs:
         await self.trainer.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _read_lines(journal: Path, kept: SpectraRetention) -> int:
+    """Keep the data messages of a journal that ``kept`` does not hold yet (in a thread); how many."""
+    have = {line.seq for line in list(kept.lines)}
+    n = 0
+    for header, buffers in received_data(journal):
+        if header.seq in have or len(buffers) != 1:
+            continue
+        spectra = buffer_to_array(buffers[0], header.dtype, header.shape)
+        kept.keep(header.seq, header.row, header.col0, spectra)
+        n += 1
+    return n
 
 
 def _progress(message: dict[str, Any]) -> dict[str, Any]:

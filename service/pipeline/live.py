@@ -49,8 +49,11 @@ class TrainingSet:
                 **self.extra}
 
 
-def training_set(scan: ScanState, labels: np.ndarray, classes: list[str], frame: int | None) -> TrainingSet:
-    """The labelled pixels of ``scan``; LabelError when the request does not fit the scan or its data."""
+def training_set(scan: ScanState, labels: np.ndarray, classes: list[str], frame: int | None, *,
+                 received: bool = True) -> TrainingSet:
+    """The labelled pixels of ``scan``; LabelError when the request does not fit the scan or its data.
+    ``received=False``: do not check yet that the labelled pixels were received (a recorded scan whose lines
+    are still to be read back from its recording; the job checks again once they are)."""
     sid, start = scan.scan_id, scan.start
     kept = scan.retained
     if kept is None:
@@ -80,7 +83,7 @@ def training_set(scan: ScanState, labels: np.ndarray, classes: list[str], frame:
             raise LabelError(f"{n} pixels are labelled; at most {MAX_LABELLED_SPECTRA} can be trained on at once: "
                              "label smaller regions (a few hundred pixels per class are enough)")
         missing = int(np.count_nonzero(mask & ~kept.have))
-        if missing:
+        if missing and received:
             raise LabelError(f"{missing} labelled pixels have not been received yet: label only pixels of lines "
                              "already sent")
         x = kept.values[mask]  # a copy: fancy indexing

@@ -492,6 +492,28 @@ class ScanManager:
         self.workers[proc.name] = worker
         return worker, old
 
+    def keep_from_now(self, scan: ScanState) -> SpectraRetention:
+        """Start keeping an open spectral scan's spectra that did not ask for ``retain`` (a recorded scan, whose
+        earlier lines are read back from its recording): its reservation grows by them; ProtocolError
+        ``bad_message`` with the figures when they do not fit the memory budget."""
+        kept = SpectraRetention(scan.start)
+        held = self.ledger.release(scan.scan_id)
+        try:
+            self.ledger.reserve(scan.scan_id, held + kept.nbytes)
+        except MemoryError as exc:
+            self.ledger.reserve(scan.scan_id, held)
+            raise ProtocolError("bad_message", f"scan {scan.scan_id}'s spectra do not fit the memory budget: {exc}; "
+                                "raise memory_budget_bytes, or label a smaller scan", scan_id=scan.scan_id) from None
+        scan.retained = kept
+        return kept
+
+    def stop_keeping(self, scan: ScanState) -> None:
+        """Undo ``keep_from_now`` (the request it was for was refused)."""
+        if scan.retained is not None:
+            held = self.ledger.release(scan.scan_id)
+            self.ledger.reserve(scan.scan_id, max(0, held - scan.retained.nbytes))
+            scan.retained = None
+
     def live_binding(self, sid: str, proc: Processor, revision: int) -> Binding:
         """``proc`` bound to the scan (AxisError: it does not take the scan), not yet attached."""
         binding = proc.bind(self.find_scan(sid).start)
@@ -515,7 +537,10 @@ class ScanManager:
             raise
         scan.bindings[proc.name] = binding
         scan.not_running.pop(proc.name, None)
-        return list(scan.retained.lines) if isinstance(scan.retained, SpectraRetention) else []
+        if not isinstance(scan.retained, SpectraRetention):
+            return []
+        # a line read back from the recording may also have been kept as it arrived: redo each seq once
+        return list({line.seq: line for line in scan.retained.lines}.values())
 
     @staticmethod
     def redo_items(scan: ScanState, binding: Binding, lines: list[Line], max_pixels: int) -> list[list[WorkItem]]:

@@ -10,8 +10,8 @@ converts the journal into ``<scan_id>.h5`` when the scan closes (``convert.py``,
 from .convert import Converted, EmptyJournal, RecordingError, convert_journal, lock_directory, recover
 from .journal import FSYNC_INTERVAL_S
 from .layout import RECOVERED
-from .reader import RecordedMessage, Recording, open_recording
+from .reader import RecordedMessage, Recording, open_recording, received_data
 from .recorder import Recorder
 
 __all__ = ["FSYNC_INTERVAL_S", "RECOVERED", "Converted", "EmptyJournal", "RecordedMessage", "Recorder", "Recording",
-           "RecordingError", "convert_journal", "lock_directory", "open_recording", "recover"]
+           "RecordingError", "convert_journal", "lock_directory", "open_recording", "received_data", "recover"]

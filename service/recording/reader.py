@@ -22,8 +22,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..protocol.codec import validate_tolerant, wire_dtype
+from ..protocol.codec import Limits, decode, validate_tolerant, wire_dtype
 from ..protocol.messages import Data, Event, Frame, ScanEnd, ScanStart, ScanStarted, ScanSummary
+from .journal import read_records
 from .layout import FORMAT
 
 
@@ -150,3 +151,20 @@ def _attr(value: Any) -> Any:
 def open_recording(path: Path | str) -> Recording:
     """The recording at ``path``; ValueError if it is not one."""
     return Recording(path)
+
+
+def received_data(journal: Path | str) -> Iterator[tuple[Data, list[memoryview]]]:
+    """The accepted ``data`` messages of a journal (an open scan's too: it stops at the last complete record),
+    each as its header and buffers, in the order received: what live training reads back from a recorded scan
+    that did not ask for ``retain`` (docs/live-training.md)."""
+    accepted = Limits(max_payload_bytes=1 << 40)  # the service took it under its own limits
+    for record in read_records(journal):
+        if record.meta.get("dir") != "in" or not record.meta.get("ok") or not record.frames or len(record.frames) < 2:
+            continue
+        try:
+            header, buffers = decode(record.frames, accepted)  # the wire frames: header, buffers
+        except Exception:  # noqa: BLE001 - it was accepted, so it decodes; a record that does not is skipped
+            continue
+        if isinstance(header, Data) and header.slot is None:
+            yield header, buffers
+

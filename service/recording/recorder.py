@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Item:
-    op: str  # "open", "write", "close", "stop"
+    op: str  # "open", "write", "close", "stop", "mark" (a barrier: meta["done"] is resolved with the journal)
     scan_id: str = ""
     serial: int = 0  # which recording (a scan id can be recorded again once closed)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -148,6 +148,23 @@ class Recorder:
     @property
     def queued_bytes(self) -> int:
         return self._queued
+
+    def recording(self, scan_id: str) -> bool:
+        """Whether the open scan ``scan_id`` is being recorded (and its recording has not stopped)."""
+        scan = self._open.get(scan_id)
+        return scan is not None and not scan.stopped
+
+    async def journal_of(self, scan_id: str) -> Path | None:
+        """The journal of the open, recorded scan ``scan_id`` once everything queued before this call has been
+        written to it (a barrier through the writer's queue); None when the scan is not being recorded (or its
+        recording stopped, or nothing of it was written). Live training reads the lines back from it
+        (docs/live-training.md)."""
+        scan = self._open.get(scan_id)
+        if scan is None or scan.stopped or self._loop is None:
+            return None
+        done: asyncio.Future[Path | None] = self._loop.create_future()
+        self._append(_Item("mark", scan_id, scan.serial, meta={"done": done}))
+        return await done
 
     async def received(self, header: Any, frames: Sequence[Any], t_received: float, *, accepted: bool,
                        owner: str | None = None) -> None:
@@ -309,6 +326,12 @@ class Recorder:
                 return
 
     def _handle(self, item: _Item) -> None:
+        if item.op == "mark":
+            j = self._journals.get(item.serial)
+            path = j.path if j is not None and not j.stopped else None
+            done = item.meta["done"]
+            self._call(lambda: done.done() or done.set_result(path))
+            return
         if item.op == "open":
             self._journals[item.serial] = _Journal(item.scan_id, item.serial)
         j = self._journals.get(item.serial)
