@@ -132,6 +132,10 @@ async def test_a_sender_killed_mid_scan_leaves_nothing_stuck(model_dir):
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), 30)
                 assert line.startswith(b"sent"), line
+                # "sent" means handed to libzmq, whose I/O thread may not have written the last header yet: kill
+                # the sender once the service has all five lines (a kill before that lost the fifth, in one CI run)
+                await until(lambda: (s := server.scans.open_scans.get("killed")) is not None
+                            and s.pixels_received == 5 * 160, what="the five lines received")
             finally:
                 proc.send_signal(signal.SIGKILL)
                 await proc.wait()
