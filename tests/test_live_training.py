@@ -21,18 +21,9 @@ from scanlens.app import training
 from scanlens.app.training import TrainerProcess
 from scanlens.client import ServiceError
 from scanlens.protocol.messages import Event, Maps, ScanSummary, TrainUpdate
-from scanlens.testing import (band_axis, band_spectra, connected, loopback_settings, serving, wait_for,
-                              write_band_model)
+from scanlens.testing import band_axis, band_spectra, connected, loopback_settings, serving
 
 ROWS, COLS = 12, 16
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    directory = tmp_path / "models"
-    directory.mkdir()
-    write_band_model(directory / "band.onnx")
-    return directory
 
 
 def truth_map(seed: int = 0) -> np.ndarray:

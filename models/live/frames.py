@@ -67,7 +67,6 @@ so about half of those are flagged.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -99,6 +98,7 @@ from scanlens.models.one_frame import (
     PreparedFrame,
     TrainingFrame,
     check_name,
+    digest,
     model_card,
     positive_number,
     prepare_frame,
@@ -540,10 +540,6 @@ def fit_frame_novelty(model: STEMUNet, frame: TrainingFrame, seed: int) -> Novel
     return result
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
-
-
 def train_frame(image: np.ndarray, labels: np.ndarray, *, classes: list[str], pixel_size: dict, name: str,
                 modality: str, out_path: str, budget_s: float, seed: int = 0, provenance: dict | None = None,
                 base: str | None = None, progress: Callable[[dict], None] | None = None,
@@ -614,8 +610,8 @@ def train_frame(image: np.ndarray, labels: np.ndarray, *, classes: list[str], pi
             "source": {
                 "image_shape": [h, w],
                 "pixel_size_nm": px_nm,
-                "image_sha256": _digest(img),
-                "labels_sha256": _digest(np.asarray(labels)),
+                "image_sha256": digest(img),
+                "labels_sha256": digest(np.asarray(labels)),
                 "counts": frame.counts,
                 "labelled_fraction": round(labelled_share, 4),
                 "columns": int(len(centres)),

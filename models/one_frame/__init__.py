@@ -76,7 +76,7 @@ from .config import (
 )
 from .crops import TrainingFrame, sample_batch, sample_crop
 from .exporting import check_name, model_card, train_one_frame
-from .fitting import OneFrameResult, PreparedFrame, fit_one_frame, prepare_frame, training_frame_scores
+from .fitting import OneFrameResult, PreparedFrame, digest, fit_one_frame, prepare_frame, training_frame_scores
 from .geometry import (
     blob_centres,
     column_centres,
@@ -93,7 +93,7 @@ __all__ = [
     "CLASS_WEIGHTS", "DEFECT_CROP_SHARE", "DEFECT_WEIGHT", "GAIN_RANGE", "IGNORE", "LEARNING_RATE", "MAX_CROP_PX",
     "MIN_FRAME_PX", "MIN_REGION_PX", "NAME", "PIXELS_PER_STEP", "QUICK_STEPS", "STEPS", "THINNED_SHARE",
     "THINNING_RANGE", "THRESHOLD", "VERSION", "OneFrameResult", "PreparedFrame", "TrainingFrame", "blob_centres",
-    "check_name", "column_centres", "distance_map", "drop_outside_columns", "export_model", "fit_one_frame",
+    "check_name", "column_centres", "digest", "distance_map", "drop_outside_columns", "export_model", "fit_one_frame",
     "is_counts", "model_card", "nearest_neighbour_px", "positive_number", "prepare_frame", "sample_batch", "sample_crop",
     "train_one_frame", "training_frame_scores", "validate", "validate_frame",
 ]

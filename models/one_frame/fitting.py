@@ -121,7 +121,8 @@ def prepare_frame(img: np.ndarray, lab: np.ndarray, pixel_size_nm: float) -> Pre
                          batch=batch, dropped=dropped)
 
 
-def _digest(a: np.ndarray) -> str:
+def digest(a: np.ndarray) -> str:
+    """A short sha256 of an array's bytes, for a card's provenance (which frame and labels trained it)."""
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
@@ -135,7 +136,7 @@ def fit_one_frame(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float, *
         raise ValueError(f"steps must be >= 1, got {steps}")
     steps = int(steps)
     emit(progress, TrainProgress("data", 0, 1, message="measuring the lattice in the labels"))
-    labels_digest = _digest(lab)
+    labels_digest = digest(lab)
     prepared = prepare_frame(img, lab, pixel_size_nm)
     frame, centres, nn_px, sigma_px, spec = (prepared.frame, prepared.centres, prepared.nn_px, prepared.sigma_px,
                                              prepared.postprocess)
@@ -160,7 +161,7 @@ def fit_one_frame(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float, *
         "source": {
             "image_shape": list(img.shape),
             "pixel_size_nm": float(pixel_size_nm),
-            "image_sha256": _digest(img),
+            "image_sha256": digest(img),
             "labels_sha256": labels_digest,
             "counts": frame.counts,
             "label_pixels": {name: int(n) for name, n in zip(SEG_CLASSES, class_pixels)},

@@ -212,6 +212,10 @@ class Jobs:
         self.scans.counters["trainer_starts"] += 1
         self.scans.counters["trainer_ready"] = 1
 
+    async def _stop_trainer(self) -> None:
+        await self.trainer.stop()
+        self.scans.counters["trainer_ready"] = 0
+
     # ------------------------------------------------------------------ the request
 
     def submit(self, request: Request, buffers: list[memoryview]) -> dict[str, Any]:
@@ -367,14 +371,12 @@ class Jobs:
                         await self.publish([job.update("trained", metrics=metrics)])
                         break
         except TimeoutError:
-            await self.trainer.stop()  # the next job starts a fresh one
-            self.scans.counters["trainer_ready"] = 0
+            await self._stop_trainer()  # the next job starts a fresh one
             raise TrainerFailed(f"the job ran past its budget of {job.budget_s:g} s (killed after {limit:g} s); "
                                 "give a larger budget_s or label fewer pixels") from None
         except TrainerFailed:
-            if not self.trainer.alive:
-                await self.trainer.stop()
-                self.scans.counters["trainer_ready"] = 0
+            if not self.trainer.alive:  # it crashed: reap it
+                await self._stop_trainer()
             raise
         final = directory / f"{job.name}.onnx"
         os.replace(partial, final)
