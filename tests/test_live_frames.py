@@ -2,10 +2,10 @@
 graphene movie, within the trainer's budget, then served by the service's own ``FrameRecognizer`` on the
 frames that follow, scored against the simulator's ground truth.
 
-The shipped stem-unet (WS2) finds almost none of graphene's atoms; the live model, trained in a 20 s budget,
+The shipped stem-unet (WS2) finds almost none of graphene's atoms; the live model, trained in a 30 s budget,
 finds them on every following frame. Timings on 2 shared CPU cores (one torch thread, as in
-tests/test_one_frame.py: no OpenMP spin-waits against the other tests' processes): each training ~20 s
-(budget 20 s, export included), the bad-input checks a fraction of a second each.
+tests/test_one_frame.py: no OpenMP spin-waits against the other tests' processes): each training ~20-30 s
+(budget 30 s, export included), the bad-input checks a fraction of a second each.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from scanlens.sim.stem import (
     nearest_neighbour_spacing_px,
 )
 
-BUDGET_S = 20.0
+#: 30 s, not 20: on a machine loaded by the rest of the suite a step takes longer and the planner refuses budgets
+#: below ~14-17 s (a fresh-clone run once errored here); the model is the same, only the margin grows
+BUDGET_S = 30.0
 #: the movie of the main test: graphene, 256 px at the simulator's 0.02 nm, 4 defects that walk
 MOVIE = STEMConfig(lattice="graphene", size=256, frames=11, n_defects=4, seed=3)
 LATER = range(1, 11)
@@ -56,7 +58,7 @@ def _f1(rec: Any, movie: STEMMovie, frames: range, scale: float = 1.0) -> list[f
 
 @pytest.fixture(scope="module")
 def graphene(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Frame 0 of the movie, every pixel labelled from its ground truth, fine-tuned from stem-unet in 20 s."""
+    """Frame 0 of the movie, every pixel labelled from its ground truth, fine-tuned from stem-unet in at most BUDGET_S."""
     pytest.importorskip("torch")
     from scanlens.models.live.frames import train_frame
 
