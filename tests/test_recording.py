@@ -26,7 +26,8 @@ from scanlens.client import Instrument
 from scanlens.model_files import MODEL_DIR
 from scanlens.protocol.messages import Axis, Data, PixelSize, ScanEnd, ScanStart
 from scanlens.recording import RecordingError, open_recording
-from scanlens.recording.journal import encode_record, file_header, read_records, write_all
+from scanlens.recording.appender import write_all
+from scanlens.recording.journal import encode_record, file_header, read_records
 from scanlens.sim.eels import EELSConfig, EELSSample
 from scanlens.testing import (FRAME_PIXEL_NM, band_axis, band_spectra, connected, loopback_settings, render_frame,
                               run_cli, run_cli_result, serve_process, serving, wait_for_event, write_frame_model)
@@ -215,13 +216,15 @@ async def test_names_are_never_reused_and_a_stopped_service_writes_its_aborted_s
 async def test_a_full_recording_queue_makes_ingest_wait_and_nothing_is_lost(settings, tmp_path, monkeypatch):
     """A slow disk (each write 15 ms) and a 64 KiB recording queue: ingest waits (``recording_waits``),
     and every line is recognized and recorded."""
-    import scanlens.recording.recorder as recorder
+    from scanlens.recording.appender import Appender
 
-    def slow(fd, buffers):
+    append = Appender.append
+
+    def slow(self, buffers):
         time.sleep(0.015)
-        write_all(fd, buffers)
+        append(self, buffers)
 
-    monkeypatch.setattr(recorder, "write_all", slow)
+    monkeypatch.setattr(Appender, "append", slow)
     record = tmp_path / "rec"
     small = settings.model_copy(update={"record_dir": record, "memory_budget_bytes": 2**20,
                                         "max_message_bytes": 16384})
@@ -275,10 +278,11 @@ async def test_kill_9_leaves_a_journal_that_scanlens_recover_turns_into_a_record
     """SIGKILL of ``scanlens serve --record DIR`` mid-scan, then ``scanlens recover DIR``: the ``.h5`` holds
     every line sent before the kill.
 
-    What is guaranteed: a line is in the journal once the writer thread has written it with ``os.write``
-    (the page cache survives the death of the process; only a power cut can lose what was not fsynced, at
-    most ``FSYNC_INTERVAL_S`` = 0.5 s). The test measures how long after its sending the last line is in
-    the journal (printed: about 25 ms on 2 shared cores, this test's polling included; asserted under 1 s),
+    What is guaranteed: a line is in the journal once the writer thread has flushed it into the file, at most
+    ``FLUSH_INTERVAL_S`` = 0.1 s after it wrote the record (recording/appender.py; what is in the file survives
+    the death of the process, only a power cut can lose what was not fsynced, at most ``FSYNC_INTERVAL_S`` =
+    0.5 s). The test measures how long after its sending the last line is in the journal (printed: about
+    120 ms on 2 shared cores, this test's polling included; asserted under 1 s),
     waits 1 s after the last send, then kills. The journal also converts when the service itself starts on the directory (a copy here)."""
     record, later = tmp_path / "rec", tmp_path / "later"
     rows, cols = 10, 20

@@ -1,8 +1,9 @@
 """The append-only journal of one scan being recorded: ``<record_dir>/<scan_id>.journal``.
 
-While a scan is open the recorder's writer thread appends every message of it to its journal with
-plain ``os.write`` calls (what a ``kill -9`` of the service cannot take back: the page cache keeps it)
-and ``fsync``\\ s at most every ``FSYNC_INTERVAL_S`` (what a power cut can take back). When the scan
+While a scan is open the recorder's writer thread appends every message of it to its journal
+(``appender.py``: direct I/O from a staging buffer flushed at least every ``FLUSH_INTERVAL_S``, or the
+page cache; what has been written a ``kill -9`` of the service cannot take back) and ``fsync``\\ s at most
+every ``FSYNC_INTERVAL_S`` (what a power cut can take back). When the scan
 closes, the journal becomes an ``.h5`` file (``convert.py``) and is deleted; ``scanlens recover`` turns
 leftover journals into ``.h5`` files the same way (``docs/operations.md``, "Recording scans").
 
@@ -27,7 +28,8 @@ spectra of counts shrink about 4x for about 0.4 ms of one core per 2 MiB line, w
 quarter of the bytes. Journals of format 1 (no compressed frames) are read too.
 
 A reader stops at the first record that is incomplete or whose checksum does not match: a record cut
-short by a crash, or the stale tail of a file after a power cut, is ignored; everything before it is kept.
+short by a crash, the zero padding of a direct write's last block (a count of 0), or the stale tail of a
+file after a power cut, is ignored; everything before it is kept.
 """
 
 from __future__ import annotations
@@ -95,18 +97,6 @@ def _compress(view: memoryview) -> bytes:
     # BloscLZ, byte shuffle on 4-byte items, 256 KiB blocks: of the codecs and block sizes tried on 2 MiB
     # lines of counts (docs/performance.md) the fastest, at the same ratio as LZ4 (about 4x)
     return blosc.compress(view, b"blosclz", 1, blosc.SHUFFLE, 256 * 1024, typesize=4)
-
-
-def write_all(fd: int, buffers: list[Any]) -> None:
-    """Write every buffer, in order, with as few ``writev`` calls as the kernel allows."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    while views:
-        done = os.writev(fd, views[:1024])
-        while views and done >= views[0].nbytes:
-            done -= views[0].nbytes
-            views.pop(0)
-        if done:
-            views[0] = views[0][done:]
 
 
 @dataclass

@@ -6,8 +6,9 @@ publication, the frames it has just sent. The queue is bounded in bytes (``queue
 any size fits when it is empty). When it is full the loop ``await``\\ s room, so ingest waits exactly
 like the lossless backpressure of the inference queues (``docs/protocol.md`` §3.4): nothing is dropped.
 
-The writer thread appends each item to the scan's journal (``journal.py``: ``os.writev``, large buffers
-compressed). It never waits for the disk: an fsync thread syncs what was written every
+The writer thread appends each item to the scan's journal (``journal.py``: large buffers compressed;
+``appender.py``: direct writes from a staging buffer, flushed at least every ``FLUSH_INTERVAL_S``, also
+when the writer is idle). It never waits for an fsync: an fsync thread syncs what was written every
 ``FSYNC_INTERVAL_S``, and a converter thread turns each journal whose scan's summary has been written
 into ``<scan_id>.h5`` (``convert.py``), one after another. A write that fails (disk full, I/O error)
 or that would take the recordings in the directory over ``budget_bytes`` stops recording *that scan*: the loop is told
@@ -31,7 +32,8 @@ from typing import Any
 
 from .. import __version__
 from .convert import DirectoryLock, convert_journal, free_path, open_directory, recordings_bytes, recover
-from .journal import FSYNC_INTERVAL_S, SUFFIX, encode_record, file_header, write_all
+from .appender import FLUSH_INTERVAL_S, Appender
+from .journal import FSYNC_INTERVAL_S, SUFFIX, encode_record, file_header
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class _Journal:
     scan_id: str
     serial: int
     path: Path | None = None
-    fd: int | None = None
+    file: Appender | None = None  # once the first record is written
     stopped: str | None = None
     dirty: bool = False  # written to since the fsync thread's last pass (under the recorder's mutex)
     closed: bool = False  # the writer is done with it: the fsync thread closes its duplicate descriptor
@@ -275,15 +277,19 @@ class Recorder:
         try:
             while True:
                 with self._cond:
-                    while not self._items:
-                        self._cond.wait()
-                    item = self._items.popleft()
+                    if not self._items:  # idle: wait, but not past the next flush of what waits to be flushed
+                        self._cond.wait(FLUSH_INTERVAL_S if self._unflushed() else None)
+                    item = self._items.popleft() if self._items else None
+                if item is None:
+                    self._flush(idle=True)
+                    continue
                 if item.op == "stop":
                     return
                 try:
                     self._handle(item)
                 except Exception:  # noqa: BLE001 - the writer must survive anything
                     log.exception("recording: %s of scan %s failed", item.op, item.scan_id)
+                self._flush(idle=False)
                 with self._mutex:
                     self._queued -= item.nbytes
                     wake, self._waiting = self._waiting, False
@@ -294,6 +300,29 @@ class Recorder:
             converter.join()
             self._stopping.set()
             syncer.join()
+
+    def _staged_bytes(self) -> int:
+        """Bytes appended to the open journals that their files do not hold yet (staged for a direct write;
+        the zero padding of a last block counts against it)."""
+        return sum(j.file.size - os.fstat(j.file.fd).st_size for j in self._journals.values() if j.file is not None)
+
+    def _unflushed(self) -> bool:
+        return any(j.file is not None and j.file.pending for j in self._journals.values())
+
+    def _flush(self, *, idle: bool) -> None:
+        """Flush the journals whose flush is due (all that wait, when the writer is idle): what a ``kill -9``
+        could take is at most ``FLUSH_INTERVAL_S`` old (appender.py)."""
+        for j in self._journals.values():
+            if j.file is not None and not j.stopped and (j.file.due() or idle and j.file.pending):
+                self._flush_one(j)
+
+    def _flush_one(self, j: _Journal) -> None:
+        assert j.file is not None
+        try:
+            j.file.flush()
+        except OSError as exc:
+            self._stop(j, f"cannot write {j.path}: {exc.strerror or exc}; recording of this scan stops here, "
+                          "the scan goes on")
 
     def _sync_loop(self) -> None:
         """The fsync thread: every ``FSYNC_INTERVAL_S`` it fsyncs the journals written to since its last
@@ -328,6 +357,8 @@ class Recorder:
     def _handle(self, item: _Item) -> None:
         if item.op == "mark":
             j = self._journals.get(item.serial)
+            if j is not None and j.file is not None and not j.stopped:
+                self._flush_one(j)  # the caller reads the journal: all of it must be in the file
             path = j.path if j is not None and not j.stopped else None
             done = item.meta["done"]
             self._call(lambda: done.done() or done.set_result(path))
@@ -344,10 +375,10 @@ class Recorder:
 
     def _write(self, j: _Journal, item: _Item) -> None:
         buffers, nbytes = encode_record(item.meta, item.frames)
-        extra = 0 if j.fd is not None else 24
+        extra = 0 if j.file is not None else 24
         with self._mutex:
             if self._used + nbytes + extra > self.budget_bytes:  # measure again: files may have been removed
-                self._used = recordings_bytes(self.directory)
+                self._used = recordings_bytes(self.directory) + self._staged_bytes()
             over = self._used + nbytes + extra > self.budget_bytes
         if over:
             self._stop(j, f"record_budget_bytes exhausted: the recordings in {self.directory} would exceed "
@@ -355,16 +386,16 @@ class Recorder:
                           "here, the scan goes on")
             return
         try:
-            if j.fd is None:
+            if j.file is None:
                 j.path = free_path(self.directory, j.scan_id, SUFFIX)
-                j.fd = os.open(j.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                j.file = Appender(j.path)
                 with self._mutex:
-                    self._sync_fds[j] = os.dup(j.fd)
+                    self._sync_fds[j] = os.dup(j.file.fd)
                 head, _ = file_header()
-                write_all(j.fd, [head])
+                j.file.append([head])
                 with self._mutex:
                     self._used += len(head)
-            write_all(j.fd, buffers)
+            j.file.append(buffers)
         except OSError as exc:
             self._stop(j, f"cannot write {j.path or self.directory}: {exc.strerror or exc}; recording of this "
                           "scan stops here, the scan goes on")
@@ -386,8 +417,10 @@ class Recorder:
         """The scan closed: its journal goes to the converter thread (the writer goes on with the other
         scans' records meanwhile)."""
         del self._journals[j.serial]
-        if j.fd is None:
+        if j.file is None:
             return  # nothing was written (stopped at the first record)
+        if not j.stopped:
+            self._flush_one(j)  # now, not when the converter gets to it
         with self._mutex:
             j.closed = True
         self._conversions.put((j, summary))
@@ -402,12 +435,11 @@ class Recorder:
                 log.exception("recording: the conversion of scan %s failed", job[0].scan_id)
 
     def _convert(self, j: _Journal, summary: dict[str, Any] | None) -> None:
-        assert j.fd is not None and j.path is not None
+        assert j.file is not None and j.path is not None
         try:
-            os.fsync(j.fd)
-        except OSError:
-            pass
-        os.close(j.fd)
+            j.file.close(sync=True)
+        except OSError as exc:  # what was flushed before is in the journal: convert that
+            log.error("recording of scan %s: closing %s failed: %s", j.scan_id, j.path, exc.strerror or exc)
         size = j.path.stat().st_size
         try:
             done = convert_journal(j.path, summary=summary if j.stopped else None, stopped=j.stopped)
