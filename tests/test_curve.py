@@ -338,6 +338,9 @@ async def test_shared_memory_with_curve_honours_only_the_scans_owner(curve_setti
             assert "belongs to another sender" in event.reason
             async with inst.scan("mine", "eels", (2, 160), band_axis()) as scan:
                 await scan.send_line(0, band_spectra(truth[0]))
+                # The two senders are separate connections, which the service does not order between: wait until
+                # the owner's scan_start has been taken before the intruder sends.
+                await wait_for(sub, "scan_started", scan_id="mine", timeout=20)
                 await other.send(Data(scan_id="mine", seq=1, row=1, shape=(160, band_axis().size), dtype="float32",
                                       slot=0))
                 await wait_for_event(sub, "forbidden", scan_id="mine")
