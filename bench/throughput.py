@@ -254,7 +254,7 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
                      transport)
     print("limit: bare PULL loop + ONNX Runtime ...", file=sys.stderr)
     queue_pixels = settings.queue_pixels
-    queue_bytes = settings.memory_budget_bytes // 16  # the service's bound on the bytes its ingest queues hold
+    queue_bytes = settings.ingest_queue  # the service's bound on the bytes its ingest queues hold
     limit = bare_loop("bare PULL + ONNX Runtime loop",
                       ["infer", transport.endpoint("limit"), rec.path, a.threads, a.parallel, a.batch, queue_pixels,
                        queue_bytes], axis, rows, a.line, transport)

@@ -109,3 +109,21 @@ async def test_backpressure_is_lossless(settings):
         np.testing.assert_array_equal(result.maps["band"]["class"], truth)
         assert counters["pixels_recognized"] == truth.size
         assert counters["backpressure_waits"] > 0, "the test did not make the ingest loop wait"
+
+
+async def test_a_small_receive_queue_keeps_the_backlog_with_the_sender_and_loses_nothing(settings):
+    """ZeroMQ holds at most ``ingest_hwm`` messages of a sender for the service (docs/operations.md,
+    "Memory"); with one, and ingest queues of two lines, a sender far faster than inference keeps its
+    backlog in its own queue and, closing only after its scan_summary, loses nothing."""
+    line_bytes = 64 * band_axis().size * 4
+    small = settings.model_copy(update={"ingest_hwm": 1, "ingest_queue_bytes": 2 * line_bytes,
+                                        "max_batch_pixels": 64})
+    async with live(small, scan_id="backlog") as (srv, inst, sub):
+        assert srv.ingest.getsockopt(zmq.RCVHWM) == 1
+        truth = np.random.default_rng(10).integers(0, 3, size=(400, 64))
+        await send_band_scan(inst, "backlog", truth)
+        result = await sub.collect_scan("backlog", timeout=60)
+        assert result.summary.state == "complete" and result.summary.n_lost == 0
+        np.testing.assert_array_equal(result.maps["band"]["class"], truth)
+        assert srv.scans.gate.peak <= 2 * line_bytes
+        assert srv.scans.gate.waits > 0, "the test did not make the ingest loop wait for inference"

@@ -14,6 +14,9 @@ from ..model_files import MODEL_DIR, user_model_dir
 #: The per-provider settings and their bounds: one value for every execution provider, or a table by
 #: provider short name (``{CPU = 2, CUDA = 1}``); the pipeline picks the running provider's entry
 #: (``scanlens.pipeline.per_provider``: else the CPU entry, else the default, 1 thread and 2 runs)
+#: the default bound on received data queued for the recognizers: 64 lines of 256 x 2048 float32 spectra
+#: keep two inference runs busy (docs/performance.md, "Memory"); more only holds more of a backlog
+DEFAULT_INGEST_QUEUE_BYTES = 128 * 2**20
 PER_PROVIDER_BOUNDS = {"inference_threads": (1, 64), "inference_parallel": (1, 16)}
 
 
@@ -52,6 +55,15 @@ class Settings(BaseSettings):
     pca_components: int = Field(4, ge=1, le=32, description="principal components the built-in pca analyzer maps")
     max_batch_pixels: int = Field(4096, ge=1, description="largest inference batch, in pixels")
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
+    ingest_queue_bytes: int | None = Field(None, ge=1, description="bytes of received data queued for the "
+                                           "recognizers, over all of them, before ingest backs off (default: a "
+                                           "sixteenth of memory_budget_bytes, at most 128 MiB); reserved in "
+                                           "memory_budget_bytes as max(this, max_message_bytes): one message of any "
+                                           "size always fits")
+    ingest_hwm: int = Field(2, ge=1, description="messages of one sender that ZeroMQ holds for the service before "
+                            "it reads them (the ingest socket's receive high-water mark; each at most "
+                            "max_message_bytes). The rest wait in the sender's own queue: a sender keeps its socket "
+                            "open until its scan_summary (docs/protocol.md §3.4)")
     max_scan_pixels: int = Field(16 * 1024 * 1024, ge=1, description="largest rows*cols accepted at scan_start")
     shm_ingest: bool = Field(True, description="take shared-memory rings from senders on this host (a local ingest "
                              "endpoint: loopback tcp or ipc): payloads then travel in memory both map, not over the "
@@ -62,7 +74,8 @@ class Settings(BaseSettings):
     scan_timeout_s: float = Field(60.0, gt=0, description="close a scan after this long without a message")
     start_timeout_s: float = Field(10.0, gt=0, description="close a scan that sent no data this long after scan_start")
     memory_budget_bytes: int = Field(4 * 2**30, ge=2**20, description="maps and results of all open and retained "
-                                     "scans, and the ingest queues (a sixteenth, or max_message_bytes if more); "
+                                     "scans, and the ingest queues (ingest_queue_bytes, or max_message_bytes if "
+                                     "more); "
                                      "a scan_start that does not fit is refused")
     max_reply_bytes: int = Field(64 * 2**20, ge=2**16, description="largest control reply; bigger snapshots are "
                                  "refused with how many rows to ask for at a time (the client does this itself)")
@@ -135,6 +148,14 @@ class Settings(BaseSettings):
     def curve_enabled(self) -> bool:
         """Whether CurveZMQ authentication is configured."""
         return self.curve_secret_key is not None
+
+    @property
+    def ingest_queue(self) -> int:
+        """``ingest_queue_bytes``, or its default: a sixteenth of the memory budget, at most
+        ``DEFAULT_INGEST_QUEUE_BYTES``."""
+        if self.ingest_queue_bytes is not None:
+            return self.ingest_queue_bytes
+        return min(DEFAULT_INGEST_QUEUE_BYTES, self.memory_budget_bytes // 16)
 
 
 def metrics_address(value: str) -> tuple[str, int]:

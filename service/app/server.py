@@ -118,7 +118,7 @@ class Server:
                               start_timeout_s=s.start_timeout_s, memory_budget_bytes=s.memory_budget_bytes,
                               max_reply_bytes=s.max_reply_bytes, retain_frames=s.retain_frames),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
-                                  parallel=s.inference_parallel, queue_bytes=s.memory_budget_bytes // 16,
+                                  parallel=s.inference_parallel, queue_bytes=s.ingest_queue,
                                   max_item_bytes=s.max_message_bytes))
         self.limits = Limits(max_payload_bytes=s.max_message_bytes)
         self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
@@ -197,7 +197,9 @@ class Server:
             # ZeroMQ's MAXMSGSIZE is a hard stop (the peer is disconnected without an event), so it sits
             # well above the limit that the codec enforces with a clear `oversized` event.
             w = self.wire
-            self.ingest, self.endpoints["ingest"] = bind(ctx, zmq.PULL, s.ingest,
+            # a small receive high-water mark: what a sender sends faster than the service takes waits in the
+            # sender's queue, not here (docs/operations.md, "Memory")
+            self.ingest, self.endpoints["ingest"] = bind(ctx, zmq.PULL, s.ingest, hwm=s.ingest_hwm,
                                                          max_message_bytes=w.ingest_frame_bytes,
                                                          curve=self.curve, zap_domain="ingest")
             sockets.append(self.ingest)
@@ -225,10 +227,11 @@ class Server:
             log.info("scanlens %s: ingest %s, publish %s, control %s; recognizers %s", __version__,
                      self.endpoints["ingest"], self.endpoints["publish"], self.endpoints["control"],
                      ", ".join(self.scans.processors))
-            log.info("limits: memory budget %.0f MiB; data frames up to %.1f MiB; control requests up to %.1f MiB; "
+            log.info("limits: memory budget %.0f MiB; data frames up to %.1f MiB; ingest queues %.0f MiB, %d "
+                     "message(s) per sender in ZeroMQ; control requests up to %.1f MiB; "
                      "at most %d queued publications per subscriber (largest %.1f MiB)",
-                     s.memory_budget_bytes / 2**20, w.ingest_frame_bytes / 2**20, w.request_bytes / 2**20,
-                     w.publish_hwm, w.largest_publication / 2**20)
+                     s.memory_budget_bytes / 2**20, w.ingest_frame_bytes / 2**20, s.ingest_queue / 2**20,
+                     s.ingest_hwm, w.request_bytes / 2**20, w.publish_hwm, w.largest_publication / 2**20)
             if self.recorder is not None:
                 self.recorder.start()
             # numpy's BLAS pool would fight ONNX Runtime's threads and the event loop for the cores

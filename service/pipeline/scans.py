@@ -62,7 +62,7 @@ class WorkerOptions:
     #: runs in flight per processor, or a table by execution provider (``inference_parallel``)
     parallel: int | Mapping[str, int] = 1
     #: bytes all ingest queues hold together (None: bounded in pixels only, nothing reserved); the
-    #: server gives a sixteenth of the memory budget and reserves it in the ledger
+    #: server gives ``ingest_queue_bytes`` (Settings.ingest_queue) and reserves it in the ledger
     queue_bytes: int | None = None
     max_item_bytes: int = 0  # the largest message a queue can be handed (max_message_bytes)
 
@@ -107,8 +107,8 @@ class ScanManager:
                 self.ledger.reserve(INGEST_QUEUES, need)
             except MemoryError as exc:
                 raise ValueError(f"memory_budget_bytes cannot hold the ingest queues, which need "
-                                 f"max(memory_budget_bytes / 16, max_message_bytes): {exc}; raise "
-                                 "memory_budget_bytes or lower max_message_bytes") from None
+                                 f"max(ingest_queue_bytes, max_message_bytes): {exc}; raise "
+                                 "memory_budget_bytes or lower ingest_queue_bytes or max_message_bytes") from None
         self._on_result, self._worker_options = on_result, workers
         self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
                                               queue_pixels=workers.queue_pixels, parallel=workers.parallel_of(proc),
