@@ -11,12 +11,12 @@ from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, Setting
 
 from ..model_files import MODEL_DIR, user_model_dir
 
+#: the default bound on received data queued for the recognizers: 64 lines of 256 x 2048 float32 spectra
+#: keep two inference runs busy (docs/operations.md, "Memory"); more only holds more of a backlog
+DEFAULT_INGEST_QUEUE_BYTES = 128 * 2**20
 #: The per-provider settings and their bounds: one value for every execution provider, or a table by
 #: provider short name (``{CPU = 2, CUDA = 1}``); the pipeline picks the running provider's entry
 #: (``scanlens.pipeline.per_provider``: else the CPU entry, else the default, 1 thread and 2 runs)
-#: the default bound on received data queued for the recognizers: 64 lines of 256 x 2048 float32 spectra
-#: keep two inference runs busy (docs/performance.md, "Memory"); more only holds more of a backlog
-DEFAULT_INGEST_QUEUE_BYTES = 128 * 2**20
 PER_PROVIDER_BOUNDS = {"inference_threads": (1, 64), "inference_parallel": (1, 16)}
 
 
