@@ -168,13 +168,13 @@ async def test_the_ingest_queues_share_one_byte_bound():
 def test_the_server_reserves_its_ingest_queues_in_the_memory_budget(tmp_path, model_dir):
     """The ingest queues' bytes come out of the one memory budget (the ledger's "ingest queues" entry):
     max(ingest_queue_bytes, max_message_bytes), where ingest_queue_bytes defaults to a sixteenth of the
-    budget, at most 128 MiB; a budget that cannot hold them stops the start."""
+    budget; a budget that cannot hold them stops the start."""
     from scanlens.app import Server
     from scanlens.pipeline.scans import INGEST_QUEUES
 
     for budget, queue, largest, capacity, reserved in ((2**30, None, 2**20, 2**26, 2**26),
                                                        (2**30, None, 2**27, 2**26, 2**27),
-                                                       (2**32, None, 2**20, 2**27, 2**27),  # the defaults' cap
+                                                       (2**32, None, 2**20, 2**28, 2**28),  # the defaults
                                                        (2**32, 2**25, 2**20, 2**25, 2**25)):
         server = Server(loopback_settings(model_dir, memory_budget_bytes=budget, ingest_queue_bytes=queue,
                                           max_message_bytes=largest))

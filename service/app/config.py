@@ -11,9 +11,6 @@ from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, Setting
 
 from ..model_files import MODEL_DIR, user_model_dir
 
-#: the default bound on received data queued for the recognizers: 64 lines of 256 x 2048 float32 spectra
-#: keep two inference runs busy (docs/operations.md, "Memory"); more only holds more of a backlog
-DEFAULT_INGEST_QUEUE_BYTES = 128 * 2**20
 #: The per-provider settings and their bounds: one value for every execution provider, or a table by
 #: provider short name (``{CPU = 2, CUDA = 1}``); the pipeline picks the running provider's entry
 #: (``scanlens.pipeline.per_provider``: else the CPU entry, else the default, 1 thread and 2 runs)
@@ -57,13 +54,15 @@ class Settings(BaseSettings):
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
     ingest_queue_bytes: int | None = Field(None, ge=1, description="bytes of received data queued for the "
                                            "recognizers, over all of them, before ingest backs off (default: a "
-                                           "sixteenth of memory_budget_bytes, at most 128 MiB); reserved in "
+                                           "sixteenth of memory_budget_bytes); reserved in "
                                            "memory_budget_bytes as max(this, max_message_bytes): one message of any "
                                            "size always fits")
-    ingest_hwm: int = Field(2, ge=1, description="messages of one sender that ZeroMQ holds for the service before "
-                            "it reads them (the ingest socket's receive high-water mark; each at most "
-                            "max_message_bytes). The rest wait in the sender's own queue: a sender keeps its socket "
-                            "open until its scan_summary (docs/protocol.md §3.4)")
+    ingest_hwm: int = Field(1000, ge=1, description="messages of one sender that ZeroMQ holds for the service "
+                            "before it reads them (the ingest socket's receive high-water mark; each at most "
+                            "max_message_bytes; default ZeroMQ's). A small value (2) bounds this memory, but a "
+                            "backlog then waits in the sender's own queue, which libzmq may drop when the sender "
+                            "closes: only for senders that wait for their scan_summary (docs/operations.md, "
+                            "\"Memory\")")
     max_scan_pixels: int = Field(16 * 1024 * 1024, ge=1, description="largest rows*cols accepted at scan_start")
     shm_ingest: bool = Field(True, description="take shared-memory rings from senders on this host (a local ingest "
                              "endpoint: loopback tcp or ipc): payloads then travel in memory both map, not over the "
@@ -151,11 +150,10 @@ class Settings(BaseSettings):
 
     @property
     def ingest_queue(self) -> int:
-        """``ingest_queue_bytes``, or its default: a sixteenth of the memory budget, at most
-        ``DEFAULT_INGEST_QUEUE_BYTES``."""
+        """``ingest_queue_bytes``, or its default: a sixteenth of the memory budget."""
         if self.ingest_queue_bytes is not None:
             return self.ingest_queue_bytes
-        return min(DEFAULT_INGEST_QUEUE_BYTES, self.memory_budget_bytes // 16)
+        return self.memory_budget_bytes // 16
 
 
 def metrics_address(value: str) -> tuple[str, int]:

@@ -197,8 +197,7 @@ class Server:
             # ZeroMQ's MAXMSGSIZE is a hard stop (the peer is disconnected without an event), so it sits
             # well above the limit that the codec enforces with a clear `oversized` event.
             w = self.wire
-            # a small receive high-water mark: what a sender sends faster than the service takes waits in the
-            # sender's queue, not here (docs/operations.md, "Memory")
+            # ingest_hwm: how many messages of each sender ZeroMQ holds here (docs/operations.md, "Memory")
             self.ingest, self.endpoints["ingest"] = bind(ctx, zmq.PULL, s.ingest, hwm=s.ingest_hwm,
                                                          max_message_bytes=w.ingest_frame_bytes,
                                                          curve=self.curve, zap_domain="ingest")
