@@ -74,8 +74,7 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(10.0, gt=0, description="close a scan that sent no data this long after scan_start")
     memory_budget_bytes: int = Field(4 * 2**30, ge=2**20, description="maps and results of all open and retained "
                                      "scans, and the ingest queues (ingest_queue_bytes, or max_message_bytes if "
-                                     "more); "
-                                     "a scan_start that does not fit is refused")
+                                     "more); a scan_start that does not fit is refused")
     max_reply_bytes: int = Field(64 * 2**20, ge=2**16, description="largest control reply; bigger snapshots are "
                                  "refused with how many rows to ask for at a time (the client does this itself)")
     status_interval_s: float = Field(0.25, gt=0, description="period of the status heartbeat on the PUB socket")
