@@ -6,7 +6,8 @@
 1. bare ORT: the image model's session alone on ``size``² frames at its own pixel size -> frames/s
    (inference only: what ONNX Runtime itself can do with this model here), in three configurations:
    one run at a time with 1 or with 2 intra-op threads, and two runs side by side with 1 thread
-   each (what the service does by default on 2 cores); the fastest is the baseline.
+   each (what the service does by default on 2 cores); the fastest is the baseline. Always whole frames:
+   above 512² the service segments in tiles (``frame_tile_px``), about 27 % more pixels at 1024².
 2. service, flat out, policy lossless: a sender in its own process (bench/frame_sender.py) streams
    pre-rendered simulated STEM frames at the model's pixel size as fast as the service takes them;
    rate = frames / (scan_start -> summary). This includes transport, post-processing (atoms,
@@ -43,7 +44,7 @@ from scanlens.protocol.messages import ScanSummary  # noqa: E402
 def bare_ort(path: Path, threads: int, size: int, frames: int, parallel: int = 1) -> float:
     """Frames/s of plain session.run loops (the service's session options, padding included):
     ``parallel`` Python threads share one session, ``frames`` runs in all."""
-    rec = open_recognizer(path, threads=threads)
+    rec = open_recognizer(path, threads=threads, tile_px=0)  # whole frames: bare, whatever the size
     rec.limit_runs(parallel)  # as many runs at once as asked, no more
     image = np.random.default_rng(0).poisson(50.0, size=(size, size)).astype(np.float32)
     rec.segment(image)

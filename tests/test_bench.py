@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ["throughput", "frames", "dynamics", "curve", "soak"]
+BENCHES = ["throughput", "frames", "dynamics", "curve", "soak", "demo_memory"]
 
 
 def _small_run(name: str) -> list[str]:
@@ -30,5 +30,6 @@ def test_bench_small_run(name: str) -> None:
     out = subprocess.run(_small_run(name), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
-    key = {"throughput": "ratio", "frames": "ratio", "dynamics": "seeds", "curve": "ratio", "soak": "ok"}[name]
+    key = {"throughput": "ratio", "frames": "ratio", "dynamics": "seeds", "curve": "ratio", "soak": "ok",
+           "demo_memory": "ratio"}[name]
     assert key in report, sorted(report)

@@ -87,3 +87,17 @@ def test_demo_with_a_recognizer_of_another_modality_is_one_clear_line(tmp_path):
     assert "error: demo failed: scan demo-bepfm-0 rejected: recognizer 'eels-mlp' is for modality 'eels'" \
         in result.output
     assert "Traceback" not in result.output and "ExceptionGroup" not in result.output
+
+
+def test_demo_with_an_unknown_or_unscorable_recognizer_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["demo", "--modality", "haadf", "--recognizer", "nope", "--frames", "2",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert "recognizers ['nope'] not found" in line and "available: [" in line and "'stem-unet'" in line
+    assert "Traceback" not in result.output
+    result = runner.invoke(app, ["demo", "--recognizer", "pca", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --recognizer pca: the built-in PCA has no classes or parameters to score; it runs next to the "
+        "recognizer with --pca (the default)"]

@@ -24,6 +24,7 @@ from scanlens.app.config import Settings
 from scanlens.recording import RecordingError
 from scanlens.app.server import running
 from scanlens.client import Control, ControlReply, MovieResult, ScanResult, ServiceError, Subscriber
+from scanlens.pipeline import ModelError
 
 from .figures import render_panels
 from .scenarios import ALIASES, SCENARIOS, Scenario
@@ -67,8 +68,9 @@ async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: 
     """Run one live scan end to end: the subscriber's result, the final snapshot and the wall time.
     ``pace`` is the pixel dwell time in µs (spectral) or the frame period in ms (imaging); with ``record``
     the service records the scan there (docs/operations.md, "Recording scans")."""
+    # only the models the scan runs (the others' sessions would only take memory)
     settings = Settings(ingest="tcp://127.0.0.1:0", publish="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0",
-                        record_dir=record)
+                        record_dir=record, models=[r for r in recognizers if r != "pca"])
     scan_id = f"demo-{scenario.modality}-{seed}"
     t0 = time.perf_counter()
     async with running(settings) as server:
@@ -100,7 +102,9 @@ async def run_scan(scenario: Scenario, recognizers: list[str], rows: int, cols: 
                 async with asyncio.TaskGroup() as tg:
                     sim = tg.create_task(_run_simulator(sim_args))
                     if scenario.imaging:
-                        result = await sub.collect_movie(scan_id, timeout=timeout, progress=progress)
+                        # the figure draws the first frame's class map only (a byte per pixel of each frame)
+                        result = await sub.collect_movie(scan_id, timeout=timeout, progress=progress,
+                                                         keep_classes="first")
                     else:
                         result = await sub.collect_scan(scan_id, timeout=timeout, progress=progress, control=control)
                     await sim
@@ -186,6 +190,10 @@ def demo(
         typer.echo(f"error: unknown modality {modality!r}; available: {', '.join(SCENARIOS)}", err=True)
         raise typer.Exit(2)
     rec = ALIASES.get(recognizer, recognizer) if recognizer else scenario.recognizer
+    if rec == "pca":
+        typer.echo("error: --recognizer pca: the built-in PCA has no classes or parameters to score; it runs next to "
+                   "the recognizer with --pca (the default)", err=True)
+        raise typer.Exit(2)
     recognizers = [rec] + (["pca"] if pca and rec != "pca" and not scenario.imaging else [])
     rows, cols = rows or scenario.shape[0], cols or scenario.shape[1]
     try:
@@ -199,11 +207,11 @@ def demo(
         pace = frame_ms if scenario.imaging else dwell_us
         result, snapshot, wall = asyncio.run(run_scan(scenario, recognizers, rows, cols, pace, seed, truth_path,
                                                       extra, frames=frames, show_progress=not as_json, record=record))
-    except (DemoError, ServiceError, TimeoutError, OSError, RecordingError) as exc:
+    except (DemoError, ServiceError, TimeoutError, OSError, RecordingError, ModelError) as exc:
         typer.echo(f"error: demo failed: {exc or type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
     except ExceptionGroup as group:  # a task of the scan failed: report the first cause, in one line
-        expected = (DemoError, ServiceError, TimeoutError, OSError, RecordingError)
+        expected = (DemoError, ServiceError, TimeoutError, OSError, RecordingError, ModelError)
         cause = _first_leaf(group)
         if not isinstance(cause, expected):
             raise

@@ -125,11 +125,12 @@ def _eels_score(result: ScanResult, snap: ControlReply, truth: dict[str, Any], r
         out["accuracy"] = float(np.mean(maps["class"] == truth["phase"]))
     unknown = truth.get("unknown")
     known = np.ones(truth["phase"].shape, bool) if unknown is None else unknown < 1e-3
-    # abundances of the three reference phases are only defined where no unknown phase is mixed in
-    err = (maps["abundance"] - truth["abundance"])[known]
-    out["abundance_rmse"] = float(np.sqrt(np.mean(err**2)))
-    if not known.all():
-        out["abundance_rmse_pixels"] = "without the unknown phase"
+    if "abundance" in maps:  # a model of the phase abundances (eels-fit; not every user model)
+        # abundances of the three reference phases are only defined where no unknown phase is mixed in
+        err = (maps["abundance"] - truth["abundance"])[known]
+        out["abundance_rmse"] = float(np.sqrt(np.mean(err**2)))
+        if not known.all():
+            out["abundance_rmse_pixels"] = "without the unknown phase"
     if "chi2" in maps:
         if unknown is not None and (unknown > 0.5).any() and (unknown <= 0.5).any():
             out["chi2_auc"] = roc_auc(detection_score({"chi2": maps["chi2"].reshape(-1, maps["chi2"].shape[-1])}),
@@ -363,7 +364,7 @@ def _haadf_panels(result, snap: ControlReply, truth: dict[str, Any], rec: str) -
     from scanlens.sim.stem import STEMMovie, SEG_CLASSES
 
     frames = result.frames[rec]
-    first = min(frames)
+    first = min(i for i, arrays in frames.items() if "classes" in arrays)  # the demo keeps the first frame's
     image = STEMMovie(truth["config"]).frame(first)
     arrays = frames[first]
     px = pixel_length(result, truth)

@@ -15,6 +15,9 @@ from ..model_files import MODEL_DIR, user_model_dir
 #: provider short name (``{CPU = 2, CUDA = 1}``); the pipeline picks the running provider's entry
 #: (``scanlens.pipeline.per_provider``: else the CPU entry, else the default, 1 thread and 2 runs)
 PER_PROVIDER_BOUNDS = {"inference_threads": (1, 64), "inference_parallel": (1, 16)}
+#: ``frame_tile_px``'s default, scanlens.pipeline.frames.DEFAULT_TILE_PX (not imported: ONNX Runtime would load
+#: for ``--help``; tests/test_tiles.py checks that they agree), and its least value other than 0
+FRAME_TILE_PX, MIN_FRAME_TILE_PX = 512, 128
 
 
 class Settings(BaseSettings):
@@ -49,6 +52,11 @@ class Settings(BaseSettings):
     inference_parallel: int | dict[str, int] = Field(
         2, description="inference runs in flight at once per recognizer (1-16); or per provider, {CPU = 2, CUDA = "
                        "1}: the entry of the provider that runs the recognizer's session, else the CPU entry, else 2")
+    frame_tile_px: int = Field(
+        FRAME_TILE_PX, ge=0, description="frames longer than this many model pixels on a side (after rescaling to the "
+        "model's pixel size) are segmented in overlapping tiles of about this size, each with the card's margin of "
+        "context (64 px unless it says), to bound ONNX Runtime's memory per run; 0: whole frames, at least 128 "
+        "otherwise (docs/operations.md, \"Memory\")")
     pca_components: int = Field(4, ge=1, le=32, description="principal components the built-in pca analyzer maps")
     max_batch_pixels: int = Field(4096, ge=1, description="largest inference batch, in pixels")
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
@@ -124,6 +132,13 @@ class Settings(BaseSettings):
         for provider, n in (value.items() if isinstance(value, dict) else [(None, value)]):
             if not lo <= n <= hi:
                 raise ValueError(f"{provider + ': ' if provider else ''}must be {lo} to {hi}")
+        return value
+
+    @field_validator("frame_tile_px")
+    @classmethod
+    def _tiles_not_tiny(cls, value: int) -> int:
+        if 0 < value < MIN_FRAME_TILE_PX:
+            raise ValueError(f"must be 0 (whole frames) or at least {MIN_FRAME_TILE_PX}")
         return value
 
     @field_validator("metrics")

@@ -107,7 +107,8 @@ class Server:
                 log.warning("%s is readable by others than its owner (mode %o); keep the secret key mode 0600",
                             s.curve_secret_key, mode & 0o777)
         self.recognizers = recognizers if recognizers is not None else load_recognizers(
-            s.model_dir, s.models, threads=s.inference_threads, providers=s.providers, user_dir=s.user_model_dir)
+            s.model_dir, s.models, threads=s.inference_threads, providers=s.providers, user_dir=s.user_model_dir,
+            tile_px=s.frame_tile_px)
         analyzers: dict[str, Processor] = {"pca": PCAAnalyzer(k=s.pca_components)}
         if clash := sorted(set(analyzers) & set(self.recognizers)):
             raise ModelError(f"model names {clash} clash with built-in analyzers")
@@ -134,7 +135,7 @@ class Server:
         self.jobs = Jobs(self.scans, self._publish, self._serve_worker, TrainingOptions(
             model_dir=s.user_model_dir, budget_s=s.train_budget_s, frame_budget_s=s.train_frame_budget_s,
             threads=s.trainer_threads, inference_threads=s.inference_threads, providers=s.providers,
-            max_batch_pixels=s.max_batch_pixels))
+            max_batch_pixels=s.max_batch_pixels, frame_tile_px=s.frame_tile_px))
         self.jobs.recorder = self.recorder
         self._tg: asyncio.TaskGroup | None = None
         self._worker_tasks: dict[int, asyncio.Task] = {}  # id(worker) -> its serve task

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline import (AxisError, InferenceWorker, LabelError, ModelError, Publication, ScanManager,
+from ..pipeline import (DEFAULT_TILE_PX, AxisError, InferenceWorker, LabelError, ModelError, Publication, ScanManager,
                         SpectraRetention, TrainingSet, open_recognizer, training_set)
 from ..protocol import topics
 from ..protocol.codec import ProtocolError, buffer_to_array
@@ -182,6 +182,7 @@ class TrainingOptions:
     inference_threads: Any = 1  # the new recognizer's session, as the others
     providers: Sequence[str] = ("CPU",)
     max_batch_pixels: int = 4096
+    frame_tile_px: int = DEFAULT_TILE_PX  # a new frame recognizer's tiles, as the others
 
 
 class Jobs:
@@ -385,7 +386,8 @@ class Jobs:
     async def _swap(self, job: Job, path: Path) -> None:
         """Load and warm the new recognizer in a thread, attach it at a message boundary, redo earlier lines."""
         o = self.options
-        proc = await asyncio.to_thread(open_recognizer, path, threads=o.inference_threads, providers=o.providers)
+        proc = await asyncio.to_thread(open_recognizer, path, threads=o.inference_threads, providers=o.providers,
+                                       tile_px=o.frame_tile_px)
         if proc.name != job.name:
             raise ModelError(f"the trainer wrote a model named {proc.name!r}, not {job.name!r}")
         scan = self.scans.find_scan(job.data.scan_id)

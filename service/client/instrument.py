@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 #: bytes per value a ring slot is sized for (float64: any wire dtype fits; pages that a narrower dtype
 #: never touches cost no memory)
 _SLOT_ITEMSIZE = 8
+#: A ring's default size: 16 slots, fewer when they are large (at least 4): its pages that the payloads
+#: touch are memory of the sender and, mapped, of the service (1024² frames: 8 slots, 32 MB touched)
+_RING_SLOTS, _RING_MIN_SLOTS, _RING_BYTES = 16, 4, 64 * 2**20
+
+
+def ring_slots_for(slot_bytes: int) -> int:
+    """Slots of a ring whose slots hold ``slot_bytes``, when the instrument does not say."""
+    return max(_RING_MIN_SLOTS, min(_RING_SLOTS, _RING_BYTES // max(slot_bytes, 1)))
 
 
 class Instrument(_Client):
@@ -40,12 +48,12 @@ class Instrument(_Client):
     ``shm``: None (default) uses a shared-memory ring when the service is on this host and takes one,
     else the payloads go in the messages; True insists (RingError when no ring can be set up); False
     never. ``ring_slots``: lines or frames in flight in the ring at once (the sender waits for a free
-    slot, as it waits for a full socket). ``async with`` (or ``aclose``) lets the service finish with
-    the ring's lines before closing."""
+    slot, as it waits for a full socket; default 16, fewer for large slots: ``ring_slots_for``).
+    ``async with`` (or ``aclose``) lets the service finish with the ring's lines before closing."""
 
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, hwm: int = 1000,
                  linger_s: float = 10.0, curve: CurveClient | None = None, shm: bool | None = None,
-                 ring_slots: int = 16):
+                 ring_slots: int | None = None):
         if shm and ring_socket_name(endpoint) is None:
             raise RingError(f"shm=True needs the service on this host (a loopback tcp or ipc endpoint), not {endpoint}")
         super().__init__(ctx)
@@ -67,7 +75,8 @@ class Instrument(_Client):
         if self.ring is not None:
             await self._drain_ring()
         try:
-            self.ring = await RingClient.open(self.endpoint, self.ring_slots, slot_bytes)
+            slots = self.ring_slots if self.ring_slots is not None else ring_slots_for(slot_bytes)
+            self.ring = await RingClient.open(self.endpoint, slots, slot_bytes)
         except RingError as exc:
             if self._insist:
                 raise

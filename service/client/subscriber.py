@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Literal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -183,9 +184,10 @@ class Subscriber(_Client):
         return result
 
     async def collect_movie(self, scan_id: str, timeout: float = 60.0, progress=None,
-                            keep_classes: bool = True) -> MovieResult:
+                            keep_classes: bool | Literal["first"] = True) -> MovieResult:
         """Receive an imaging scan until its summary; ``progress(result)`` after every frame result.
-        ``keep_classes=False`` keeps only atoms and defects (class maps are large)."""
+        ``keep_classes=False`` keeps only atoms and defects (class maps are large: a byte per pixel of every
+        frame), ``"first"`` the class map of each recognizer's first frame result too."""
         result: MovieResult | None = None
         while True:
             msg = await self.recv(timeout)
@@ -195,8 +197,9 @@ class Subscriber(_Client):
             if isinstance(h, ScanStarted):
                 result = MovieResult(h, {name: {} for name in h.recognizers})
             elif isinstance(h, FrameResult) and result is not None:
-                arrays = dict(msg.arrays) if keep_classes else {k: v for k, v in msg.arrays.items() if k != "classes"}
-                result.frames.setdefault(h.recognizer, {})[h.frame] = arrays
+                kept = result.frames.setdefault(h.recognizer, {})
+                keep = keep_classes is True or (keep_classes == "first" and not kept)
+                kept[h.frame] = dict(msg.arrays) if keep else {k: v for k, v in msg.arrays.items() if k != "classes"}
                 result.latencies_ms.append(h.latency_ms)
                 if h.tracking is not None:
                     result.tracking[h.recognizer] = h.tracking

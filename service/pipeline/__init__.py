@@ -6,7 +6,7 @@ The public face of the layer; the modules below it are private to it (``docs/arc
 from .atoms import PostProcess, postprocess
 from .axis import AxisError, AxisMap, length_factor
 from .batcher import InferenceWorker, PixelQueue
-from .frames import FrameBinding, FrameRecognizer, recognize_image, rescale, zoom_factor
+from .frames import DEFAULT_TILE_PX, FrameBinding, FrameRecognizer, recognize_image, rescale, tile_bounds, zoom_factor
 from .live import LabelError, TrainingSet, training_set
 from .loading import Recognizer, load_recognizers, open_recognizer, provider_warnings, recognizer_for
 from .onnx_model import ModelError, OnnxModel, read_card, session_options
@@ -23,7 +23,7 @@ from .spectral import SpectralBinding, SpectralProcessor, SpectralRecognizer
 from .tracking import DefectTracker
 
 __all__ = [
-    "DEFAULT_PARALLEL", "DEFAULT_THREADS", "PROVIDERS",
+    "DEFAULT_PARALLEL", "DEFAULT_THREADS", "DEFAULT_TILE_PX", "PROVIDERS",
     "AxisError", "AxisMap", "Binding", "DefectTracker", "FrameBinding", "FrameRecognizer", "FrameRetention",
     "InferenceWorker", "LabelError", "Line", "SpectraRetention", "TrainingSet", "retention_for", "training_set",
     "ModelError", "OnnxModel", "PCAAnalyzer", "PixelQueue", "PostProcess", "Processor", "ProviderError", "Publication",
@@ -31,5 +31,5 @@ __all__ = [
     "SpectralRecognizer", "StreamingPCA", "WorkItem", "WorkerOptions", "length_factor", "load_recognizers",
     "normalize_providers", "open_recognizer", "per_provider", "postprocess", "provider_table", "provider_warnings",
     "read_card", "recognize_image", "recognizer_for", "rescale", "resolve_providers", "session_options", "takes_of",
-    "zoom_factor",
+    "tile_bounds", "zoom_factor",
 ]

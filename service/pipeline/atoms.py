@@ -88,8 +88,10 @@ def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
     probability-weighted centroid of its connected region above ``threshold`` (unbiased for a
     symmetric blob). A region holding several seeds (touching atoms) is split: each seed then takes
     the centroid of the region's pixels within ``min_distance_px / 2`` of it."""
-    atom_probs = probs[pp.atom_index]  # [A, H, W]
-    p = atom_probs.sum(axis=0)
+    index = pp.atom_index
+    p = probs[index[0]].copy()  # the summed atom probability, without a copy of the atom channels [A, H, W]
+    for c in index[1:]:
+        p += probs[c]  # the order np.sum(axis=0) adds them in: the same bits
     size = max(3, int(round(pp.min_distance_px)) | 1)
     mask = p > pp.threshold
     peaks = (p == local_max_filter(p, size)) & mask
@@ -112,7 +114,7 @@ def find_atoms(probs: np.ndarray, pp: PostProcess) -> np.ndarray:
         total = w.sum(axis=(1, 2))
         y_sub[shared] = ys[shared] + (w * dy).sum(axis=(1, 2)) / total
         x_sub[shared] = xs[shared] + (w * dx).sum(axis=(1, 2)) / total
-    cls = atom_probs[:, ys, xs].argmax(axis=0)
+    cls = probs[index[:, None], ys, xs].argmax(axis=0)
     return np.column_stack([x_sub, y_sub, cls]).astype(np.float32)
 
 

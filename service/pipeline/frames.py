@@ -33,6 +33,14 @@ from .tracking import DefectTracker
 
 MIN_ZOOM, MAX_ZOOM = 0.25, 4.0
 _UNIT_ZOOM = 1e-6  # |zoom - 1| below this: the frame is used as it is
+#: Frames longer than this (model pixels, after rescaling) on a side are segmented in overlapping tiles
+#: (``tile_bounds``; the ``frame_tile_px`` setting): ONNX Runtime's activations of one run grow with the
+#: frame (about 550 MB for 1024², 150 MB for a 576² tile of stem-unet), and two runs are in flight.
+DEFAULT_TILE_PX = 512
+#: Model pixels of context each tile has beyond the part of it that is kept, where the card's
+#: ``postprocess.tile_margin_px`` does not say: wider than stem-unet's receptive radius (about 52 px:
+#: 3x3 convolutions at four scales), so a kept pixel sees what it would see in the whole frame.
+DEFAULT_TILE_MARGIN_PX = 64
 
 
 def _cores() -> int:
@@ -77,6 +85,15 @@ def recognize_image(segment: Callable[[np.ndarray], np.ndarray], pp: PostProcess
 
 #: The shortest frame side (in frame pixels, and after rescaling to the model) a recognizer accepts.
 MIN_FRAME_EDGE = 2
+
+
+def tile_bounds(size: int, tile: int, multiple: int) -> list[int]:
+    """Where the kept parts of the tiles along one side of ``size`` (a multiple of ``multiple``) begin
+    and end: ``ceil(size / tile)`` parts of nearly equal length, each boundary a multiple of
+    ``multiple`` (so a network's pooling grid is the whole frame's), ``[0, size]`` when one tile does."""
+    n = max(1, -(-size // tile)) if tile > 0 else 1
+    bounds = sorted({round(k * size / n / multiple) * multiple for k in range(n + 1)})
+    return bounds if len(bounds) > 1 else [0, size]
 
 
 @dataclass
@@ -210,7 +227,7 @@ class FrameRecognizer(Processor):
     takes = "frames"
     max_parallel = 2
 
-    def __init__(self, model: OnnxModel, *, warm_up: bool = True):
+    def __init__(self, model: OnnxModel, *, warm_up: bool = True, tile_px: int = DEFAULT_TILE_PX):
         self.model = model
         card = model.card
         if card.input.pixel_size is None:
@@ -232,6 +249,13 @@ class FrameRecognizer(Processor):
             raise ModelError(f"{model.path}: invalid postprocess in the card: {exc}") from None
         self.pixel_size = card.input.pixel_size
         self.multiple = int(card.postprocess.get("size_multiple", 16))
+        #: frames longer than this on a side are segmented in tiles (0: whole frames; ``segment_scored``)
+        self.tile_px = tile_px
+        margin = int(card.postprocess.get("tile_margin_px", DEFAULT_TILE_MARGIN_PX))
+        self.tile_margin = -(-margin // self.multiple) * self.multiple  # a multiple of size_multiple
+        #: the session tiles run on, one tile at a time (``_tile_session``); made at the first tiled frame
+        self._tiles: OnnxModel | None = None
+        self._tile_lock = threading.Lock()
         self.gate_nm = float(card.postprocess.get("track_gate_nm", 0.5))
         self.limit_runs(_cores() // max(model.threads, 1))
         if warm_up:
@@ -294,15 +318,73 @@ class FrameRecognizer(Processor):
         return self.segment_scored(image)[0]
 
     def segment_scored(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """``segment``, and the frame's novelty score (None: the model has no novelty output)."""
+        """``segment``, and the frame's novelty score (None: the model has no novelty output).
+
+        A frame longer than ``tile_px`` on a side is segmented in overlapping tiles (docs/operations.md,
+        "Memory"): each tile is the kept part (``tile_bounds``) plus ``tile_margin`` model pixels of the
+        frame around it, and only its kept part is used. The network normalises each tile's intensities
+        by the tile's own statistics, so its probabilities differ a little from the whole frame's; the
+        frame's novelty is the highest of its tiles' (a frame is novel where any part of it is)."""
         h, w = image.shape
         m = self.multiple
-        padded = np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge")
-        with self._run_slots:
-            # through an I/O binding: under CUDA the outputs stay on the device until one copy at the end
-            outputs = self.model.run_bound(self._output_names, padded[None, None])
+        padded = (image if not (h % m or w % m) else  # np.pad copies even when there is nothing to pad
+                  np.pad(image, ((0, -h % m), (0, -w % m)), mode="reflect" if min(h, w) > 1 else "edge"))
+        rows = tile_bounds(padded.shape[0], self.tile_px, m)
+        cols = tile_bounds(padded.shape[1], self.tile_px, m)
+        if len(rows) == 2 and len(cols) == 2:
+            probs, novelty = self._run(padded)
+            return probs[:, :h, :w], novelty
+        probs: np.ndarray | None = None
+        scores: list[float] = []
+        g = self.tile_margin
+        for y0, y1 in zip(rows, rows[1:]):
+            for x0, x1 in zip(cols, cols[1:]):
+                a0, b0 = max(0, y0 - g), max(0, x0 - g)
+                tile, score = self._run_tile(padded[a0:min(padded.shape[0], y1 + g),
+                                                    b0:min(padded.shape[1], x1 + g)])
+                ky, kx = min(y1, h), min(x1, w)  # the kept part, within the unpadded frame
+                if probs is None:
+                    probs = np.empty((tile.shape[0], h, w), tile.dtype)
+                if ky > y0 and kx > x0:
+                    probs[:, y0:ky, x0:kx] = tile[:, y0 - a0:ky - a0, x0 - b0:kx - b0]
+                if score is not None:
+                    scores.append(score)
+                del tile  # before the next tile's run allocates its outputs
+        assert probs is not None  # more than one tile ran
+        return probs, (max(scores) if scores else None)
+
+    def _run(self, image: np.ndarray, model: OnnxModel | None = None) -> tuple[np.ndarray, float | None]:
+        """Probabilities ``[C, h, w]`` and novelty of one image whose sides are multiples of ``multiple``
+        (on ``model``: the recognizer's own unless given)."""
+        if model is None:
+            with self._run_slots:
+                # through an I/O binding: under CUDA the outputs stay on the device until one copy at the end
+                outputs = self.model.run_bound(self._output_names, np.ascontiguousarray(image)[None, None])
+        else:
+            outputs = model.run_bound(self._output_names, np.ascontiguousarray(image)[None, None])
         novelty = float(outputs[1].reshape(-1)[0]) if len(outputs) > 1 else None
-        return outputs[0][0, :, :h, :w], novelty
+        return outputs[0][0], novelty
+
+    def _run_tile(self, tile: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """One tile. On CPU the tiles of all frames run one at a time, each on every core (a session with
+        ``cores`` intra-op threads): the memory of a run is that of one tile however many frames are in
+        flight (two 1-thread runs of 576² tiles peak 135 MB higher than one 2-thread run, at the same
+        rate; docs/performance.md, "Benchmark: frames"). On a GPU, or with a session that cannot be
+        opened again from its file, they run as whole frames do."""
+        with self._tile_lock:
+            model = self._tile_session()
+            if model is not None:
+                return self._run(tile, model)
+        return self._run(tile)
+
+    def _tile_session(self) -> OnnxModel | None:
+        """The session tiles run on (under ``_tile_lock``): ``cores`` threads, opened at the first tiled
+        frame; None where tiles take the recognizer's own session instead."""
+        cores = _cores()
+        if self._tiles is None and self.model.output_device == "cpu" and self.model.threads < cores \
+                and self.model.path.is_file():
+            self._tiles = OnnxModel.open(self.model.path, threads=cores, providers=self.model.providers[:1])
+        return self._tiles
 
     def recognize(self, image: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Class map, atoms and defects of one frame (``recognize_image`` with this network)."""

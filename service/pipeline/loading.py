@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .frames import FrameRecognizer
+from .frames import DEFAULT_TILE_PX, FrameRecognizer
 from .onnx_model import ModelError, OnnxModel
 from .spectral import SpectralRecognizer
 
@@ -22,18 +22,20 @@ log = logging.getLogger(__name__)
 Recognizer = SpectralRecognizer | FrameRecognizer
 
 
-def recognizer_for(model: OnnxModel) -> Recognizer:
-    """The recognizer an opened model's card asks for (warmed up)."""
+def recognizer_for(model: OnnxModel, *, tile_px: int = DEFAULT_TILE_PX) -> Recognizer:
+    """The recognizer an opened model's card asks for (warmed up); ``tile_px``: a frame recognizer's
+    tiles (the ``frame_tile_px`` setting, ``FrameRecognizer.segment_scored``)."""
     if model.card.input.pixel_size is not None:
-        return FrameRecognizer(model)
+        return FrameRecognizer(model, tile_px=tile_px)
     return SpectralRecognizer(model)
 
 
 def open_recognizer(path: Path | str, *, threads: int | Mapping[str, int] = 2,
-                    providers: Sequence[str] = ("CPU",)) -> Recognizer:
-    """The recognizer of one model file (``OnnxModel.open``: threads and providers); ModelError when it
-    cannot be served. Its provider warnings are in ``rec.model.warnings``, not logged."""
-    return recognizer_for(OnnxModel.open(path, threads=threads, providers=providers))
+                    providers: Sequence[str] = ("CPU",), tile_px: int = DEFAULT_TILE_PX) -> Recognizer:
+    """The recognizer of one model file (``OnnxModel.open``: threads and providers; ``recognizer_for``:
+    ``tile_px``); ModelError when it cannot be served. Its provider warnings are in ``rec.model.warnings``,
+    not logged."""
+    return recognizer_for(OnnxModel.open(path, threads=threads, providers=providers), tile_px=tile_px)
 
 
 def provider_warnings(recognizers: Mapping[str, object]) -> list[str]:
@@ -44,11 +46,12 @@ def provider_warnings(recognizers: Mapping[str, object]) -> list[str]:
 
 def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *,
                      threads: int | Mapping[str, int] = 2, providers: Sequence[str] = ("CPU",),
-                     user_dir: Path | str | None = None) -> dict[str, Recognizer]:
+                     user_dir: Path | str | None = None, tile_px: int = DEFAULT_TILE_PX) -> dict[str, Recognizer]:
     """Every ``*.onnx`` in ``model_dir`` and, next to them, in the user model directory ``user_dir`` (when
     given; it need not exist), or only ``names``; keyed by card name. ModelError on problems, among them
     a name found in two files: a user model never shadows another (the error names both files and the fix).
-    ``threads`` and ``providers`` as in ``OnnxModel.open``; each provider fallback warning is logged once."""
+    ``threads``, ``providers`` and ``tile_px`` as in ``open_recognizer``; each provider fallback warning is
+    logged once."""
     model_dir = Path(model_dir)
     files = sorted(model_dir.glob("*.onnx"))
     if not files:
@@ -59,7 +62,7 @@ def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *,
     loaded: dict[str, Recognizer] = {}
     every: dict[str, Path] = {}  # name -> file, over all files (also those ``names`` leaves out)
     for path in [*files, *user_files]:
-        rec = open_recognizer(path, threads=threads, providers=providers)
+        rec = open_recognizer(path, threads=threads, providers=providers, tile_px=tile_px)
         if rec.name in every:
             first = every[rec.name]
             if path in user_files:
@@ -76,7 +79,7 @@ def load_recognizers(model_dir: Path | str, names: list[str] | None = None, *,
                  ", ".join(rec.model.providers))
     if names is not None and (absent := sorted(set(names) - set(loaded))):
         where = f"{model_dir} or {user_dir}" if user_files else str(model_dir)
-        raise ModelError(f"recognizers {absent} not found in {where}")
+        raise ModelError(f"recognizers {absent} not found in {where}; available: {sorted(every)}")
     for warning in provider_warnings(loaded):
         log.warning("%s", warning)
     return loaded

@@ -22,9 +22,14 @@ from . import providers as eps
 from .providers import ModelError  # defined there, below this module, so that ProviderError can be one
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """ONNX Runtime options of every scanlens session: ``threads`` intra-op threads, no spinning."""
+def session_options(threads: int, *, image: bool = False) -> ort.SessionOptions:
+    """ONNX Runtime options of every scanlens session: ``threads`` intra-op threads, no spinning.
+
+    ``image``: a frame model's session, without ONNX Runtime's memory pattern (which plans one block for
+    all of a run's tensors per input shape): two runs on 576² tiles of stem-unet peak at 377 instead of
+    472 MB, at the same speed (docs/performance.md, "Benchmark: frames")."""
     opts = ort.SessionOptions()
+    opts.enable_mem_pattern = not image
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -84,14 +89,17 @@ class OnnxModel:
         session = cls._session(path, n, asked)
         warnings += eps.check_session(asked, session.get_providers())
         took = eps.display(session.get_providers()[0])
-        if (m := eps.per_provider(threads, took, eps.DEFAULT_THREADS)) != n:
-            n, session = m, cls._session(path, m, [p for p in asked if p in session.get_providers()])
-        return cls(session, read_card(session, path), path, n, warnings)
+        card = read_card(session, path)
+        image = card.input.pixel_size is not None  # known once the card is read: then a session of its own
+        if (m := eps.per_provider(threads, took, eps.DEFAULT_THREADS)) != n or image:
+            n, session = m, cls._session(path, m, [p for p in asked if p in session.get_providers()], image=image)
+        return cls(session, card, path, n, warnings)
 
     @staticmethod
-    def _session(path: Path, threads: int, providers: list[str]) -> ort.InferenceSession:
+    def _session(path: Path, threads: int, providers: list[str], *, image: bool = False) -> ort.InferenceSession:
         try:
-            return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+            return ort.InferenceSession(str(path), sess_options=session_options(threads, image=image),
+                                        providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{path}: cannot load ONNX model: {exc}") from None
 
