@@ -379,3 +379,12 @@ async def test_line_buffer_writes_the_line_where_the_service_reads_it(model_dir,
         assert (summary.state, summary.n_lost, summary.pixels_recognized) == ("complete", 0, TRUTH.size)
         assert server.counters["shm_messages"] == (len(TRUTH) if shm else 0)
     assert np.array_equal(snap.arrays["band/class"], TRUTH)
+
+
+def test_a_rings_default_slots_bound_the_memory_its_payloads_touch():
+    from scanlens.client.instrument import ring_slots_for
+
+    assert ring_slots_for(4 * 2**20) == 16  # a line of 256 x 2048 spectra at 8 bytes a value
+    assert ring_slots_for(8 * 2**20) == 8 and ring_slots_for(2**30) == 4  # large lines: fewer, at least 4
+    assert ring_slots_for(2 * 2**20, frames=True) == 16  # 512² frames at 8 bytes a value
+    assert ring_slots_for(8 * 2**20, frames=True) == 4  # 1024²: two in the service, two being written

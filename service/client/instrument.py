@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 #: bytes per value a ring slot is sized for (float64: any wire dtype fits; pages that a narrower dtype
 #: never touches cost no memory)
 _SLOT_ITEMSIZE = 8
-#: A ring's default size: 16 slots, fewer when they are large (at least 4): its pages that the payloads
-#: touch are memory of the sender and, mapped, of the service (1024² frames: 8 slots, 32 MB touched)
-_RING_SLOTS, _RING_MIN_SLOTS, _RING_BYTES = 16, 4, 64 * 2**20
+#: A ring's default size: 16 slots, fewer when they are large (at least 4): at most 64 MiB of slots of
+#: lines, 32 MiB of frames (512² frames: 16 slots; 1024²: 4, two in the service's network and
+#: post-processing, two being written). The pages the payloads touch are memory of the sender and,
+#: mapped, of the service: 16 MB for 1024² float32 frames.
+_RING_SLOTS, _RING_MIN_SLOTS, _RING_BYTES, _FRAME_RING_BYTES = 16, 4, 64 * 2**20, 32 * 2**20
 
 
-def ring_slots_for(slot_bytes: int) -> int:
-    """Slots of a ring whose slots hold ``slot_bytes``, when the instrument does not say."""
-    return max(_RING_MIN_SLOTS, min(_RING_SLOTS, _RING_BYTES // max(slot_bytes, 1)))
+def ring_slots_for(slot_bytes: int, *, frames: bool = False) -> int:
+    """Slots of a ring whose slots hold ``slot_bytes`` (of frames: ``frames``), when the instrument does not say."""
+    budget = _FRAME_RING_BYTES if frames else _RING_BYTES
+    return max(_RING_MIN_SLOTS, min(_RING_SLOTS, budget // max(slot_bytes, 1)))
 
 
 class Instrument(_Client):
@@ -48,7 +51,7 @@ class Instrument(_Client):
     ``shm``: None (default) uses a shared-memory ring when the service is on this host and takes one,
     else the payloads go in the messages; True insists (RingError when no ring can be set up); False
     never. ``ring_slots``: lines or frames in flight in the ring at once (the sender waits for a free
-    slot, as it waits for a full socket; default 16, fewer for large slots: ``ring_slots_for``).
+    slot, as it waits for a full socket; default 16, fewer for large lines or frames: ``ring_slots_for``).
     ``async with`` (or ``aclose``) lets the service finish with the ring's lines before closing."""
 
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, hwm: int = 1000,
@@ -65,7 +68,7 @@ class Instrument(_Client):
         self.ring_slots = ring_slots
         self.ring: RingClient | None = None
 
-    async def ring_for(self, slot_bytes: int) -> RingClient | None:
+    async def ring_for(self, slot_bytes: int, *, frames: bool = False) -> RingClient | None:
         """The ring whose slots hold ``slot_bytes`` (this instrument's, or a new one registered now), or
         None: no shared memory with this service (the reason is logged; RingError with ``shm=True``)."""
         if not self._shm:
@@ -75,7 +78,7 @@ class Instrument(_Client):
         if self.ring is not None:
             await self._drain_ring()
         try:
-            slots = self.ring_slots if self.ring_slots is not None else ring_slots_for(slot_bytes)
+            slots = self.ring_slots if self.ring_slots is not None else ring_slots_for(slot_bytes, frames=frames)
             self.ring = await RingClient.open(self.endpoint, slots, slot_bytes)
         except RingError as exc:
             if self._insist:
@@ -170,7 +173,7 @@ class ScanStream:
         return s.shape[1] * s.axis.size * len(s.components or [0]) * _SLOT_ITEMSIZE
 
     async def __aenter__(self) -> ScanStream:
-        self.ring = await self.instrument.ring_for(self._slot_bytes())
+        self.ring = await self.instrument.ring_for(self._slot_bytes(), frames=self.start.imaging)
         if self.ring is not None:
             self.start = self.start.model_copy(update={"ring": self.ring.token})
         await self.instrument.send(self.start)
