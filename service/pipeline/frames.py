@@ -256,6 +256,8 @@ class FrameRecognizer(Processor):
         #: the session tiles run on, one tile at a time (``_tile_session``); made at the first tiled frame
         self._tiles: OnnxModel | None = None
         self._tile_lock = threading.Lock()
+        #: whether tiles get that session: on CPU, with fewer threads than cores, from a file it can reopen
+        self._wide_tiles = (model.output_device == "cpu" and model.threads < _cores() and model.path.is_file())
         self.gate_nm = float(card.postprocess.get("track_gate_nm", 0.5))
         self.limit_runs(_cores() // max(model.threads, 1))
         if warm_up:
@@ -358,10 +360,9 @@ class FrameRecognizer(Processor):
         (on ``model``: the recognizer's own unless given)."""
         if model is None:
             with self._run_slots:
-                # through an I/O binding: under CUDA the outputs stay on the device until one copy at the end
-                outputs = self.model.run_bound(self._output_names, np.ascontiguousarray(image)[None, None])
-        else:
-            outputs = model.run_bound(self._output_names, np.ascontiguousarray(image)[None, None])
+                return self._run(image, self.model)
+        # through an I/O binding: under CUDA the outputs stay on the device until one copy at the end
+        outputs = model.run_bound(self._output_names, np.ascontiguousarray(image)[None, None])
         novelty = float(outputs[1].reshape(-1)[0]) if len(outputs) > 1 else None
         return outputs[0][0], novelty
 
@@ -380,10 +381,8 @@ class FrameRecognizer(Processor):
     def _tile_session(self) -> OnnxModel | None:
         """The session tiles run on (under ``_tile_lock``): ``cores`` threads, opened at the first tiled
         frame; None where tiles take the recognizer's own session instead."""
-        cores = _cores()
-        if self._tiles is None and self.model.output_device == "cpu" and self.model.threads < cores \
-                and self.model.path.is_file():
-            self._tiles = OnnxModel.open(self.model.path, threads=cores, providers=self.model.providers[:1])
+        if self._tiles is None and self._wide_tiles:
+            self._tiles = OnnxModel.open(self.model.path, threads=_cores(), providers=self.model.providers[:1])
         return self._tiles
 
     def recognize(self, image: np.ndarray, zoom: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
