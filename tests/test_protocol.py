@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from scanlens.protocol.codec import Limits, ProtocolError, arrays_from, array_spec, decode, encode
+from scanlens.protocol.codec import Limits, ProtocolError, all_finite, arrays_from, array_spec, decode, encode
 from scanlens.protocol.messages import (Axis, Data, Event, Maps, RecognizerSummary, Rejection, Reply, Request,
                                        ScanEnd, ScanStart, ScanStarted, ScanSummary, Status)
 from scanlens.protocol.schema import protocol_schema_text
@@ -97,3 +97,28 @@ def test_limits_are_enforced():
 def test_committed_schema_matches_code():
     assert SCHEMA_PATH.read_text(encoding="utf-8") == protocol_schema_text(), \
         "docs/protocol.schema.json drifted from service/protocol; run `scanlens schema`"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(256, 2048), (33, 1000, 2), (5,), (1024, 1025)])
+def test_all_finite_finds_every_non_finite_value(dtype, shape):
+    """The fast check (row sums by BLAS, codec.all_finite) against numpy's exact one, with a NaN, +Inf or
+    -Inf at the first, last and a middle position (the middle one inside the summed rows, the last one in
+    the tail that is checked apart when the size is not a multiple of the row), and both infinities at once."""
+    x = np.random.default_rng(1).normal(100.0, 30.0, size=shape).astype(dtype)
+    assert all_finite(x)
+    flat = x.reshape(-1)
+    for bad in ([np.nan], [np.inf], [-np.inf], [np.inf, -np.inf]):
+        for where in (0, flat.size // 2, flat.size - 1):
+            y = flat.copy()
+            y[where: where + len(bad)] = bad[: flat.size - where]
+            assert not all_finite(y.reshape(shape)), (bad, where)
+    assert all_finite(np.ascontiguousarray(x.T)) and all_finite(x.T)  # not contiguous: the exact check
+
+
+def test_all_finite_is_not_fooled_by_sums_that_overflow():
+    """Finite values whose row sum overflows to Inf are still finite (settled by the exact check)."""
+    x = np.full((4, 2048), np.finfo(np.float32).max, np.float32)
+    assert all_finite(x)
+    x[2, 7] = np.nan
+    assert not all_finite(x)

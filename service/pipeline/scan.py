@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol.codec import ProtocolError, buffer_to_array
+from ..protocol.codec import ProtocolError, all_finite, buffer_to_array
 from ..protocol.messages import ArraySpec, Data, Frame, Rejection, ScanStart, ScanSummary
 from .processor import Binding, Processor, WorkItem, takes_of
 from .retention import FrameRetention, Retention, SpectraRetention
@@ -148,7 +148,7 @@ class ScanState:
             values = buffer_to_array(buffers[0], msg.dtype, msg.shape)
         except ValueError as exc:
             raise self._reject(msg, str(exc)) from None
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
+        if values.dtype.kind == "f" and not all_finite(values):
             raise self._reject(msg, f"{contents} NaN or infinite values")
         if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
             # the models compute in float32: these would become infinite there

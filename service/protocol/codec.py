@@ -316,3 +316,32 @@ def arrays_from(specs: Sequence[ArraySpec], buffers: Sequence[Buffer]) -> dict[s
     if len(specs) != len(buffers):
         raise ValueError(f"header describes {len(specs)} arrays but {len(buffers)} buffers follow")
     return {s.name: buffer_to_array(b, s.dtype, s.shape) for s, b in zip(specs, buffers)}
+
+
+#: rows of this many values are summed at a time by ``all_finite``, for arrays of at least
+#: ``_FINITE_SUMMED`` values (below that the product's fixed cost, about 10 µs, is more than it saves)
+_FINITE_ROW = 1024
+_FINITE_SUMMED = 65536
+_ONES = {np.dtype(np.float32): np.ones(_FINITE_ROW, np.float32), np.dtype(np.float64): np.ones(_FINITE_ROW, np.float64)}
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value of a float array is finite (no NaN, no ±Inf).
+
+    A contiguous float32 or float64 array is checked by summing rows of it with one BLAS matrix-vector
+    product (rows @ ones): a NaN or an infinity in a row makes that row's sum NaN or infinite under IEEE
+    arithmetic, whatever the order of the additions. The product multiplies by ones, not zeros, because
+    a BLAS may skip the columns of zeros. So a finite sum of every row proves every value finite. A
+    non-finite sum (a NaN or Inf, or finite values so large that their sum overflows) is settled by the
+    exact check. On a 2 MiB line this is 2–4 times faster than ``np.isfinite(values).all()``, which runs
+    on the event loop for every line (docs/performance.md, "How the service is built for speed"); smaller
+    arrays get the exact check."""
+    ones = _ONES.get(values.dtype)
+    n = values.size // _FINITE_ROW * _FINITE_ROW
+    if ones is not None and values.size >= _FINITE_SUMMED and values.flags.c_contiguous:
+        flat = values.reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = flat[:n].reshape(-1, _FINITE_ROW) @ ones
+        if np.isfinite(sums).all():
+            return bool(np.isfinite(flat[n:]).all())
+    return bool(np.isfinite(values).all())
