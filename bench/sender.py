@@ -1,10 +1,13 @@
 """Benchmark instrument: streams a synthetic scan to a scanlens ingest endpoint from its own process.
 
-    python bench/sender.py [--send-times] [--shm | --no-shm] ENDPOINT SCAN_ID ROWS COLS CHANNELS OFFSET SCALE UNITS DWELL_US [CLIENT_KEY SERVER_KEY]
+    python bench/sender.py [--send-times] [--shm | --no-shm] [--in-place] ENDPOINT SCAN_ID ROWS COLS CHANNELS OFFSET SCALE UNITS DWELL_US [CLIENT_KEY SERVER_KEY]
 
 CLIENT_KEY SERVER_KEY: CURVE key files (the sender's NAME.key_secret, the service's server.key).
 --shm / --no-shm: payloads through a shared-memory ring (or fail) / always in the messages; neither:
 the client's default (a ring when the service is on this host and takes one).
+--in-place: each line is written into its ring slot while it is acquired (``stream_scan(in_place=True)``,
+``ScanStream.line_buffer``), as a detector writing into shared memory would, and only its header is sent
+at the line's deadline; without it, each finished line is copied into a slot when it is sent.
 --send-times: also report ``send_ns``, the ``time.perf_counter_ns()`` at which each data line (index =
 seq) was handed to ``Instrument.send`` (before it is encoded and goes to the socket). On Linux that
 clock is CLOCK_MONOTONIC, the same in every process, so a subscriber elsewhere on this machine can
@@ -58,13 +61,14 @@ class TimedInstrument(Instrument):
 async def main(argv: list[str]) -> None:
     times = "--send-times" in argv
     shm = True if "--shm" in argv else False if "--no-shm" in argv else None
-    argv = [arg for arg in argv if arg not in ("--send-times", "--shm", "--no-shm")]
+    in_place = "--in-place" in argv
+    argv = [arg for arg in argv if arg not in ("--send-times", "--shm", "--no-shm", "--in-place")]
     endpoint, scan_id, rows, cols, channels, offset, scale, units, dwell_us = argv[:9]
     curve = client_keys(*map(Path, argv[9:11])) if len(argv) > 9 else None
     axis = Axis(size=int(channels), offset=float(offset), scale=float(scale), units=units)
     source = SyntheticSource(int(rows), int(cols), axis)
     async with (TimedInstrument if times else Instrument)(endpoint, curve=curve, shm=shm) as inst:
-        report = await stream_scan(inst, source, scan_id, dwell_s=float(dwell_us) * 1e-6)
+        report = await stream_scan(inst, source, scan_id, dwell_s=float(dwell_us) * 1e-6, in_place=in_place)
     out = {"pixels": report.pixels, "elapsed_s": report.elapsed_s}
     if times:
         out["send_ns"] = inst.send_ns

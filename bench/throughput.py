@@ -25,12 +25,16 @@ Latency, in ms, p50 / p99:
    own figures (receipt of a line to publication of its maps, from the summary) and, beside them, send ->
    maps at a subscriber in this process (the sender's send time of every line, by seq).
 7. lone line: ``--round-trips`` lines of one spectrum through the service, each sent once the previous
-   line's maps arrived at the subscriber: send -> maps (bench/latency_client.py, the same code as 5).
+   line's maps arrived at the subscriber: send -> maps (bench/latency_client.py, the same code as 5). With
+   shm, the way the Python client sends them: a line of one spectrum needs a slot under 64 KiB, so it goes
+   in its message (``RING_MIN_SLOT_BYTES``); then the same lines once more through a ring
+   (``lone_line_ring``), to show what the ring would cost them.
 
 The same service process serves 4, 6 and 7. ``--transport`` says where the service and every loop bind:
 tcp (loopback, port 0) or ipc (a temporary directory, removed after), every payload in its message;
 or shm: loopback tcp for the headers, the service's payloads through a shared-memory ring (the sender
-copies each line into a slot; the bare loops, which have no ring, get tcp). With ``--record DIR`` the flat-out
+writes each line into a slot while it is acquired, then sends its header; the bare loops, which have no
+ring, get tcp). With ``--record DIR`` the flat-out
 scan runs ``--record-pairs`` times more without and with recording (``serve --record``) in turn, each in
 a fresh service process; each pair's ratio and their median are reported. Each recording is deleted after
 its pair, so every pair meets the same disk. Progress goes to stderr; prints a table, or one JSON object
@@ -60,6 +64,7 @@ from cli_types import count  # noqa: E402
 from latency_client import ScanWatch, echo_round_trips, lone_line_round_trips  # noqa: E402
 from mlp_model import write_mlp  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
+from scanlens.client.instrument import RING_MIN_SLOT_BYTES  # noqa: E402
 from scanlens.pipeline import open_recognizer, load_recognizers  # noqa: E402
 from serve_process import Child, ChildError, ServiceProcess  # noqa: E402
 
@@ -86,6 +91,8 @@ class Transport:
 
     #: whether the service gets the payloads through a shared-memory ring
     ring = False
+    #: when the sender writes a line's payload: as it sends the line, or "in place" while it is acquired
+    sender_writes = "at send"
 
     def sender_args(self) -> list[str]:
         """Extra arguments for bench/sender.py when it sends to the service (tcp and ipc: every payload in
@@ -104,14 +111,20 @@ class TcpTransport(Transport):
 
 
 class ShmTransport(TcpTransport):
-    """Loopback tcp for the headers, the payloads through the service's shared-memory ring (the sender
-    copies each line into a slot; docs/protocol.md §3.6). The bare loops have no ring: they get tcp."""
+    """Loopback tcp for the headers, the payloads through the service's shared-memory ring (docs/protocol.md
+    §3.6). The sender writes each line into a slot while it is acquired, as a detector writing into shared
+    memory would (``--in-place``), and sends its header when the line is complete; the clock of the latency
+    at a subscriber starts then. The bare loops have no ring: they get tcp."""
 
     name = "shm"
     ring = True
 
+    def __init__(self, copies: bool = False) -> None:
+        self.copies = copies  # --sender-copies: each finished line is copied into a slot as it is sent
+        self.sender_writes = "at send" if copies else "in place"
+
     def sender_args(self) -> list[str]:
-        return ["--shm"]
+        return ["--shm"] if self.copies else ["--shm", "--in-place"]
 
 
 class IpcTransport(Transport):
@@ -268,19 +281,30 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
         print(f"service, paced at {a.paced_rate:g} spectra/s ...", file=sys.stderr)
         paced = through_service(service, rec.name, axis, a.paced_spectra // a.line, a.line, 1e6 / a.paced_rate,
                                 "bench-paced", transport, maps=True)
-        print(f"service, {a.round_trips} lone lines ...", file=sys.stderr)
+        # the Python client's rule (scanlens.client.Instrument): a ring only for slots of RING_MIN_SLOT_BYTES
+        # or more, at 8 bytes a value; a line of one 2048-channel spectrum goes in its message
+        client_ring = transport.ring and axis.size * 8 >= RING_MIN_SLOT_BYTES
+        print(f"service, {a.round_trips} lone lines ({'ring' if client_ring else 'in the message'}) ...",
+              file=sys.stderr)
         lone = lone_line_round_trips(service.endpoints["ingest"], service.endpoints["publish"], "bench-lone",
-                                     rec.name, axis, a.round_trips, check=service.check, shm=transport.ring)
+                                     rec.name, axis, a.round_trips, check=service.check, shm=client_ring)
+        lone_ring = None
+        if transport.ring and not client_ring:
+            print(f"service, {a.round_trips} lone lines through a ring all the same ...", file=sys.stderr)
+            lone_ring = lone_line_round_trips(service.endpoints["ingest"], service.endpoints["publish"],
+                                              "bench-lone-ring", rec.name, axis, a.round_trips, check=service.check,
+                                              shm=True)
         service.stop(60)
     recorded = recording_pairs(a, rec.name, axis, transport) if a.record is not None else None
     return {"model": rec.name, "channels": rec.channels, "line_spectra": a.line, "batch": a.batch,
             "threads": a.threads, "parallel": a.parallel, "transport": transport.name,
+            "sender_writes": transport.sender_writes,
             "bare_ort_spectra_per_s": bare, "bare_ort_by_threads_x_parallel": bare_by_config,
             "bare_transport_spectra_per_s": wire["spectra_per_s"], "bare_transport": wire,
             "limit_spectra_per_s": limit["spectra_per_s"], "limit": limit,
             "service_spectra_per_s": flat["rate"], "ratio": flat["rate"] / bare,
             "ratio_to_limit": flat["rate"] / limit["spectra_per_s"], "service_peak_rss_mb": rss, "flat": flat,
-            "echo": echo, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "recording": recorded}
+            "echo": echo, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "lone_line_ring": lone_ring, "recording": recorded}
 
 
 def _ms(d: dict, prefix: str = "latency_ms_") -> str:
@@ -298,7 +322,8 @@ def print_table(r: dict) -> None:
     print(f"{'limit: PULL + ONNX Runtime':<{w}} {limit['spectra_per_s']:12,.0f} spectra/s   lost {limit['lost']}   "
           f"(np.frombuffer, {r['threads']}x{r['parallel']} as the service, batches <= {r['batch']})")
     print(f"{'service, flat out':<{w}} {flat['rate']:12,.0f} spectra/s   ratio {r['ratio']:.2f} to bare ORT, "
-          f"{r['ratio_to_limit']:.2f} to the limit   lost {flat['lost']}, rejected {flat['rejected']}")
+          f"{r['ratio_to_limit']:.2f} to the limit   lost {flat['lost']}, rejected {flat['rejected']}   (sender writes "
+          f"{r['sender_writes']})")
     print(f"{'service peak RSS':<{w}} {r['service_peak_rss_mb']:12,.1f} MB          (VmHWM of its process after the "
           "flat-out run)")
     echo, paced, lone = r["echo"], r["paced"], r["lone_line"]
@@ -312,6 +337,10 @@ def print_table(r: dict) -> None:
           f"({lone['round_trips']} lines of 1 spectrum, send -> maps at the subscriber)")
     print(f"{'lone line, in the service':<{w}} {_ms(lone, 'service_latency_ms_')}   (the same lines: receipt -> "
           "publication, from its summary)")
+    if r["lone_line_ring"] is not None:
+        ring = r["lone_line_ring"]
+        print(f"{'lone line through a ring':<{w}} {_ms(ring)}   lost {ring['lost']}, no maps {ring['no_maps']}   "
+              f"(the client sends these in the message; service: {_ms(ring, 'service_latency_ms_')})")
     recorded = r["recording"]
     if recorded is not None:
         for i, (off, on) in enumerate(zip(recorded["off"], recorded["on"])):
@@ -339,6 +368,9 @@ def main() -> None:
     p.add_argument("--transport", choices=sorted(TRANSPORTS), default="tcp",
                    help="endpoints the service and every measurement bind (ipc: in a temporary directory); shm: "
                         "loopback tcp with the payloads to the service through a shared-memory ring")
+    p.add_argument("--sender-copies", action="store_true",
+                   help="with --transport shm: the sender copies each finished line into its slot as it sends it "
+                        "(inside the latency clock) instead of writing it there while it is acquired")
     p.add_argument("--record", type=Path, default=None,
                    help="also run the flat-out scan with recording into this directory (serve --record) and "
                         "report its rate as a ratio to the same scan without recording, measured in this run")
@@ -351,7 +383,7 @@ def main() -> None:
     if a.model_dir is None:
         a.model_dir = Path(tempfile.mkdtemp(prefix="scanlens-bench-"))
         write_mlp(a.model_dir / "mlp.onnx", a.channels)
-    transport = TRANSPORTS[a.transport]()
+    transport = ShmTransport(copies=a.sender_copies) if a.transport == "shm" else TRANSPORTS[a.transport]()
     try:
         report = measure(a, transport)
     except (ChildError, TimeoutError, RuntimeError) as exc:

@@ -82,9 +82,14 @@ async def _watched(send: Callable[[], Awaitable[tuple[int, float]]],
 async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, *, dwell_s: float = 0.0,
                       recognizers: list[str] | None = None, clock: Clock | None = None,
                       progress: Callable[[int, int], None] | None = None, watch: ScanWatch | None = None,
-                      start_timeout: float = 5.0, retain: bool = False) -> StreamReport:
+                      start_timeout: float = 5.0, retain: bool = False, in_place: bool = False) -> StreamReport:
     """Send ``scan_start``, every line, ``scan_end``; ``progress(rows_sent, rows)`` after each line. With
-    ``watch``: see the module notes. ``retain``: the service keeps the spectra (live training)."""
+    ``watch``: see the module notes. ``retain``: the service keeps the spectra (live training).
+
+    ``in_place``: each line is written into its buffer as it is acquired (``ScanStream.line_buffer``: with
+    a shared-memory ring, the slot itself, as a detector writing into shared memory would) and only its
+    header is sent at its deadline; by default a finished line is handed to ``send_line``, which copies it
+    into a slot or its message then."""
     clock = clock or MonotonicClock()
     rows, cols = source.shape
     t0 = clock.now()
@@ -97,9 +102,15 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
                            watch, start_timeout) as scan:
             for row in range(rows):
                 spectra = source.line(row)
-                if dwell_s > 0:
-                    await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
-                await scan.send_line(row, spectra)
+                if in_place:
+                    async with scan.line_buffer(row, len(spectra), dtype=spectra.dtype) as buffer:
+                        buffer[...] = spectra
+                        if dwell_s > 0:
+                            await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+                else:
+                    if dwell_s > 0:
+                        await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+                    await scan.send_line(row, spectra)
                 if progress is not None:
                     progress(row + 1, rows)
         return scan.seq, clock.now() - t0

@@ -122,6 +122,27 @@ async def test_seqs_beyond_scan_end_sent_before_it_are_rejected_not_counted(reco
     assert warning.seqs == [2]
 
 
+async def test_frames_beyond_scan_end_recognized_before_it_are_not_counted(recognizers) -> None:
+    """Was (found by tests/test_fuzz.py): frame 0 refused, frames 1 and 2 recognized, then scan_end with
+    n_messages=1: the summary said one frame's pixels were recognized (the two beyond, capped at the
+    one expected), though the only frame expected was refused."""
+    h = ManagerHarness(recognizers)
+    frame = render_frame((32, 32), np.array([[10.0, 10.0]]), np.zeros((0, 2)))
+    async with h.serving():
+        await h.send(ScanStart(scan_id="m", modality="haadf", shape=frame.shape,
+                               pixel_size=PixelSize(size=FRAME_PIXEL_NM, units="nm")))
+        with pytest.raises(ProtocolError, match="differs from scan_start"):
+            await h.send(Frame(scan_id="m", seq=0, frame=0, shape=(32, 31), dtype="float32"), [frame[:, :31].copy()])
+        for seq in (1, 2):
+            await h.send(Frame(scan_id="m", seq=seq, frame=seq, shape=frame.shape, dtype="float32"), [frame])
+        await h.wait_for_idle("m")
+        await h.send(ScanEnd(scan_id="m", n_messages=1))
+        summary = await h.wait_summary("m")
+    assert [r.seq for r in summary.rejected] == [0, 1, 2] and summary.pixels_expected == frame.size
+    assert summary.pixels_recognized == 0 and summary.state == "incomplete"
+    assert summary.recognizers["frame-test"].frames_recognized == 2  # their results were published
+
+
 async def test_overlapping_lines_do_not_count_pixels_twice(recognizers) -> None:
     h = ManagerHarness(recognizers)
     async with h.serving():

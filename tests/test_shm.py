@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from scanlens.client import Control, Instrument, Subscriber
+from scanlens.client.instrument import RING_MIN_SLOT_BYTES
 from scanlens.protocol.messages import Data, ScanEnd, ScanStart
 from scanlens.testing import (band_axis, band_spectra, loopback_settings, send_band_scan, serving, wait_for_event,
                               wait_for_summary)
@@ -187,6 +188,34 @@ async def test_falls_back_to_messages_when_the_service_takes_no_ring(model_dir):
         assert not used and summary.state == "complete" and summary.n_lost == 0
         with pytest.raises(RingError, match="no shared-memory ring service"):
             await scan_through(server, "insisted", shm=True)
+
+
+async def test_automatic_mode_sends_small_payloads_in_the_messages(model_dir):
+    """shm=None: a scan of short lines (slots under RING_MIN_SLOT_BYTES) sends its payloads in the messages,
+    a scan of long lines through a ring; shm=True puts even the short ones through a ring."""
+    short = TRUTH[:3, :4]
+    assert short.shape[1] * band_axis().size * 8 < RING_MIN_SLOT_BYTES <= TRUTH.shape[1] * band_axis().size * 8
+    async with serving(loopback_settings(model_dir)) as server:
+        summary, _, used = await scan_through(server, "short-lines", shm=None, truth=short)
+        assert not used and server.counters["shm_messages"] == 0
+        assert (summary.state, summary.pixels_recognized, summary.n_lost) == ("complete", short.size, 0)
+        summary, _, used = await scan_through(server, "long-lines", shm=None)
+        assert used and server.counters["shm_messages"] == len(TRUTH) and summary.state == "complete"
+        summary, _, used = await scan_through(server, "short-insisted", shm=True, truth=short)
+        assert used and server.counters["shm_messages"] == len(TRUTH) + len(short)
+        assert (summary.state, summary.pixels_recognized) == ("complete", short.size)
+
+
+async def test_a_ring_of_few_large_frame_slots_is_not_kept_for_lines(model_dir):
+    """A movie of 1024² frames gets a ring of 4 large slots; a scan of lines after it gets a ring of its own
+    with 16 slots, and a scan that fits the ring it has keeps it."""
+    async with serving(loopback_settings(model_dir)) as server:
+        async with Instrument(server.endpoints["ingest"]) as inst:
+            frames = await inst.ring_for(1024 * 1024 * 8, frames=True)
+            assert frames is not None and frames.slots == 4
+            lines = await inst.ring_for(160 * band_axis().size * 8)
+            assert lines is not None and lines.token != frames.token and lines.slots == 16 and frames.closed
+            assert await inst.ring_for(140 * band_axis().size * 8) is lines
 
 
 def test_a_remote_endpoint_never_tries_shared_memory():

@@ -71,3 +71,17 @@ async def test_real_clock_sleeps_until_deadline():
     t0 = clock.now()
     await clock.sleep_until(t0 + 0.02)
     assert clock.now() >= t0 + 0.02
+
+
+async def test_lines_written_in_place_through_a_ring_are_recognized_alike(clients):
+    """in_place=True writes each line into its ring slot (ScanStream.line_buffer) before its deadline: the
+    same maps and accounting as lines handed to send_line, and every line went through the ring."""
+    inst, sub, _ = clients
+    classes = np.random.default_rng(4).integers(0, 3, size=(6, 160))  # slots over RING_MIN_SLOT_BYTES
+    clock = FakeClock()
+    report = await stream_scan(inst, BandSource(classes), "in-place", dwell_s=1e-4, clock=clock, in_place=True)
+    assert inst.ring is not None and report.messages == 6
+    assert np.allclose(clock.deadlines, [100.0 + (k + 1) * 160 * 1e-4 for k in range(6)])
+    result = await sub.collect_scan("in-place")
+    assert (result.summary.state, result.summary.pixels_recognized, result.summary.n_lost) == ("complete", classes.size, 0)
+    np.testing.assert_array_equal(result.maps["band"]["class"], classes)

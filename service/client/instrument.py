@@ -4,7 +4,8 @@ On the service's own host (a loopback or ipc endpoint) the payloads travel in a 
 (``scanlens.transport.RingClient``; docs/protocol.md §3.6) unless ``shm=False``: each scan_start names
 the ring and each line or frame is copied into a free slot (or written there directly through
 ``ScanStream.line_buffer``), the message carries only the header. When the service has no ring for us
-(another host, another user, shared memory off, a restarted service) the payloads go in the messages.
+(another host, another user, shared memory off, a restarted service), or a scan's payloads are small
+(``RING_MIN_SLOT_BYTES``), the payloads go in the messages.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ _SLOT_ITEMSIZE = 8
 #: post-processing, two being written). The pages the payloads touch are memory of the sender and,
 #: mapped, of the service: 16 MB for 1024² float32 frames.
 _RING_SLOTS, _RING_MIN_SLOTS, _RING_BYTES, _FRAME_RING_BYTES = 16, 4, 64 * 2**20, 32 * 2**20
+#: Scans whose slots would be smaller (lines of at most 3 spectra of 2048 channels, frames of at most
+#: 90²) send their payloads in the messages unless ``shm=True``: ZeroMQ copies 8 KiB in microseconds, less
+#: than a slot's bookkeeping on both sides (a lone 2048-channel line took 0.59–0.73 ms p50 in its message,
+#: 0.81–0.93 ms through a ring: docs/performance.md).
+RING_MIN_SLOT_BYTES = 64 * 2**10
 
 
 def ring_slots_for(slot_bytes: int, *, frames: bool = False) -> int:
@@ -48,10 +54,11 @@ class Instrument(_Client):
     """A PUSH connection to the ingest socket. ``send`` blocks (awaits) while the service backs off.
     ``curve``: the client's CURVE keys, for a service with authentication (``client_keys``).
 
-    ``shm``: None (default) uses a shared-memory ring when the service is on this host and takes one,
-    else the payloads go in the messages; True insists (RingError when no ring can be set up); False
-    never. ``ring_slots``: lines or frames in flight in the ring at once (the sender waits for a free
-    slot, as it waits for a full socket; default 16, fewer for large lines or frames: ``ring_slots_for``).
+    ``shm``: None (default) uses a shared-memory ring when the service is on this host and takes one
+    and the scan's payloads are large enough to gain from it (``RING_MIN_SLOT_BYTES``), else the payloads
+    go in the messages; True insists (RingError when no ring can be set up); False never.
+    ``ring_slots``: lines or frames in flight in the ring at once (the sender waits for a free slot, as
+    it waits for a full socket; default 16, fewer for large lines or frames: ``ring_slots_for``).
     ``async with`` (or ``aclose``) lets the service finish with the ring's lines before closing."""
 
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None, hwm: int = 1000,
@@ -70,15 +77,18 @@ class Instrument(_Client):
 
     async def ring_for(self, slot_bytes: int, *, frames: bool = False) -> RingClient | None:
         """The ring whose slots hold ``slot_bytes`` (this instrument's, or a new one registered now), or
-        None: no shared memory with this service (the reason is logged; RingError with ``shm=True``)."""
-        if not self._shm:
+        None: no shared memory with this service (the reason is logged; RingError with ``shm=True``).
+        The instrument's ring is kept for the next scan when its slots are large and many enough: a
+        ring of four large frame slots is not what a scan of lines is sent through."""
+        if not self._shm or (slot_bytes < RING_MIN_SLOT_BYTES and not self._insist):
             return None
-        if self.ring is not None and not self.ring.closed and self.ring.fits(slot_bytes):
-            return self.ring
-        if self.ring is not None:
+        slots = self.ring_slots if self.ring_slots is not None else ring_slots_for(slot_bytes, frames=frames)
+        ring = self.ring
+        if ring is not None and not ring.closed and ring.fits(slot_bytes) and ring.slots >= slots:
+            return ring
+        if ring is not None:
             await self._drain_ring()
         try:
-            slots = self.ring_slots if self.ring_slots is not None else ring_slots_for(slot_bytes, frames=frames)
             self.ring = await RingClient.open(self.endpoint, slots, slot_bytes)
         except RingError as exc:
             if self._insist:

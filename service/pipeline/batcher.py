@@ -153,6 +153,12 @@ class InferenceWorker:
         return not len(self.queue) and not self.running
 
     async def submit(self, item: WorkItem) -> None:
+        """Queue ``item``; or, when it is a handful of pixels (``inline_pixels``) and nothing is queued or
+        running, run and deliver it here and now: no queue, no hand-off to the worker's task."""
+        if item.n_pixels <= self.processor.inline_pixels and self.idle:
+            self.running += 1
+            await self._deliver([item], *self._process_here([item]))
+            return
         await self.queue.put(item)
 
     async def serve(self) -> None:
@@ -174,22 +180,40 @@ class InferenceWorker:
 
     async def _run_batch(self, items: list[WorkItem], slots: asyncio.Semaphore) -> None:
         try:
-            try:
-                if sum(item.n_pixels for item in items) <= self.processor.inline_pixels:
-                    # a handful of spectra: a run takes less than the hand-off to a thread and back
-                    results = self.processor.process(items)
-                else:
+            if sum(item.n_pixels for item in items) <= self.processor.inline_pixels:
+                # a handful of spectra: a run takes less than the hand-off to a thread and back
+                results, error = self._process_here(items)
+            else:
+                try:
                     results = await asyncio.get_running_loop().run_in_executor(
                         self._executor, self.processor.process, items)
-            except Exception as exc:  # a model failure must not stop the service
-                log.exception("inference failed in %s", self.processor.name)
-                results, error = [None] * len(items), f"inference failed: {exc}"
-            else:
-                error = None
-                self.batches += 1
-                self.pixels += sum(item.n_pixels for item in items)
+                except Exception as exc:
+                    results, error = self._failed(items, exc)
+                else:
+                    results, error = self._done(items, results)
         finally:
             slots.release()
+        await self._deliver(items, results, error)
+
+    def _process_here(self, items: list[WorkItem]) -> tuple[list, str | None]:
+        """``items`` processed on the calling thread (the event loop): (results, error)."""
+        try:
+            return self._done(items, self.processor.process(items))
+        except Exception as exc:
+            return self._failed(items, exc)
+
+    def _done(self, items: list[WorkItem], results: list) -> tuple[list, None]:
+        self.batches += 1
+        self.pixels += sum(item.n_pixels for item in items)
+        return results, None
+
+    def _failed(self, items: list[WorkItem], exc: Exception) -> tuple[list, str]:
+        # a model failure must not stop the service
+        log.error("inference failed in %s", self.processor.name, exc_info=exc)
+        return [None] * len(items), f"inference failed: {exc}"
+
+    async def _deliver(self, items: list[WorkItem], results: list, error: str | None) -> None:
+        """Hand each item's results to the result handler; the batch is no longer running after."""
         try:
             for item, outputs in zip(items, results):
                 try:

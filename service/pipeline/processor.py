@@ -122,6 +122,11 @@ class Binding(ABC):
         self.pixels_done += item.n_pixels
         self.latencies_ms.append(latency_ms)
 
+    def pixels_within(self, expected: int) -> int:
+        """The pixels recognized that the scan's summary counts, for a scan of ``expected`` messages (a
+        binding whose items can lie beyond them says which of its pixels do not)."""
+        return self.pixels_done
+
 
 class Processor(ABC):
     """Base of recognizers and analyzers. Subclasses set ``name``, ``modality`` (None: any), ``takes``

@@ -242,9 +242,8 @@ class ScanState:
         # the recognizers the scan started with; one attached by live training (a revision) reports its own count
         # in its summary entry: a movie's frames before the swap are not redone
         started = [b for b in self.bindings.values() if b.revision is None] or list(self.bindings.values())
-        recognized = min((b.pixels_done for b in started), default=0)
         # frames beyond scan_end's count that were recognized before it came are rejected: not counted
-        recognized = min(recognized, rows * cols)
+        recognized = min(min((b.pixels_within(expected) for b in started), default=0), rows * cols)
         summaries = {}
         for name, b in self.bindings.items():
             b.processor.finish(b)

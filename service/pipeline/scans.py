@@ -280,8 +280,9 @@ class ScanManager:
                        t_received: float) -> list[Publication]:
         spectra = scan.accept(data, buffers)
         self.counters["pixels_in"] += data.shape[0]
-        for binding in list(scan.bindings.values()):  # a live recognizer may be attached while this waits
-            scan.in_flight += 1
+        bindings = list(scan.bindings.values())  # a live recognizer may be attached while this waits
+        scan.in_flight += len(bindings)  # all at once: a result delivered inside ``submit`` must not settle the scan
+        for binding in bindings:
             await self.workers[binding.processor.name].submit(
                 binding.work(scan.scan_id, data.seq, data.row, data.col0, spectra, t_received))
         return []

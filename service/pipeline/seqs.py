@@ -41,6 +41,10 @@ class SeqRanges:
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._stops))
 
+    def count_below(self, limit: int) -> int:
+        """How many seqs are below ``limit``: O(runs)."""
+        return sum(min(stop, limit) - start for start, stop in zip(self._starts, self._stops) if start < limit)
+
     def max(self, default: int = -1) -> int:
         return self._stops[-1] - 1 if self._stops else default
 

@@ -47,9 +47,13 @@ class ManagerHarness:
                                    limits=ScanLimits(**limits), clock=self.clock, **(manager_options or {}))
 
     async def _on_result(self, item: WorkItem, outputs, error) -> None:
-        self.published += self.manager.result(item, outputs, error)
-        self.published += self.manager.settle(item.scan_id)
-        if any(isinstance(p.header, ScanSummary) for p in self.published):
+        self._collect(self.manager.result(item, outputs, error) + self.manager.settle(item.scan_id))
+
+    def _collect(self, publications: list[Publication]) -> None:
+        """Keep what would be published; ``done`` once a summary is among it (a scan whose results were
+        all delivered before its scan_end closes with the scan_end itself)."""
+        self.published += publications
+        if any(isinstance(p.header, ScanSummary) for p in publications):
             self.done.set()
 
     @contextlib.asynccontextmanager
@@ -65,7 +69,7 @@ class ManagerHarness:
     async def send(self, header, arrays=(), owner: str | None = None) -> list[Publication]:
         header, buffers = through_wire(header, arrays)
         out = await self.manager.ingest(header, buffers, 0.0, owner=owner)
-        self.published += out
+        self._collect(out)
         return out
 
     def of(self, kind) -> list:
