@@ -98,8 +98,9 @@ async def test_subscriber_that_fell_behind_recovers_from_a_snapshot(settings):
 
 
 async def test_backpressure_is_lossless(settings):
-    """A queue of only 16 pixels: the ingest loop must wait for inference, and nothing is dropped."""
-    tiny = settings.model_copy(update={"queue_pixels": 16, "max_batch_pixels": 16})
+    """A queue of only 16 pixels: the ingest loop must wait for inference, and nothing is dropped. (Lines run
+    on the event loop would never wait in the queue: ``inline_lone_lines`` off.)"""
+    tiny = settings.model_copy(update={"queue_pixels": 16, "max_batch_pixels": 16, "inline_lone_lines": False})
     async with live(tiny, scan_id="press") as (srv, inst, sub):
         truth = np.random.default_rng(9).integers(0, 3, size=(300, 16))
         await send_band_scan(inst, "press", truth)
@@ -114,10 +115,11 @@ async def test_backpressure_is_lossless(settings):
 async def test_a_small_receive_queue_keeps_the_backlog_with_the_sender_and_loses_nothing(settings):
     """ZeroMQ holds at most ``ingest_hwm`` messages of a sender for the service (docs/operations.md,
     "Memory"); with one, and ingest queues of two lines, a sender far faster than inference keeps its
-    backlog in its own queue and, closing only after its scan_summary, loses nothing."""
+    backlog in its own queue and, closing only after its scan_summary, loses nothing. (Lines run on the event
+    loop would never wait in the queues: ``inline_lone_lines`` off.)"""
     line_bytes = 64 * band_axis().size * 4
     small = settings.model_copy(update={"ingest_hwm": 1, "ingest_queue_bytes": 2 * line_bytes,
-                                        "max_batch_pixels": 64})
+                                        "max_batch_pixels": 64, "inline_lone_lines": False})
     async with live(small, scan_id="backlog") as (srv, inst, sub):
         assert srv.ingest.getsockopt(zmq.RCVHWM) == 1
         truth = np.random.default_rng(10).integers(0, 3, size=(400, 64))

@@ -222,3 +222,31 @@ async def test_spatial_and_time_calibration_travel_with_the_scan(recognizers) ->
         ScanStart(scan_id="x", modality="eels", shape=(2, 3), axis=band_axis(), frame_interval_s=0.1)
     with pytest.raises(ValueError):
         ScanStart(scan_id="x", modality="haadf", shape=(8, 8), pixel_size=step, frame_interval_s=-1.0)
+
+
+async def test_a_short_lone_line_for_an_idle_recognizer_runs_on_the_event_loop(recognizers) -> None:
+    """A line that already is the model's input and short enough (idle_inline_pixels) is recognized and its
+    maps published inside ingest itself when the recognizer is idle; a longer one, or one that needs the axis
+    mapped, is queued for an inference thread; all come out alike."""
+    band = recognizers["band"]
+    band.idle_inline_pixels = 16
+    h = ManagerHarness(recognizers)
+    async with h.serving():
+        await h.send(ScanStart(scan_id="s", modality="eels", shape=(3, 40), axis=band_axis()))
+        short = band_spectra(np.array([0, 1, 2] * 5))  # 15 spectra
+        await h.send(Data(scan_id="s", seq=0, row=0, col0=0, shape=short.shape, dtype="float32"), [short])
+        assert [m.seq for m in h.of(Maps)] == [0]  # published before ingest returned
+        await h.send(Data(scan_id="s", seq=1, row=1, col0=0, shape=short.shape, dtype="float64"),
+                     [short.astype(np.float64)])
+        assert [m.seq for m in h.of(Maps)] == [0]  # queued: not the model's input as it is (float64)
+        await h.wait_for_idle("s")
+        long = band_spectra(np.array([2, 1] * 10))  # 20 spectra: more than idle_inline_pixels
+        await h.send(Data(scan_id="s", seq=2, row=2, col0=0, shape=long.shape, dtype="float32"), [long])
+        assert [m.seq for m in h.of(Maps)] == [0, 1]  # queued
+        await h.send(ScanEnd(scan_id="s", n_messages=3))
+        summary = await h.wait_summary("s")
+    assert summary.state == "incomplete" and summary.pixels_recognized == 15 + 20 + 15 and summary.n_lost == 0
+    by_seq = {p.header.seq: p.arrays[0] for p in h.published if isinstance(p.header, Maps)}
+    np.testing.assert_array_equal(by_seq[0], [0, 1, 2] * 5)
+    np.testing.assert_array_equal(by_seq[1], [0, 1, 2] * 5)
+    np.testing.assert_array_equal(by_seq[2], [2, 1] * 10)

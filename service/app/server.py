@@ -120,7 +120,7 @@ class Server:
                               max_reply_bytes=s.max_reply_bytes, retain_frames=s.retain_frames),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
                                   parallel=s.inference_parallel, queue_bytes=s.ingest_queue,
-                                  max_item_bytes=s.max_message_bytes))
+                                  max_item_bytes=s.max_message_bytes, inline_lone_lines=s.inline_lone_lines))
         self.limits = Limits(max_payload_bytes=s.max_message_bytes)
         self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)

@@ -6,8 +6,11 @@ to the processor in one call (a recognizer maps every item straight into one pre
 batch, runs its session once and splits the results by item).
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
 (low latency) when the instrument is slow. A batch of at most ``Processor.inline_pixels`` pixels (a
-lone line of a few spectra) runs on the event loop itself: shorter than the hand-off to a thread. A full queue makes ``submit`` wait: the ingest loop then
-stops reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
+lone line of a few spectra) runs on the event loop itself: shorter than the hand-off to a thread. So
+does a lone line that arrives while nothing is queued or running, when the processor expects its run
+to be short (``Processor.runs_inline``; for a spectral recognizer about a millisecond): it is run and
+its result delivered inside ``submit``. A full queue makes ``submit`` wait: the ingest loop then stops
+reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
 
 All queues together are also bounded in bytes by one ``ByteGate`` (a share of the memory budget,
 reserved in the scan manager's ledger: ``docs/operations.md``, "Memory"); a message waits for room
@@ -135,8 +138,9 @@ class InferenceWorker:
 
     def __init__(self, processor: Processor, on_result: ResultHandler, *,
                  max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1,
-                 gate: ByteGate | None = None):
+                 gate: ByteGate | None = None, inline_lone_lines: bool = True):
         self.processor = processor
+        self.inline_lone_lines = inline_lone_lines  # ``submit``: a short lone line runs on the event loop
         self.max_batch_pixels = max_batch_pixels
         self.parallel = min(parallel, processor.max_parallel or parallel)
         self.queue = PixelQueue(queue_pixels, gate)
@@ -153,9 +157,9 @@ class InferenceWorker:
         return not len(self.queue) and not self.running
 
     async def submit(self, item: WorkItem) -> None:
-        """Queue ``item``; or, when it is a handful of pixels (``inline_pixels``) and nothing is queued or
-        running, run and deliver it here and now: no queue, no hand-off to the worker's task."""
-        if item.n_pixels <= self.processor.inline_pixels and self.idle:
+        """Queue ``item``; or, when nothing is queued or running and the processor runs it inline
+        (``Processor.runs_inline``), run and deliver it here and now: no queue, no hand-off to a thread."""
+        if self.idle and self.processor.runs_inline([item], idle=self.inline_lone_lines):
             self.running += 1
             await self._deliver([item], *self._process_here([item]))
             return
@@ -180,7 +184,7 @@ class InferenceWorker:
 
     async def _run_batch(self, items: list[WorkItem], slots: asyncio.Semaphore) -> None:
         try:
-            if sum(item.n_pixels for item in items) <= self.processor.inline_pixels:
+            if self.processor.runs_inline(items, idle=False):
                 # a handful of spectra: a run takes less than the hand-off to a thread and back
                 results, error = self._process_here(items)
             else:

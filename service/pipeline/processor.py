@@ -150,6 +150,12 @@ class Processor(ABC):
     def process(self, items: list[WorkItem]) -> list[dict[str, Any]]:
         """In a worker thread: the results of each item, keyed by output name."""
 
+    def runs_inline(self, items: list[WorkItem], *, idle: bool) -> bool:
+        """Whether ``items`` run on the event loop itself rather than in an inference thread: a batch of at
+        most ``inline_pixels`` pixels; ``idle``: the worker has nothing queued or running (a subclass may
+        then take more, where a run is short)."""
+        return sum(item.n_pixels for item in items) <= self.inline_pixels
+
     def runs_alone(self, item: WorkItem) -> bool:
         """Whether ``item`` is best processed in a batch of its own (no batching gain, only a copy): then
         the worker's parallel runs share the queued items one each instead of one run taking them all."""

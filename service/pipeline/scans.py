@@ -65,6 +65,8 @@ class WorkerOptions:
     #: server gives ``ingest_queue_bytes`` (Settings.ingest_queue) and reserves it in the ledger
     queue_bytes: int | None = None
     max_item_bytes: int = 0  # the largest message a queue can be handed (max_message_bytes)
+    #: a short lone line for an idle recognizer runs on the event loop (``Processor.runs_inline``)
+    inline_lone_lines: bool = True
 
     def parallel_of(self, processor: Processor) -> int:
         """``parallel`` for one processor: a table's entry for the provider that runs its model (the first of
@@ -110,10 +112,7 @@ class ScanManager:
                                  f"max(ingest_queue_bytes, max_message_bytes): {exc}; raise "
                                  "memory_budget_bytes or lower ingest_queue_bytes or max_message_bytes") from None
         self._on_result, self._worker_options = on_result, workers
-        self.workers = {name: InferenceWorker(proc, on_result, max_batch_pixels=workers.max_batch_pixels,
-                                              queue_pixels=workers.queue_pixels, parallel=workers.parallel_of(proc),
-                                              gate=self.gate)
-                        for name, proc in self.processors.items()}
+        self.workers = {name: self._worker(proc) for name, proc in self.processors.items()}
         self._t0 = time.monotonic()
         self._handlers = {"data": self._on_data, "frame": self._on_frame, "scan_end": self._on_scan_end}
 
@@ -487,11 +486,14 @@ class ScanManager:
         self.recognizers[proc.name] = proc
         self.processors[proc.name] = proc
         self.latency.setdefault(proc.name, LatencyHistogram())
-        opts = self._worker_options
-        worker = InferenceWorker(proc, self._on_result, max_batch_pixels=opts.max_batch_pixels,
-                                 queue_pixels=opts.queue_pixels, parallel=opts.parallel_of(proc), gate=self.gate)
-        self.workers[proc.name] = worker
+        worker = self.workers[proc.name] = self._worker(proc)
         return worker, old
+
+    def _worker(self, proc: Processor) -> InferenceWorker:
+        opts = self._worker_options
+        return InferenceWorker(proc, self._on_result, max_batch_pixels=opts.max_batch_pixels,
+                               queue_pixels=opts.queue_pixels, parallel=opts.parallel_of(proc), gate=self.gate,
+                               inline_lone_lines=opts.inline_lone_lines)
 
     def keep_from_now(self, scan: ScanState) -> SpectraRetention:
         """Start keeping an open spectral scan's spectra that did not ask for ``retain`` (a recorded scan, whose

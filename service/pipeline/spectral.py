@@ -13,7 +13,9 @@ is built for speed").
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,6 +210,12 @@ class SpectralRecognizer(SpectralProcessor):
     #: up to 4 spectra run on the event loop: a run of the shipped models on 4 spectra took 21–66 µs
     #: (median; loops-mlp the slowest), less than the hand-off to an inference thread and back
     inline_pixels = 4
+    #: a lone line that already is the model's input runs on the event loop, when nothing else is queued or
+    #: running for this recognizer, if its run is expected to take at most this long (from the warm-up
+    #: run's time per spectrum): waking an idle inference thread and the event loop again cost 0.3 ms and
+    #: more, and the thread reads the line from another core's cache (docs/performance.md)
+    idle_inline_s = 0.001
+    idle_inline_pixels = 0  # set from the warm-up run (0: never)
 
     def __init__(self, model: OnnxModel, *, warm_up_batch: int = 512):
         self.model = model
@@ -225,7 +233,8 @@ class SpectralRecognizer(SpectralProcessor):
         self._pixel_specs = self._build_pixel_specs()
         self._buffers = threading.local()  # each inference thread's reused batch (``_batch``)
         if warm_up_batch:
-            self.run(np.zeros((warm_up_batch, *self.input_shape), np.float32))
+            self.idle_inline_pixels = self._idle_inline_pixels(np.zeros((warm_up_batch, *self.input_shape),
+                                                                        np.float32))
 
     @property
     def path(self):
@@ -269,8 +278,9 @@ class SpectralRecognizer(SpectralProcessor):
         buffer; the others are mapped into this thread's reused batch and run together once."""
         results: list[dict[str, np.ndarray] | None] = [None] * len(items)
         copied = []
+        single = len(items) == 1
         for i, item in enumerate(items):
-            if self.runs_alone(item):
+            if self.runs_alone(item) or (single and item.binding.ready(item.values)):  # nothing to batch with
                 results[i] = self.run(item.values)
             else:
                 copied.append(i)
@@ -292,6 +302,22 @@ class SpectralRecognizer(SpectralProcessor):
 
     def runs_alone(self, item: WorkItem) -> bool:
         return item.n_pixels >= DIRECT_MIN_PIXELS and item.binding.ready(item.values)
+
+    def runs_inline(self, items: list[WorkItem], *, idle: bool) -> bool:
+        if super().runs_inline(items, idle=idle):
+            return True
+        return (idle and len(items) == 1 and items[0].n_pixels <= self.idle_inline_pixels
+                and items[0].binding.ready(items[0].values))
+
+    def _idle_inline_pixels(self, batch: np.ndarray) -> int:
+        """The warm-up: three runs of ``batch``; from the fastest, the most spectra a run takes in
+        ``idle_inline_s`` (at most ``2**16``)."""
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.run(batch)
+            best = min(best, time.perf_counter() - t0)
+        return min(2**16, int(self.idle_inline_s * len(batch) / max(best, 1e-9)))
 
     def _batch(self, n: int) -> np.ndarray:
         """The first ``n`` rows of this inference thread's batch buffer, grown (never shrunk) to fit: a
