@@ -62,9 +62,9 @@ class Settings(BaseSettings):
     queue_pixels: int = Field(65536, ge=1, description="pixels queued per recognizer before ingest backs off")
     inline_lone_lines: bool = Field(True, description="a lone line that already is a recognizer's input, arriving "
                                     "while that recognizer has nothing queued or running, runs on the event loop "
-                                    "when its run should take about 1 ms at most, instead of waking an inference "
-                                    "thread (lower latency for a slow instrument; docs/performance.md); false: only "
-                                    "lines of at most 4 spectra do")
+                                    "when its run should take 3 ms at most and no other message waits, instead of "
+                                    "waking an inference thread (lower latency for a slow instrument; "
+                                    "docs/performance.md); false: only lines of at most 4 spectra do")
     ingest_queue_bytes: int | None = Field(None, ge=1, description="bytes of received data queued for the "
                                            "recognizers, over all of them, before ingest backs off (default: a "
                                            "sixteenth of memory_budget_bytes); reserved in "

@@ -120,7 +120,8 @@ class Server:
                               max_reply_bytes=s.max_reply_bytes, retain_frames=s.retain_frames),
             workers=WorkerOptions(max_batch_pixels=s.max_batch_pixels, queue_pixels=s.queue_pixels,
                                   parallel=s.inference_parallel, queue_bytes=s.ingest_queue,
-                                  max_item_bytes=s.max_message_bytes, inline_lone_lines=s.inline_lone_lines))
+                                  max_item_bytes=s.max_message_bytes, inline_lone_lines=s.inline_lone_lines,
+                                  ingest_pending=self._ingest_pending))
         self.limits = Limits(max_payload_bytes=s.max_message_bytes)
         self.wire = WireLimits.derive(s, self.scans.max_publication_bytes())
         self.control_limits = Limits(max_payload_bytes=self.wire.request_bytes)
@@ -141,6 +142,12 @@ class Server:
         self._worker_tasks: dict[int, asyncio.Task] = {}  # id(worker) -> its serve task
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
+
+    def _ingest_pending(self) -> bool:
+        """Whether another message waits on the ingest socket (then a lone line is not run on the event
+        loop: the instrument is not slow, and the loop has messages to read)."""
+        sock = getattr(self, "ingest", None)
+        return sock is not None and bool(sock.get(zmq.EVENTS) & zmq.POLLIN)
 
     def _recorder(self, s: Settings, analyzers: dict[str, Processor]) -> Recorder:
         """The recorder of ``record_dir``: its queue (a sixteenth of the memory budget, or one message of

@@ -7,9 +7,9 @@ batch, runs its session once and splits the results by item).
 While a batch runs, new lines queue up, so batches grow by themselves under load and stay small
 (low latency) when the instrument is slow. A batch of at most ``Processor.inline_pixels`` pixels (a
 lone line of a few spectra) runs on the event loop itself: shorter than the hand-off to a thread. So
-does a lone line that arrives while nothing is queued or running, when the processor expects its run
-to be short (``Processor.runs_inline``; for a spectral recognizer about a millisecond): it is run and
-its result delivered inside ``submit``. A full queue makes ``submit`` wait: the ingest loop then stops
+does a lone line that arrives while nothing is queued or running and no other message waits for
+ingest, when the processor expects its run to be short (``Processor.runs_inline``; for a spectral
+recognizer a few milliseconds): it is run and its result delivered inside ``submit``. A full queue makes ``submit`` wait: the ingest loop then stops
 reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
 
 All queues together are also bounded in bytes by one ``ByteGate`` (a share of the memory budget,
@@ -138,9 +138,11 @@ class InferenceWorker:
 
     def __init__(self, processor: Processor, on_result: ResultHandler, *,
                  max_batch_pixels: int = 4096, queue_pixels: int = 65536, parallel: int = 1,
-                 gate: ByteGate | None = None, inline_lone_lines: bool = True):
+                 gate: ByteGate | None = None, inline_lone_lines: bool = True,
+                 ingest_pending: Callable[[], bool] | None = None):
         self.processor = processor
-        self.inline_lone_lines = inline_lone_lines  # ``submit``: a short lone line runs on the event loop
+        # ``submit``: a short lone line runs on the event loop, unless ``ingest_pending()`` says more is coming
+        self.inline_lone_lines, self._ingest_pending = inline_lone_lines, ingest_pending
         self.max_batch_pixels = max_batch_pixels
         self.parallel = min(parallel, processor.max_parallel or parallel)
         self.queue = PixelQueue(queue_pixels, gate)
@@ -158,8 +160,13 @@ class InferenceWorker:
 
     async def submit(self, item: WorkItem) -> None:
         """Queue ``item``; or, when nothing is queued or running and the processor runs it inline
-        (``Processor.runs_inline``), run and deliver it here and now: no queue, no hand-off to a thread."""
-        if self.idle and self.processor.runs_inline([item], idle=self.inline_lone_lines):
+        (``Processor.runs_inline``; a short lone line only while no other message waits for ingest), run
+        and deliver it here and now: no queue, no hand-off to a thread."""
+        if not self.idle:
+            await self.queue.put(item)
+            return
+        slow = self.inline_lone_lines and not (self._ingest_pending is not None and self._ingest_pending())
+        if self.processor.runs_inline([item], idle=slow):
             self.running += 1
             await self._deliver([item], *self._process_here([item]))
             return

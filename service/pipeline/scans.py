@@ -65,8 +65,10 @@ class WorkerOptions:
     #: server gives ``ingest_queue_bytes`` (Settings.ingest_queue) and reserves it in the ledger
     queue_bytes: int | None = None
     max_item_bytes: int = 0  # the largest message a queue can be handed (max_message_bytes)
-    #: a short lone line for an idle recognizer runs on the event loop (``Processor.runs_inline``)
+    #: a short lone line for an idle recognizer runs on the event loop (``Processor.runs_inline``) ...
     inline_lone_lines: bool = True
+    #: ... unless this says another message waits to be read (the server asks its ingest socket)
+    ingest_pending: Callable[[], bool] | None = None
 
     def parallel_of(self, processor: Processor) -> int:
         """``parallel`` for one processor: a table's entry for the provider that runs its model (the first of
@@ -493,7 +495,7 @@ class ScanManager:
         opts = self._worker_options
         return InferenceWorker(proc, self._on_result, max_batch_pixels=opts.max_batch_pixels,
                                queue_pixels=opts.queue_pixels, parallel=opts.parallel_of(proc), gate=self.gate,
-                               inline_lone_lines=opts.inline_lone_lines)
+                               inline_lone_lines=opts.inline_lone_lines, ingest_pending=opts.ingest_pending)
 
     def keep_from_now(self, scan: ScanState) -> SpectraRetention:
         """Start keeping an open spectral scan's spectra that did not ask for ``retain`` (a recorded scan, whose

@@ -211,10 +211,11 @@ class SpectralRecognizer(SpectralProcessor):
     #: (median; loops-mlp the slowest), less than the hand-off to an inference thread and back
     inline_pixels = 4
     #: a lone line that already is the model's input runs on the event loop, when nothing else is queued or
-    #: running for this recognizer, if its run is expected to take at most this long (from the warm-up
-    #: run's time per spectrum): waking an idle inference thread and the event loop again cost 0.3 ms and
-    #: more, and the thread reads the line from another core's cache (docs/performance.md)
-    idle_inline_s = 0.001
+    #: running for this recognizer and no message waits for ingest, if its run is expected to take at most
+    #: this long (from the warm-up runs' time per spectrum, in cache: a cold line takes up to twice as
+    #: long): waking an idle inference thread and the event loop again cost 0.3 ms and more, and the thread
+    #: reads the line from another core's cache (docs/performance.md)
+    idle_inline_s = 0.003
     idle_inline_pixels = 0  # set from the warm-up run (0: never)
 
     def __init__(self, model: OnnxModel, *, warm_up_batch: int = 512):
