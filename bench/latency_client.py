@@ -95,15 +95,18 @@ class Link:
 
     def round_trips(self, messages: Sequence[Sequence] | Callable[[int], Sequence],
                     answers: Callable[[list[zmq.Frame], int], bool], *, n: int | None = None, timeout: float = 2.0,
-                    check: Check = _nothing, max_lost: int = 10) -> dict:
+                    check: Check = _nothing, max_lost: int = 10, gap_s: float = 0.0) -> dict:
         """Send message ``i`` once the answer to ``i - 1`` arrived (or ``timeout`` s passed: then ``i - 1``
-        is lost); ``answers(frames, i)`` tells the answer to ``i`` from anything else. The clock runs from
-        just before the send to just after the receive; the messages are encoded before, or, when
+        is lost) and, with ``gap_s``, that long after it (outside the clock: every thread on the way has
+        been idle that long); ``answers(frames, i)`` tells the answer to ``i`` from anything else. The clock
+        runs from just before the send to just after the receive; the messages are encoded before, or, when
         ``messages`` is a function of ``i`` (``n`` of them), made inside the clock (a ring slot filled)."""
         latencies, lost = [], 0
         make = messages if callable(messages) else messages.__getitem__
         count = n if callable(messages) else len(messages)
         for i in range(count):
+            if gap_s > 0:
+                time.sleep(gap_s)
             t0 = time.perf_counter_ns()
             frames = make(i)
             self.send(frames)
@@ -131,8 +134,9 @@ def data_messages(scan_id: str, spectra: np.ndarray, n: int) -> list[list]:
 
 
 def echo_round_trips(pull_endpoint: str, pub_endpoint: str, channels: int, n: int, *,
-                     check: Check = _nothing) -> dict:
-    """The floor: ``n`` one-spectrum messages, one at a time, through the echo relay (PUSH -> PULL -> PUB -> SUB)."""
+                     check: Check = _nothing, gap_s: float = 0.0) -> dict:
+    """The floor: ``n`` one-spectrum messages, one at a time, through the echo relay (PUSH -> PULL -> PUB -> SUB);
+    with ``gap_s``, each sent that long after the answer to the one before (the floor of a paced scan)."""
     spectrum = np.random.default_rng(1).poisson(200.0, size=(1, channels)).astype(np.float32)
     messages = data_messages("echo", spectrum, n)
     probe = encode(Data(scan_id="probe", seq=0, row=0, shape=spectrum.shape, dtype="float32"), [spectrum])
@@ -152,8 +156,8 @@ def echo_round_trips(pull_endpoint: str, pub_endpoint: str, channels: int, n: in
             h = header_of(frames[0])
             return h.get("scan_id") == "echo" and h.get("seq") == i
 
-        out = link.round_trips(messages, answers, check=check)
-    return {**out, "message_bytes": spectrum.nbytes}
+        out = link.round_trips(messages, answers, check=check, gap_s=gap_s)
+    return {**out, "message_bytes": spectrum.nbytes, "gap_s": gap_s}
 
 
 def _wait_live(link: Link, check: Check, timeout: float = 10.0) -> None:

@@ -20,7 +20,9 @@ bench/sender.py in its own process as fast as the receiver takes them:
 Latency, in ms, p50 / p99:
 
 5. echo floor: ``--round-trips`` messages of one spectrum (8 KiB at 2048 channels), one in flight at a
-   time, PUSH -> PULL -> PUB -> SUB through a bare relay process (bench/limits.py relay).
+   time, PUSH -> PULL -> PUB -> SUB through a bare relay process (bench/limits.py relay); then up to 300
+   more, each sent one paced line interval (``--line`` / ``--paced-rate``: 16 ms) after the answer to the
+   one before (``echo_paced``): the floor of the paced figures, whose threads all idle between lines.
 6. service, paced at ``--paced-rate`` spectra/s (default 16 000, ``--paced-spectra`` spectra): the service's
    own figures (receipt of a line to publication of its maps, from the summary) and, beside them, send ->
    maps at a subscriber in this process (the sender's send time of every line, by seq).
@@ -185,13 +187,15 @@ def bare_loop(name: str, role: list, axis, rows: int, cols: int, transport: Tran
     return result
 
 
-def echo_floor(transport: Transport, channels: int, n: int) -> dict:
+def echo_floor(transport: Transport, channels: int, n: int, gap_s: float, n_paced: int) -> tuple[dict, dict]:
+    """The echo floor back to back, then with ``gap_s`` of idle before each of ``n_paced`` messages."""
     with Child("echo relay", [BENCH / "limits.py", "relay", transport.endpoint("relay-in"),
                               transport.endpoint("relay-out")]) as relay:
         eps = relay.line(60)["endpoints"]
         out = echo_round_trips(eps["pull"], eps["pub"], channels, n, check=relay.check)
+        paced = echo_round_trips(eps["pull"], eps["pub"], channels, n_paced, check=relay.check, gap_s=gap_s)
         relay.stop(30)
-    return out
+    return out, paced
 
 
 def through_service(service: ServiceProcess, rec_name: str, axis, rows: int, cols: int, dwell_us: float,
@@ -271,8 +275,11 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
     limit = bare_loop("bare PULL + ONNX Runtime loop",
                       ["infer", transport.endpoint("limit"), rec.path, a.threads, a.parallel, a.batch, queue_pixels,
                        queue_bytes], axis, rows, a.line, transport)
-    print(f"echo floor: {a.round_trips} round trips through a bare relay ...", file=sys.stderr)
-    echo = echo_floor(transport, rec.channels, a.round_trips)
+    gap_s = a.line / a.paced_rate  # a paced scan's time from one line to the next
+    n_paced = max(1, min(a.round_trips, 300))
+    print(f"echo floor: {a.round_trips} round trips through a bare relay, then {n_paced} {gap_s * 1e3:.1f} ms "
+          "apart ...", file=sys.stderr)
+    echo, echo_paced = echo_floor(transport, rec.channels, a.round_trips, gap_s, n_paced)
     print("service in its own process ...", file=sys.stderr)
     with ServiceProcess(settings) as service:
         print("service, flat out ...", file=sys.stderr)
@@ -304,7 +311,7 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
             "limit_spectra_per_s": limit["spectra_per_s"], "limit": limit,
             "service_spectra_per_s": flat["rate"], "ratio": flat["rate"] / bare,
             "ratio_to_limit": flat["rate"] / limit["spectra_per_s"], "service_peak_rss_mb": rss, "flat": flat,
-            "echo": echo, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "lone_line_ring": lone_ring, "recording": recorded}
+            "echo": echo, "echo_paced": echo_paced, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "lone_line_ring": lone_ring, "recording": recorded}
 
 
 def _ms(d: dict, prefix: str = "latency_ms_") -> str:
@@ -329,6 +336,9 @@ def print_table(r: dict) -> None:
     echo, paced, lone = r["echo"], r["paced"], r["lone_line"]
     print(f"{'echo floor':<{w}} {_ms(echo)}   lost {echo['lost']}   ({echo['round_trips']} round trips of "
           f"{echo['message_bytes']:,} B, PUSH -> PULL -> PUB -> SUB)")
+    ep = r["echo_paced"]
+    print(f"{'echo floor, paced':<{w}} {_ms(ep)}   lost {ep['lost']}   ({ep['round_trips']} round trips, each "
+          f"{ep['gap_s'] * 1e3:.1f} ms after the one before: the threads on the way were idle)")
     rate = f"service, paced {r['paced_rate']:,.0f}/s"
     print(f"{rate:<{w}} {_ms(paced)}   lost {paced['lost']}   (service: receipt -> publication)")
     at = paced["at_subscriber"]
