@@ -9,8 +9,9 @@ While a batch runs, new lines queue up, so batches grow by themselves under load
 lone line of a few spectra) runs on the event loop itself: shorter than the hand-off to a thread. So
 does a lone line that arrives while nothing is queued or running and no other message waits for
 ingest, when the processor expects its run to be short (``Processor.runs_inline``; for a spectral
-recognizer a few milliseconds): it is run and its result delivered inside ``submit``. A full queue makes ``submit`` wait: the ingest loop then stops
-reading, ZeroMQ's queues fill and the instrument's PUSH blocks — lossless backpressure.
+recognizer a few milliseconds): it is run and its result delivered inside ``submit``. A full queue
+makes ``submit`` wait: the ingest loop then stops reading, ZeroMQ's queues fill and the instrument's
+PUSH blocks — lossless backpressure.
 
 All queues together are also bounded in bytes by one ``ByteGate`` (a share of the memory budget,
 reserved in the scan manager's ledger: ``docs/operations.md``, "Memory"); a message waits for room
