@@ -66,8 +66,9 @@ from cli_types import count  # noqa: E402
 from latency_client import ScanWatch, echo_round_trips, lone_line_round_trips  # noqa: E402
 from mlp_model import write_mlp  # noqa: E402
 from scanlens.app.config import Settings  # noqa: E402
-from scanlens.client.instrument import RING_MIN_SLOT_BYTES  # noqa: E402
+from scanlens.client.instrument import RING_MIN_SLOT_BYTES, slot_bytes_of  # noqa: E402
 from scanlens.pipeline import open_recognizer, load_recognizers  # noqa: E402
+from scanlens.protocol.messages import ScanStart  # noqa: E402
 from serve_process import Child, ChildError, ServiceProcess  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -289,8 +290,9 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
         paced = through_service(service, rec.name, axis, a.paced_spectra // a.line, a.line, 1e6 / a.paced_rate,
                                 "bench-paced", transport, maps=True)
         # the Python client's rule (scanlens.client.Instrument): a ring only for slots of RING_MIN_SLOT_BYTES
-        # or more, at 8 bytes a value; a line of one 2048-channel spectrum goes in its message
-        client_ring = transport.ring and axis.size * 8 >= RING_MIN_SLOT_BYTES
+        # or more; a line of one 2048-channel spectrum goes in its message
+        lone_start = ScanStart(scan_id="bench-lone", modality="eels", shape=(1, 1), axis=axis)
+        client_ring = transport.ring and slot_bytes_of(lone_start) >= RING_MIN_SLOT_BYTES
         print(f"service, {a.round_trips} lone lines ({'ring' if client_ring else 'in the message'}) ...",
               file=sys.stderr)
         lone = lone_line_round_trips(service.endpoints["ingest"], service.endpoints["publish"], "bench-lone",
@@ -311,7 +313,8 @@ def measure(a: argparse.Namespace, transport: Transport) -> dict:
             "limit_spectra_per_s": limit["spectra_per_s"], "limit": limit,
             "service_spectra_per_s": flat["rate"], "ratio": flat["rate"] / bare,
             "ratio_to_limit": flat["rate"] / limit["spectra_per_s"], "service_peak_rss_mb": rss, "flat": flat,
-            "echo": echo, "echo_paced": echo_paced, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone, "lone_line_ring": lone_ring, "recording": recorded}
+            "echo": echo, "echo_paced": echo_paced, "paced_rate": a.paced_rate, "paced": paced, "lone_line": lone,
+            "lone_line_ring": lone_ring, "recording": recorded}
 
 
 def _ms(d: dict, prefix: str = "latency_ms_") -> str:

@@ -94,6 +94,11 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
     rows, cols = source.shape
     t0 = clock.now()
 
+    async def acquired(row: int) -> None:
+        """Until line ``row``'s last pixel would have been acquired."""
+        if dwell_s > 0:
+            await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+
     async def send() -> int:
         async with _opened(instrument.scan(scan_id, source.modality, source.shape, source.axis,
                                            components=getattr(source, "components", None), recognizers=recognizers,
@@ -105,11 +110,9 @@ async def stream_scan(instrument: Instrument, source: ScanSource, scan_id: str, 
                 if in_place:
                     async with scan.line_buffer(row, len(spectra), dtype=spectra.dtype) as buffer:
                         buffer[...] = spectra
-                        if dwell_s > 0:
-                            await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+                        await acquired(row)
                 else:
-                    if dwell_s > 0:
-                        await clock.sleep_until(t0 + (row + 1) * cols * dwell_s)
+                    await acquired(row)
                     await scan.send_line(row, spectra)
                 if progress is not None:
                     progress(row + 1, rows)

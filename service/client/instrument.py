@@ -44,6 +44,14 @@ _RING_SLOTS, _RING_MIN_SLOTS, _RING_BYTES, _FRAME_RING_BYTES = 16, 4, 64 * 2**20
 RING_MIN_SLOT_BYTES = 64 * 2**10
 
 
+def slot_bytes_of(start: ScanStart) -> int:
+    """The slot a scan's payloads need: its largest one at 8 bytes a value, a whole line of spectra or a frame
+    (the client gives a scan a ring when this is at least ``RING_MIN_SLOT_BYTES``)."""
+    if start.imaging:
+        return start.shape[0] * start.shape[1] * _SLOT_ITEMSIZE
+    return start.shape[1] * start.axis.size * len(start.components or [0]) * _SLOT_ITEMSIZE
+
+
 def ring_slots_for(slot_bytes: int, *, frames: bool = False) -> int:
     """Slots of a ring whose slots hold ``slot_bytes`` (of frames: ``frames``), when the instrument does not say."""
     budget = _FRAME_RING_BYTES if frames else _RING_BYTES
@@ -175,15 +183,8 @@ class ScanStream:
         self.seq = 0
         self.ring: RingClient | None = None
 
-    def _slot_bytes(self) -> int:
-        """The largest payload of this scan at 8 bytes a value: a whole line of spectra, or a frame."""
-        s = self.start
-        if s.imaging:
-            return s.shape[0] * s.shape[1] * _SLOT_ITEMSIZE
-        return s.shape[1] * s.axis.size * len(s.components or [0]) * _SLOT_ITEMSIZE
-
     async def __aenter__(self) -> ScanStream:
-        self.ring = await self.instrument.ring_for(self._slot_bytes(), frames=self.start.imaging)
+        self.ring = await self.instrument.ring_for(slot_bytes_of(self.start), frames=self.start.imaging)
         if self.ring is not None:
             self.start = self.start.model_copy(update={"ring": self.ring.token})
         await self.instrument.send(self.start)

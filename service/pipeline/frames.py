@@ -108,7 +108,6 @@ class FrameBinding(Binding):
     frame_interval_s: float | None = None  # scan_start's, for D in nm^2/s
     frames_done: int = 0
     stored: SeqRanges = field(default_factory=SeqRanges)  # the seqs of the frames recognized
-    frame_pixels: int = 0
     frames_novel: int = 0  # recognized frames whose novelty is above the threshold (models with novelty)
     foreign_reported: bool = False
     last: dict[str, Any] = field(default_factory=dict)
@@ -179,14 +178,13 @@ class FrameBinding(Binding):
     def store(self, item: WorkItem, outputs: dict[str, Any]) -> None:
         self.frames_done += 1
         self.stored.add(item.seq)
-        self.frame_pixels = item.n_pixels
         self.frames_novel += bool(outputs.get(NOVEL))
         self.last, self.last_frame = outputs, item.row
 
     def pixels_within(self, expected: int) -> int:
         """Only frames whose seq is below ``expected``: those recognized before a scan_end that put them
         beyond its count are rejected, so not counted (their results stay in what was published)."""
-        return self.stored.count_below(expected) * self.frame_pixels
+        return self.stored.count_below(expected) * self.filled.size  # every frame has the scan's shape
 
     @property
     def novel_fraction(self) -> float | None:

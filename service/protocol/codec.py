@@ -79,7 +79,7 @@ def wire_dtype(name: str) -> np.dtype:
 
 
 #: dtype -> protocol name, both byte orders: looked up for every array sent (``np.dtype.name`` costs µs)
-_NAMES = {**{dt: name for name, dt in _DTYPES.items()}, **{dt.newbyteorder(">"): name for name, dt in _DTYPES.items()}}
+_NAMES = {d: name for name, dt in _DTYPES.items() for d in (dt, dt.newbyteorder(">"))}
 
 
 def dtype_name(dtype: np.dtype) -> str:
@@ -330,7 +330,7 @@ def arrays_from(specs: Sequence[ArraySpec], buffers: Sequence[Buffer]) -> dict[s
 #: ``_FINITE_SUMMED`` values (below that the product's fixed cost, about 10 µs, is more than it saves)
 _FINITE_ROW = 1024
 _FINITE_SUMMED = 65536
-_ONES = {np.dtype(np.float32): np.ones(_FINITE_ROW, np.float32), np.dtype(np.float64): np.ones(_FINITE_ROW, np.float64)}
+_ONES = {np.dtype(t): np.ones(_FINITE_ROW, t) for t in (np.float32, np.float64)}
 
 
 def all_finite(values: np.ndarray) -> bool:
@@ -345,9 +345,8 @@ def all_finite(values: np.ndarray) -> bool:
     on the event loop for every line (docs/performance.md, "How the service is built for speed"); smaller
     arrays get the exact check."""
     ones = _ONES.get(values.dtype)
-    n = values.size // _FINITE_ROW * _FINITE_ROW
     if ones is not None and values.size >= _FINITE_SUMMED and values.flags.c_contiguous:
-        flat = values.reshape(-1)
+        flat, n = values.reshape(-1), values.size // _FINITE_ROW * _FINITE_ROW
         with np.errstate(invalid="ignore", over="ignore"):
             sums = flat[:n].reshape(-1, _FINITE_ROW) @ ones
         if np.isfinite(sums).all():
